@@ -1,0 +1,251 @@
+"""The one command-line entry point. Thin: parse flags -> typed config -> call the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from tunesmith.errors import DataError, TunesmithError
+
+out = Console()
+err = Console(stderr=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args) or 0
+    except DataError as problem:
+        if problem.report is not None and getattr(args, "json", False) is True:
+            print(json.dumps(problem.report.to_json(), indent=2))
+        err.print(f"[red]error:[/] {problem}", highlight=False, markup=False)
+        return 1
+    except TunesmithError as problem:
+        err.print(f"error: {problem}", highlight=False, markup=False)
+        return 1
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tunesmith", description=(
+        "Fine-tune small language models on your own data, on your own machine, and prove that it helped."))
+    commands = parser.add_subparsers(metavar="COMMAND")
+
+    data = commands.add_parser("data", help="work with data files").add_subparsers(metavar="SUBCOMMAND")
+    check = data.add_parser("check", help="check a data file: errors, warnings, token statistics")
+    check.add_argument("file", type=Path)
+    check.add_argument("--task", default="auto", choices=["auto", "chat", "completion", "text", "classify"])
+    check.add_argument("--base", default="smollm2-135m", help="base model whose tokenizer and template to use")
+    check.add_argument("--max-length", type=int, help="tokens per example (default: from the data)")
+    check.add_argument("--val", type=Path, help="validation file to check with it (overlap, labels)")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.set_defaults(handler=cmd_data_check)
+
+    train = commands.add_parser("train", help="fine-tune a base model on a data file")
+    train.add_argument("file", type=Path, nargs="?", help="training data (.jsonl, .csv, .txt)")
+    train.add_argument("--task", choices=["auto", "chat", "completion", "text", "classify"])
+    train.add_argument("--base", help="base model name or local folder (default smollm2-135m)")
+    train.add_argument("--method", choices=["lora", "full"])
+    train.add_argument("--name", help="registry name (default: the file name)")
+    train.add_argument("--val", type=Path, help="validation file (default: hold out 10%%)")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--max-length", type=int)
+    train.add_argument("--lora-rank", type=int)
+    train.add_argument("--seed", type=int)
+    train.add_argument("-c", "--config", type=Path, help="YAML config; flags override its keys")
+    train.add_argument("--resume", metavar="NAME", help="continue an interrupted run")
+    train.set_defaults(handler=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="compare a fine-tuned model with its base on held-out data")
+    evaluate.add_argument("model")
+    evaluate.add_argument("--data", type=Path, required=True)
+    evaluate.add_argument("--json", type=Path, metavar="OUT", help="also write the figures as JSON")
+    evaluate.set_defaults(handler=cmd_eval)
+
+    generate = commands.add_parser("generate", help="answer one prompt")
+    generate.add_argument("model", help="registry model (NAME or NAME:VERSION), base name or folder")
+    generate.add_argument("prompt")
+    generate.add_argument("--max-tokens", type=int, default=128)
+    generate.add_argument("--temperature", type=float, default=0.0)
+    generate.set_defaults(handler=cmd_generate)
+
+    chat = commands.add_parser("chat", help="talk to a model interactively")
+    chat.add_argument("model")
+    chat.add_argument("--max-tokens", type=int, default=256)
+    chat.add_argument("--temperature", type=float, default=0.0)
+    chat.set_defaults(handler=cmd_chat)
+
+    models = commands.add_parser("models", help="the registry of fine-tuned models").add_subparsers(
+        metavar="SUBCOMMAND")
+    listing = models.add_parser("list", help="all versions")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=cmd_models_list)
+    show = models.add_parser("show", help="one version's manifest")
+    show.add_argument("name", help="NAME (latest) or NAME:VERSION")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=cmd_models_show)
+    remove = models.add_parser("rm", help="delete NAME (all versions) or NAME:VERSION")
+    remove.add_argument("name")
+    remove.set_defaults(handler=cmd_models_rm)
+
+    base = commands.add_parser("base", help="base models").add_subparsers(metavar="SUBCOMMAND")
+    base_list = base.add_parser("list", help="base models and whether they are available")
+    base_list.add_argument("--json", action="store_true")
+    base_list.set_defaults(handler=cmd_base_list)
+    return parser
+
+
+def cmd_data_check(args) -> int:
+    from tunesmith.console import print_data_report
+    from tunesmith.data.check import check_data, check_structure
+    from tunesmith.models.base import parameter_count, resolve_base
+    from tunesmith.models.load import load_tokenizer
+
+    report = check_structure(args.file, args.task, args.val)
+    if report.ok:
+        base_path = resolve_base(args.base)
+        report = check_data(args.file, args.task, load_tokenizer(base_path), args.max_length, args.val,
+                            n_params=parameter_count(base_path))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print_data_report(report, out)
+    return 0 if report.ok else 1
+
+
+def cmd_train(args) -> int:
+    from tunesmith.config import load_config
+    from tunesmith.train.run import train
+
+    if args.resume:
+        result = train(resume=args.resume)
+    else:
+        if args.file is None and args.config is None:
+            raise TunesmithError("give a training file (or a config with `data:`), or --resume NAME")
+        config = load_config(args.config, data=args.file, task=args.task, base=args.base, method=args.method,
+                             name=args.name, val_data=args.val, epochs=args.epochs, lr=args.lr,
+                             batch_size=args.batch_size, max_length=args.max_length,
+                             lora_rank=args.lora_rank, seed=args.seed)
+        result = train(config)
+    return 130 if result.loop.interrupted else 0
+
+
+def cmd_eval(args) -> int:
+    from tunesmith.evaluate.compare import comparison_table
+    from tunesmith.evaluate.run import evaluate
+
+    figures = evaluate(args.model, args.data)
+    results = figures["results"]
+    out.print(comparison_table(figures["task"], results["base"], results["fine_tuned"],
+                               f"{figures['model']} on {args.data} ({figures['n']} examples)"))
+    verdict = {True: "[green]fine-tuning helped[/]", False: "[red]fine-tuning did not help[/]",
+               None: "no comparable metric"}[figures["helped"]]
+    out.print(verdict)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from tunesmith.inference import generate, load
+
+    loaded = load(args.model)
+    print(generate(loaded, args.prompt, max_tokens=args.max_tokens, temperature=args.temperature))
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from transformers import TextStreamer
+
+    from tunesmith.inference import generate, load
+
+    loaded = load(args.model)
+    err.print(f"Chatting with {loaded.ref} ({loaded.task}). Empty line or Ctrl-D to quit, /reset to clear.")
+    history: list[dict] = []
+    streamer = TextStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    while True:
+        try:
+            prompt = input("> ").strip()
+        except EOFError:
+            break
+        if not prompt:
+            break
+        if prompt == "/reset":
+            history = []
+            continue
+        messages = loaded.messages_for(prompt, history)
+        answer = generate(loaded, messages=messages, max_tokens=args.max_tokens,
+                          temperature=args.temperature, streamer=streamer)
+        if loaded.task != "classify":  # a classifier answers each text on its own
+            history = [*messages[1 if loaded.system_prompt else 0:], {"role": "assistant", "content": answer}]
+    return 0
+
+
+def cmd_models_list(args) -> int:
+    from tunesmith.console import models_table
+    from tunesmith.registry import store
+
+    rows = [version.summary() for version in store.list_models()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif rows:
+        out.print(models_table(rows))
+    else:
+        out.print("The registry is empty: train a model with `tunesmith train FILE`.")
+    return 0
+
+
+def cmd_models_show(args) -> int:
+    from tunesmith.registry import store
+
+    version = store.get(args.name)
+    manifest = version.manifest | {"path": str(version.path)}
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+    else:
+        out.print_json(json.dumps(manifest))
+    return 0
+
+
+def cmd_models_rm(args) -> int:
+    from tunesmith.registry import store
+
+    for version in store.remove(args.name):
+        out.print(f"removed {version.ref}")
+    return 0
+
+
+def cmd_base_list(args) -> int:
+    from rich.table import Table
+
+    from tunesmith.models.base import list_bases
+
+    rows = list_bases()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = Table()
+    for column in ("name", "available", "path", "description"):
+        table.add_column(column)
+    for row in rows:
+        available = "yes" if row["available"] else f"no: {row['install']}"
+        table.add_row(row["name"], available, row["path"] if row["converted"] else "(converted on first use)",
+                      row["description"])
+    out.print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

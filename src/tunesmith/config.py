@@ -1,0 +1,161 @@
+"""The typed training configuration: one pydantic model, from YAML and CLI flags to the saved run.
+
+Fields left as ``None`` are "auto": :func:`tunesmith.train.defaults.resolve` fills them from the
+data (the rule is documented there and in the README), and the resolved config is what is saved
+with the run and in the registry.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tunesmith.errors import TunesmithError
+
+Task = Literal["auto", "chat", "completion", "text", "classify"]
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def check_name(name: str) -> str:
+    """Model names become folder names: no separators, no dot-dot, nothing hidden."""
+    if not NAME_PATTERN.match(name) or ".." in name:
+        raise ValueError(
+            f"invalid model name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+class TrainConfig(BaseModel):
+    """Everything that decides a training run. ``None`` means: choose from the data."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    data: Path = Field(description="Training file (.jsonl, .csv or .txt).")
+    val_data: Path | None = Field(
+        None, description="Validation file; when absent a split is held out from `data`."
+    )
+    task: Task = Field("auto", description="Data format; `auto` detects it from the file.")
+    base: str = Field(
+        "smollm2-135m",
+        description="Base model: a known name (see `tunesmith base list`) or a local Hugging Face "
+        "model folder.",
+    )
+    method: Literal["lora", "full"] = Field("lora", description="LoRA adapters or full fine-tuning.")
+    name: str | None = Field(None, description="Registry name; defaults to the data file's stem.")
+
+    epochs: int | None = Field(None, ge=1, le=100, description="Passes over the training data.")
+    lr: float | None = Field(None, gt=0, lt=1, description="Peak learning rate (AdamW).")
+    batch_size: int = Field(8, ge=1, le=4096, description="Examples per optimizer step.")
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="Examples per forward pass; batch_size/micro_batch_size steps "
+        "of gradient accumulation. Defaults to batch_size.",
+    )
+    max_length: int | None = Field(
+        None, ge=16, le=32768, description="Tokens per example (raw text: per packed block)."
+    )
+    warmup_ratio: float = Field(0.05, ge=0, le=0.5, description="Share of steps with linear warm-up.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine decay ends at lr * min_lr_ratio.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    grad_clip: float | None = Field(1.0, gt=0, description="Clip the gradient norm; null disables.")
+
+    lora_rank: int | None = Field(None, ge=1, le=1024, description="LoRA rank r.")
+    lora_alpha: float | None = Field(None, gt=0, description="LoRA alpha; defaults to 2 * rank.")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    lora_targets: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt, or every linear layer but the output head."
+    )
+
+    val_fraction: float = Field(
+        0.1, ge=0, le=0.5, description="Share held out for validation when no `val_data` is given."
+    )
+    eval_every: int | None = Field(
+        None, ge=1, description="Optimizer steps between validation passes (auto: 4 per epoch)."
+    )
+    early_stopping_patience: int | None = Field(
+        3, ge=1, description="Stop after this many validation passes without improvement; null disables."
+    )
+    checkpoint_every: int = Field(
+        20, ge=1, description="Optimizer steps between checkpoints (Ctrl-C also writes one)."
+    )
+    seed: int = Field(0, description="Seeds the split, the data order, LoRA init and dropout.")
+
+    labels: list[str] | None = Field(
+        None, description="Classification label set; defaults to the labels seen in `data`."
+    )
+    system_prompt: str | None = Field(
+        None, description="System message added to examples that have none (chat-like tasks)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str | None) -> str | None:
+        return None if value is None else check_name(value)
+
+    @field_validator("labels")
+    @classmethod
+    def _valid_labels(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if len(value) < 2:
+                raise ValueError("a classification task needs at least two labels")
+            if len(set(value)) != len(value):
+                raise ValueError("labels must be unique")
+            if any(not label.strip() for label in value):
+                raise ValueError("labels must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> TrainConfig:
+        if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size "
+                f"({self.micro_batch_size})"
+            )
+        if self.method == "full" and (self.lora_rank is not None or self.lora_alpha is not None):
+            raise ValueError("lora_rank/lora_alpha only apply to method 'lora'")
+        if self.labels is not None and self.task not in ("auto", "classify"):
+            raise ValueError(f"labels only apply to the classify task, not {self.task!r}")
+        return self
+
+    @property
+    def accumulation_steps(self) -> int:
+        return self.batch_size // (self.micro_batch_size or self.batch_size)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def load_config(yaml_path: Path | None = None, **overrides: Any) -> TrainConfig:
+    """Build a config from an optional YAML file, then CLI-style overrides (``None`` = not given)."""
+    values: dict[str, Any] = {}
+    if yaml_path is not None:
+        try:
+            loaded = yaml.safe_load(Path(yaml_path).read_text())
+        except FileNotFoundError:
+            raise TunesmithError(f"{yaml_path}: config file not found") from None
+        except yaml.YAMLError as err:
+            raise TunesmithError(f"{yaml_path}: not valid YAML: {err}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise TunesmithError(f"{yaml_path}: expected a mapping of config keys at the top level")
+        values.update(loaded or {})
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    try:
+        return TrainConfig(**values)
+    except ValidationError as err:
+        raise TunesmithError(format_validation_error(err, yaml_path)) from None
+
+
+def format_validation_error(err: ValidationError, source: Path | None = None) -> str:
+    where = f"{source}: " if source else ""
+    lines = [f"{where}invalid configuration:"]
+    for problem in err.errors():
+        field = ".".join(str(part) for part in problem["loc"]) or "(config)"
+        message = problem["msg"]
+        if problem["type"] == "extra_forbidden":
+            message = "unknown key; see `tunesmith train --help` or docs for the valid keys"
+        lines.append(f"  {field}: {message}")
+    return "\n".join(lines)

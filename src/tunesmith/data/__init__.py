@@ -1,0 +1,1 @@
+"""Data: formats (reading + detection), check, render (templates + loss masks), batching, prepare."""

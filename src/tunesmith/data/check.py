@@ -1,0 +1,206 @@
+"""The data check: every error at once, warnings, token statistics under the real template.
+
+``check_structure`` needs no tokenizer (``train`` calls it before loading anything heavy);
+``check_data`` adds what needs one: rendering, lengths, truncation, the loss-mask preview and the
+time estimate. ``train`` reuses the rendered examples of the report instead of rendering twice.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunesmith.data.formats import Example, Issue, ParsedFile, read_file
+from tunesmith.data.render import Rendered, render_example, tokenize_document
+
+MAX_LISTED = 5  # line numbers quoted per warning
+
+
+@dataclass
+class DataReport:
+    train: ParsedFile
+    val: ParsedFile | None
+    task: str
+    labels: list[str] | None
+    issues: list[Issue]
+    rendered: list[Rendered] = field(default_factory=list)  # train examples (documents for text)
+    val_rendered: list[Rendered] = field(default_factory=list)
+    max_length: int | None = None
+    stats: dict = field(default_factory=dict)
+    preview: list[tuple[str, bool]] = field(default_factory=list)  # (token text, carries loss)
+    estimate_seconds: float | None = None
+
+    @property
+    def errors(self) -> list[Issue]:
+        return [issue for issue in self.issues if issue.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Issue]:
+        return [issue for issue in self.issues if issue.severity == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_json(self) -> dict:
+        return {
+            "file": str(self.train.path),
+            "val_file": str(self.val.path) if self.val else None,
+            "task": self.task,
+            "ok": self.ok,
+            "examples": len(self.train.examples),
+            "val_examples": len(self.val.examples) if self.val else None,
+            "labels": self.labels,
+            "errors": [issue.__dict__ for issue in self.errors],
+            "warnings": [issue.__dict__ for issue in self.warnings],
+            "max_length": self.max_length,
+            "stats": self.stats,
+            "preview": [{"token": text, "loss": loss} for text, loss in self.preview],
+            "estimated_train_seconds": self.estimate_seconds,
+        }
+
+
+def check_structure(data: Path, task: str = "auto", val_data: Path | None = None,
+                    labels: list[str] | None = None) -> DataReport:
+    """Parse the files and report structural problems; no tokenizer needed."""
+    train = read_file(Path(data), task)
+    issues = list(train.issues)
+    val = None
+    if val_data is not None:
+        val = read_file(Path(val_data), train.task)
+        issues += val.issues
+        if val.task != train.task and not val.errors:
+            issues.append(Issue("error", str(val.path), None, None,
+                                f"validation data is {val.task}, training data is {train.task}",
+                                "use the same format for both files"))
+    label_set = None
+    if train.task == "classify":
+        label_set = labels or sorted({e.label for e in train.examples if e.label})
+        issues += _label_issues(train, val, label_set, given=labels is not None)
+    issues += _duplicates(train)
+    if val is not None:
+        issues += _overlap(train, val)
+    return DataReport(train=train, val=val, task=train.task, labels=label_set, issues=issues)
+
+
+def check_data(data: Path, task: str = "auto", tokenizer=None, max_length: int | None = None,
+               val_data: Path | None = None, labels: list[str] | None = None,
+               system_prompt: str | None = None, n_params: int | None = None,
+               method: str = "lora", epochs: int | None = None) -> DataReport:
+    """The full check. Without a tokenizer only the structural part runs."""
+    from tunesmith.train.defaults import default_max_length, estimate_seconds
+
+    report = check_structure(data, task, val_data, labels)
+    if tokenizer is None or not report.ok:
+        return report
+    render = _renderer(tokenizer, report, system_prompt)
+    report.rendered = [render(example) for example in report.train.examples]
+    if report.val is not None:
+        report.val_rendered = [render(example) for example in report.val.examples]
+    lengths = [len(r.input_ids) for r in report.rendered]
+    report.max_length = max_length or default_max_length(
+        lengths, report.task, getattr(tokenizer, "model_max_length", None))
+    report.stats = _length_stats(lengths, [r.n_target for r in report.rendered])
+    if report.task != "text":
+        report.issues += _truncation(report.train, report.rendered, report.max_length)
+    report.preview = _preview(tokenizer, report.rendered[0], report.max_length) if report.rendered else []
+    if n_params:
+        tokens = sum(min(n, report.max_length) for n in lengths) if report.task != "text" else sum(lengths)
+        report.estimate_seconds = estimate_seconds(tokens * (epochs or 1), n_params, method)
+    return report
+
+
+def _renderer(tokenizer, report: DataReport, system_prompt: str | None):
+    if report.task == "text":
+        return lambda example: Rendered(*(2 * [tokenize_document(tokenizer, example.text)]))
+    return lambda example: render_example(tokenizer, example, report.labels, system_prompt)
+
+
+def _label_issues(train: ParsedFile, val: ParsedFile | None, labels: list[str], given: bool) -> list[Issue]:
+    issues = []
+    known = set(labels)
+    for parsed, what in ((train, "the given label set" if given else None), (val, "the training labels")):
+        if parsed is None or what is None:
+            continue
+        for example in parsed.examples:
+            if example.label and example.label not in known:
+                issues.append(Issue("error", str(parsed.path), example.line, "label",
+                                    f"unknown label {example.label!r}",
+                                    f"labels must be one of {sorted(known)} ({what})"))
+    counts = Counter(e.label for e in train.examples if e.label)
+    if len(counts) == 1:
+        issues.append(Issue("error", str(train.path), None, "label", "only one label in the data",
+                            "classification needs examples of at least two labels"))
+    elif counts and max(counts.values()) > 3 * min(counts.values()):
+        shares = ", ".join(f"{label} {n}" for label, n in counts.most_common())
+        issues.append(Issue("warning", str(train.path), None, "label", f"label imbalance: {shares}",
+                            "the model may learn to favour the common label; add examples of the rare ones"))
+    return issues
+
+
+def _duplicates(parsed: ParsedFile) -> list[Issue]:
+    first_seen: dict[str, int] = {}
+    repeats: list[tuple[int, int]] = []
+    for example in parsed.examples:
+        key = example.key()
+        if key in first_seen:
+            repeats.append((example.line, first_seen[key]))
+        else:
+            first_seen[key] = example.line
+    if not repeats:
+        return []
+    listed = ", ".join(f"line {line} = line {original}" for line, original in repeats[:MAX_LISTED])
+    more = f" and {len(repeats) - MAX_LISTED} more" if len(repeats) > MAX_LISTED else ""
+    return [Issue("warning", str(parsed.path), repeats[0][0], None,
+                  f"{len(repeats)} duplicate example(s): {listed}{more}",
+                  "duplicates weigh those examples more; remove them unless that is intended")]
+
+
+def _overlap(train: ParsedFile, val: ParsedFile) -> list[Issue]:
+    train_keys = {example.key() for example in train.examples}
+    shared = [example.line for example in val.examples if example.key() in train_keys]
+    if not shared:
+        return []
+    lines = ", ".join(str(line) for line in shared[:MAX_LISTED])
+    return [Issue("warning", str(val.path), shared[0], None,
+                  f"{len(shared)} validation example(s) also in the training data (lines {lines})",
+                  "overlap makes validation scores look better than they are; remove them")]
+
+
+def _truncation(parsed: ParsedFile, rendered: list[Rendered], max_length: int) -> list[Issue]:
+    cut = [(example.line, r.n_target - r.truncated(max_length).n_target)
+           for example, r in zip(parsed.examples, rendered)]
+    cut = [(line, lost) for line, lost in cut if lost > 0]
+    if not cut:
+        return []
+    lines = ", ".join(str(line) for line, _ in cut[:MAX_LISTED])
+    return [Issue("warning", str(parsed.path), cut[0][0], "max_length",
+                  f"{len(cut)} example(s) lose answer tokens at max_length {max_length} "
+                  f"({sum(lost for _, lost in cut)} answer tokens in all; lines {lines})",
+                  "raise --max-length or shorten those examples")]
+
+
+def _length_stats(lengths: list[int], targets: list[int]) -> dict:
+    if not lengths:
+        return {}
+    ordered = sorted(lengths)
+    return {
+        "tokens_total": sum(lengths),
+        "target_tokens_total": sum(targets),
+        "length_min": ordered[0],
+        "length_median": statistics.median(ordered),
+        "length_p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
+        "length_max": ordered[-1],
+    }
+
+
+def _preview(tokenizer, rendered: Rendered, max_length: int) -> list[tuple[str, bool]]:
+    head = rendered.truncated(max_length)
+    return [(tokenizer.decode([token]), label != -100) for token, label in zip(head.input_ids, head.labels)]
+
+
+def longest_examples(report: DataReport) -> list[Example]:
+    pairs = sorted(zip(report.train.examples, report.rendered), key=lambda p: -len(p[1].input_ids))
+    return [example for example, _ in pairs]

@@ -1,0 +1,1 @@
+"""Evaluation: held-out metrics, base vs fine-tuned comparison, the eval command."""

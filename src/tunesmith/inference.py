@@ -1,0 +1,84 @@
+"""Loading a model for use and generating from it, with the template it was trained with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tunesmith.data.render import classify_prompt, render_prompt
+from tunesmith.errors import TunesmithError
+from tunesmith.models.base import EMBEDDED, is_model_folder, resolve_base
+from tunesmith.models.load import load_adapter, load_model, load_tokenizer
+from tunesmith.registry import store
+
+
+@dataclass
+class LoadedModel:
+    ref: str
+    model: object
+    tokenizer: object
+    task: str = "chat"
+    labels: list[str] | None = None
+    system_prompt: str | None = None
+    version: store.ModelVersion | None = None
+
+    def messages_for(self, prompt: str, history: list[dict] | None = None) -> list[dict]:
+        """The conversation to send: the stored system prompt, history, and the prompt wrapped
+        the way training wrapped it (classification prompts get the label instruction)."""
+        content = classify_prompt(prompt, self.labels) if self.task == "classify" else prompt
+        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return [*messages, *(history or []), {"role": "user", "content": content}]
+
+
+def load(ref: str, merge: bool = True) -> LoadedModel:
+    """A registry model (NAME or NAME:VERSION), a base model name, or a local model folder."""
+    if ref not in EMBEDDED and not is_model_folder(Path(ref).expanduser()):
+        version = store.get(ref)
+        return _load_version(version, merge)
+    base_path = resolve_base(ref)
+    return LoadedModel(ref=ref, model=load_model(base_path).eval(), tokenizer=load_tokenizer(base_path))
+
+
+def _load_version(version: store.ModelVersion, merge: bool) -> LoadedModel:
+    manifest = version.manifest
+    tokenizer = load_tokenizer(version.path)
+    if manifest["method"] == "lora":
+        base_path = _base_path(manifest)
+        model = load_adapter(load_model(base_path), version.path / "adapter")
+        if merge:
+            model = model.merge_and_unload()  # plain weights: faster generation
+    else:
+        model = load_model(version.path / "model")
+    return LoadedModel(ref=version.ref, model=model.eval(), tokenizer=tokenizer, task=manifest["task"],
+                       labels=manifest.get("labels"), system_prompt=manifest.get("system_prompt"),
+                       version=version)
+
+
+def _base_path(manifest: dict) -> Path:
+    base = manifest["base"]
+    try:
+        return resolve_base(base["name"])
+    except TunesmithError as err:
+        raise TunesmithError(f"the base model of this fine-tune is not available: {err}") from None
+
+
+@torch.no_grad()
+def generate(loaded: LoadedModel, prompt: str | None = None, messages: list[dict] | None = None,
+             max_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
+             streamer=None) -> str:
+    """One completion. Chat-like models get the chat template; raw-text models continue the text."""
+    tokenizer, model = loaded.tokenizer, loaded.model
+    if loaded.task == "text" and messages is None:
+        text = prompt or ""
+    else:
+        text = render_prompt(tokenizer, messages or loaded.messages_for(prompt or ""))
+    device = next(model.parameters()).device
+    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(device)
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 \
+        else {"do_sample": False}
+    output = model.generate(**inputs, max_new_tokens=max_tokens, eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=tokenizer.pad_token_id, streamer=streamer, **sampling)
+    new_tokens = output[0, inputs["input_ids"].shape[1]:]
+    return tokenizer.decode(new_tokens, skip_special_tokens=True)

@@ -1,0 +1,1 @@
+"""Models: base-model resolution and conversion (base), loading and LoRA (load)."""

@@ -1,0 +1,88 @@
+"""Loading models and tokenizers, and putting LoRA adapters on them (PEFT)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from tunesmith.errors import TunesmithError
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def compute_dtype() -> torch.dtype:
+    # bf16 where the hardware has it natively; this CPU class has no fast bf16, fp32 is faster there.
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def quiet_transformers() -> None:
+    """Progress bars and advisory warnings from transformers would drown ours."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    logging.getLogger("peft").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
+
+
+def load_tokenizer(folder: Path | str):
+    from transformers import AutoTokenizer
+
+    quiet_transformers()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except OSError as err:
+        raise TunesmithError(f"cannot load a tokenizer from {folder}: {err}") from None
+    if not getattr(tokenizer, "chat_template", None):
+        raise TunesmithError(f"{folder}: the tokenizer has no chat template; tunesmith needs one "
+                             "to render chat data the way the model is used")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(folder: Path | str, dtype: torch.dtype | None = None):
+    from transformers import AutoModelForCausalLM
+
+    quiet_transformers()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype or compute_dtype())
+    except OSError as err:
+        raise TunesmithError(f"cannot load a model from {folder}: {err}") from None
+    return model.to(device())
+
+
+def add_lora(model, rank: int, alpha: float, dropout: float, targets):
+    """Wrap ``model`` with fresh LoRA adapters (PEFT). ``targets``: module names or 'all-linear'."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def load_adapter(model, adapter_folder: Path, trainable: bool = False):
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(adapter_folder), is_trainable=trainable)
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

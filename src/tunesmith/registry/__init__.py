@@ -1,0 +1,1 @@
+"""Registry: immutable model versions (store) and writing a finished run into it (publish)."""

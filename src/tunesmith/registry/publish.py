@@ -1,0 +1,125 @@
+"""Writing a finished run into the registry as a new immutable version.
+
+A version folder holds:
+
+    adapter/           LoRA adapter in PEFT format (method lora)   or
+    model/             all weights as safetensors + config (method full)
+    tokenizer files    tokenizer.json, tokenizer_config.json, chat_template.jinja
+    config.yaml        the resolved training config
+    manifest.json      base model and its hash, data hashes and counts, labels, prompt template,
+                       library versions, seed, metrics, training time
+    metrics.jsonl      the training history, one line per step
+    loss.png           training and validation loss
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from tunesmith.config import TrainConfig
+from tunesmith.data.check import DataReport
+from tunesmith.data.render import CLASSIFY_TEMPLATE
+from tunesmith.models.base import EMBEDDED, weights_hash
+from tunesmith.registry import store
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def library_versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for package in ("tunesmith", "torch", "transformers", "peft", "safetensors", "tokenizers"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def write_version(name: str, model, tokenizer, config: TrainConfig, report: DataReport, base_path: Path,
+                  loop, comparison: dict, wall_seconds: float, run_dir: Path) -> store.ModelVersion:
+    staging = store.staging_dir()
+    try:
+        weights = staging / ("adapter" if config.method == "lora" else "model")
+        model.save_pretrained(weights)
+        tokenizer.save_pretrained(staging)
+        (staging / "config.yaml").write_text(config.to_yaml())
+        shutil.copy(run_dir / "metrics.jsonl", staging / "metrics.jsonl")
+        plot_loss(loop.history, staging / "loss.png", title=name)
+        manifest = {
+            "name": name,
+            "version": None,  # set by store.publish
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "task": config.task,
+            "method": config.method,
+            "base": {
+                "name": config.base,
+                "path": str(base_path),
+                "sha256": weights_hash(base_path),
+                "embedded": config.base in EMBEDDED,
+            },
+            "data": {
+                "train": _data_entry(config.data, len(report.train.examples)),
+                "val": _data_entry(config.val_data, len(report.val.examples)) if report.val else None,
+            },
+            "labels": config.labels,
+            "system_prompt": config.system_prompt,
+            "prompt_template": CLASSIFY_TEMPLATE if config.task == "classify" else None,
+            "seed": config.seed,
+            "config": config.model_dump(mode="json"),
+            "libraries": library_versions(),
+            "metrics": comparison,
+            "training": {
+                "steps": loop.steps,
+                "total_steps": loop.total_steps,
+                "best_step": loop.best_step,
+                "best_val_loss": loop.best_val_loss,
+                "stopped_early": loop.stopped_early,
+                "tokens": loop.tokens,
+                "train_seconds": round(loop.train_seconds, 2),
+                "wall_seconds": round(wall_seconds, 2),
+            },
+        }
+        (staging / store.MANIFEST).write_text(json.dumps(manifest, indent=2))
+        return store.publish(name, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone after a successful rename anyway
+
+
+def _data_entry(path: Path | None, rows: int) -> dict | None:
+    if path is None:
+        return None
+    return {"path": str(Path(path).resolve()), "sha256": file_sha256(Path(path)), "rows": rows}
+
+
+def plot_loss(history: list[dict], target: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    steps = [entry["step"] for entry in history]
+    axis.plot(steps, [entry["loss"] for entry in history], label="train loss", linewidth=1)
+    val = [(entry["step"], entry["val_loss"]) for entry in history if "val_loss" in entry]
+    if val:
+        axis.plot(*zip(*val), marker="o", label="validation loss")
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("loss per target token")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(target, dpi=100)
+    plt.close(figure)

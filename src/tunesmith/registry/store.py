@@ -1,0 +1,145 @@
+"""The model registry: immutable, numbered versions under ``$TUNESMITH_HOME/registry/NAME/VERSION``.
+
+A version is assembled in a hidden staging folder and renamed into place in one step, so a crash
+never leaves a half-written version visible, and two runs publishing under one name at once get
+different version numbers (the rename of the loser fails and it takes the next number).
+
+``NAME`` refers to the latest version, ``NAME:VERSION`` to a pinned one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunesmith import paths
+from tunesmith.config import check_name
+from tunesmith.errors import TunesmithError
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    version: int
+    path: Path
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    @property
+    def manifest(self) -> dict:
+        return json.loads((self.path / MANIFEST).read_text())
+
+    def summary(self) -> dict:
+        manifest = self.manifest
+        return {
+            "name": self.name,
+            "version": self.version,
+            "ref": self.ref,
+            "base": manifest.get("base", {}).get("name"),
+            "task": manifest.get("task"),
+            "method": manifest.get("method"),
+            "created": manifest.get("created"),
+            "metrics": manifest.get("metrics", {}),
+            "path": str(self.path),
+        }
+
+
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    name, _, version = ref.partition(":")
+    try:
+        check_name(name)
+    except ValueError as err:
+        raise TunesmithError(str(err)) from None
+    if not version:
+        return name, None
+    if not version.isdigit():
+        raise TunesmithError(f"invalid version in {ref!r}: use NAME or NAME:VERSION with a number")
+    return name, int(version)
+
+
+def staging_dir() -> Path:
+    """A fresh hidden folder inside the registry to assemble a version in (same filesystem)."""
+    root = paths.registry_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+
+
+def publish(name: str, staging: Path) -> ModelVersion:
+    """Move a fully written staging folder into place as the next version of ``name``."""
+    check_name(name)
+    folder = paths.registry_dir() / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        version = 1 + max((v.version for v in versions(name)), default=0)
+        target = folder / str(version)
+        manifest = json.loads((staging / MANIFEST).read_text())
+        manifest["name"], manifest["version"] = name, version
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        try:
+            os.rename(staging, target)  # fails if another process took this number first
+            return ModelVersion(name, version, target)
+        except OSError:
+            if not target.exists():
+                raise
+    raise TunesmithError(f"could not publish {name}: too many concurrent versions")
+
+
+def versions(name: str) -> list[ModelVersion]:
+    folder = paths.registry_dir() / name
+    if not folder.is_dir():
+        return []
+    found = [ModelVersion(name, int(p.name), p) for p in folder.iterdir()
+             if p.name.isdigit() and (p / MANIFEST).is_file()]
+    return sorted(found, key=lambda v: v.version)
+
+
+def list_models() -> list[ModelVersion]:
+    root = paths.registry_dir()
+    if not root.is_dir():
+        return []
+    result: list[ModelVersion] = []
+    for folder in sorted(root.iterdir()):
+        if folder.is_dir() and not folder.name.startswith("."):
+            result += versions(folder.name)
+    return result
+
+
+def get(ref: str) -> ModelVersion:
+    name, version = parse_ref(ref)
+    available = versions(name)
+    if not available:
+        known = sorted({v.name for v in list_models()})
+        hint = f"; models: {', '.join(known)}" if known else "; the registry is empty"
+        raise TunesmithError(f"no model named {name!r} in the registry{hint}")
+    if version is None:
+        return available[-1]
+    for candidate in available:
+        if candidate.version == version:
+            return candidate
+    raise TunesmithError(f"{name} has no version {version}; versions: "
+                         f"{', '.join(str(v.version) for v in available)}")
+
+
+def remove(ref: str) -> list[ModelVersion]:
+    """Delete one version (NAME:VERSION) or every version of a name (NAME)."""
+    name, version = parse_ref(ref)
+    doomed = [get(ref)] if version is not None else versions(name)
+    if not doomed:
+        get(ref)  # raises the not-found message
+    for entry in doomed:
+        # Rename first so a crash mid-delete never leaves a half-version that looks valid.
+        trash = entry.path.with_name(f".trash-{entry.version}-{os.getpid()}")
+        os.rename(entry.path, trash)
+        shutil.rmtree(trash)
+    folder = paths.registry_dir() / name
+    if folder.is_dir() and not any(p for p in folder.iterdir() if not p.name.startswith(".")):
+        shutil.rmtree(folder, ignore_errors=True)
+    return doomed

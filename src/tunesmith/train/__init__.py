@@ -1,0 +1,1 @@
+"""Training: the run (run), the loop (loop), checkpoints, and defaults chosen from the data."""

@@ -1,0 +1,98 @@
+"""Defaults chosen from the data, and the training-time estimate.
+
+The rule (also in the README), with n = training examples after the validation split
+(for raw text: packed blocks):
+
+    epochs      3 if n <= 200, 2 if n <= 1000, else 1
+    lr          LoRA 3e-4 if n < 1000 else 2e-4;  full fine-tuning 3e-5 if n < 1000 else 2e-5
+    lora_rank   8 if n < 1000, 16 if n < 10000, else 32     (alpha = 2 * rank)
+    max_length  raw text: 512-token blocks (less if the whole corpus is shorter);
+                otherwise the 99th percentile of rendered lengths, rounded up to a multiple of 32,
+                between 64 and 2048 (and never above the model's context)
+    eval_every  4 validation passes per epoch
+
+Small data gets more passes and a higher rate because each pass is only a few steps; larger
+data gets a larger rank because there is more to fit.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from tunesmith.config import TrainConfig
+
+# Share of the matmul peak our loop reaches on nominal model FLOPs (measured on 2-core CPU with
+# SmolLM2-135M, LoRA, length-grouped batches; see bench/RESULTS.md). Used only for estimates.
+TRAINING_EFFICIENCY = 0.45
+
+
+def resolve(config: TrainConfig, n_train: int, lengths: list[int], model_max_length: int | None,
+            task: str, labels: list[str] | None = None) -> TrainConfig:
+    """A copy of ``config`` with every auto field filled in from the data."""
+    updates: dict = {"task": task}
+    if config.epochs is None:
+        updates["epochs"] = 3 if n_train <= 200 else 2 if n_train <= 1000 else 1
+    if config.lr is None:
+        if config.method == "lora":
+            updates["lr"] = 3e-4 if n_train < 1000 else 2e-4
+        else:
+            updates["lr"] = 3e-5 if n_train < 1000 else 2e-5
+    if config.method == "lora":
+        rank = config.lora_rank or (8 if n_train < 1000 else 16 if n_train < 10000 else 32)
+        updates["lora_rank"] = rank
+        updates["lora_alpha"] = config.lora_alpha or 2.0 * rank
+    if config.max_length is None:
+        updates["max_length"] = default_max_length(lengths, task, model_max_length)
+    if config.micro_batch_size is None:
+        updates["micro_batch_size"] = config.batch_size
+    if labels is not None:
+        updates["labels"] = labels
+    resolved = config.model_copy(update=updates)
+    return TrainConfig.model_validate(resolved.model_dump())  # re-run the cross-field checks
+
+
+def default_max_length(lengths: list[int], task: str, model_max_length: int | None) -> int:
+    ceiling = min(2048, model_max_length or 2048)
+    if task == "text":
+        return max(64, min(512, ceiling, _round_up(sum(lengths), 32)))
+    if not lengths:
+        return min(512, ceiling)
+    ordered = sorted(lengths)
+    p99 = ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+    return max(64, min(ceiling, _round_up(p99, 32)))
+
+
+def steps_per_epoch(n_rows: int, batch_size: int) -> int:
+    return max(1, math.ceil(n_rows / batch_size))
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return multiple * math.ceil(value / multiple)
+
+
+_PEAK_GFLOPS: float | None = None
+
+
+def matmul_peak_gflops() -> float:
+    """Measured fp32 matmul throughput of this machine (once per process, ~0.3 s)."""
+    global _PEAK_GFLOPS
+    if _PEAK_GFLOPS is None:
+        size = 1024
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        torch.mm(a, b)  # warm-up
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - start)
+        _PEAK_GFLOPS = 2 * size**3 / best / 1e9
+    return _PEAK_GFLOPS
+
+
+def estimate_seconds(tokens: int, n_params: int, method: str) -> float:
+    """Training time for ``tokens`` processed tokens: nominal FLOPs over the expected throughput."""
+    flops_per_token = (4 if method == "lora" else 6) * n_params
+    return tokens * flops_per_token / (matmul_peak_gflops() * 1e9 * TRAINING_EFFICIENCY)

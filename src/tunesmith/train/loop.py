@@ -1,0 +1,194 @@
+"""The training loop: explicit and readable, one optimizer step at a time.
+
+    for each epoch:        rows in a seeded, length-grouped order (batching.epoch_order)
+      for each step:       micro-batches, gradients summed, loss normalised by the step's
+                           target-token count (so accumulation equals one big batch)
+                           clip, AdamW, warm-up + cosine schedule
+        every eval_every:  validation loss; keep the best weights; early stopping
+        every checkpoint_every (and on Ctrl-C): an atomic checkpoint
+
+Everything the loop needs to continue lives in the checkpoint, so ``--resume`` after a crash
+replays the same order from the same state and ends with the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from tunesmith.config import TrainConfig
+from tunesmith.data.batching import Row, collate, epoch_order
+from tunesmith.evaluate.metrics import answer_loss, token_loss_sums
+from tunesmith.train import checkpoint as ckpt
+from tunesmith.train.defaults import steps_per_epoch
+
+
+@dataclass
+class LoopResult:
+    steps: int
+    total_steps: int
+    history: list[dict] = field(default_factory=list)
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    stopped_early: bool = False
+    interrupted: bool = False
+    train_seconds: float = 0.0
+    tokens: int = 0
+
+
+def make_optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.999))
+
+
+def make_scheduler(optimizer, total_steps: int, config: TrainConfig):
+    warmup = math.ceil(config.warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train_step(model, rows: list[Row], micro_batch_size: int, pad_id: int) -> tuple[float, int]:
+    """Forward/backward over micro-batches; returns (mean target-token loss, non-padding tokens)."""
+    device = next(model.parameters()).device
+    n_target = max(1, sum(row.n_target for row in rows))
+    total = 0.0
+    for start in range(0, len(rows), micro_batch_size):
+        batch = {k: v.to(device) for k, v in collate(rows[start : start + micro_batch_size], pad_id).items()}
+        loss_sum = token_loss_sums(model, batch).sum()
+        (loss_sum / n_target).backward()
+        total += loss_sum.item()
+    return total / n_target, sum(len(row) for row in rows)
+
+
+class _StopFlag:
+    """First Ctrl-C asks the loop to checkpoint and stop after the current step; a second one aborts."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self._previous)
+
+
+def train_loop(model, config: TrainConfig, train_rows: list[Row], val_rows: list[Row], pad_id: int,
+               run_dir: Path, resume: bool = False, log=print) -> LoopResult:
+    per_epoch = steps_per_epoch(len(train_rows), config.batch_size)
+    total_steps = per_epoch * config.epochs
+    eval_every = config.eval_every or max(1, per_epoch // 4)
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, total_steps, config)
+    lengths = [len(row) for row in train_rows]
+
+    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "history": [], "best_val_loss": None,
+             "best_step": None, "bad_evals": 0, "stopped_early": False, "seconds": 0.0, "tokens": 0}
+    best: dict[str, torch.Tensor] | None = None
+    latest = ckpt.latest_checkpoint(run_dir) if resume else None
+    if latest is not None:
+        state, best = ckpt.load_checkpoint(latest, model, optimizer, scheduler)
+        log(f"Resuming from {latest.name} (step {state['global_step']} of {total_steps})")
+    metrics_file = run_dir / "metrics.jsonl"
+    metrics_file.write_text("".join(json.dumps(entry) + "\n" for entry in state["history"]))
+
+    def save() -> None:
+        ckpt.save_checkpoint(run_dir, state["global_step"], model, optimizer, scheduler, state, best)
+
+    def record(entry: dict) -> None:
+        state["history"].append(entry)
+        with open(metrics_file, "a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+
+    model.train()
+    # On a terminal the bar redraws in place; in a log (CI, a job) it writes a line every 10 s.
+    progress = tqdm(total=total_steps, initial=state["global_step"], unit="step", dynamic_ncols=True,
+                    desc="training", mininterval=0.5 if sys.stderr.isatty() else 10)
+    interrupted = False
+    with _StopFlag() as stop:
+        while state["epoch"] < config.epochs and not state["stopped_early"]:
+            order = epoch_order(lengths, config.batch_size, config.seed, state["epoch"])
+            while state["step_in_epoch"] < len(order):
+                if stop.requested:
+                    interrupted = True
+                    break
+                started = time.perf_counter()
+                rows = [train_rows[i] for i in order[state["step_in_epoch"]]]
+                loss, tokens = train_step(model, rows, config.micro_batch_size, pad_id)
+                grad_norm = None
+                if config.grad_clip:
+                    grad_norm = torch.nn.utils.clip_grad_norm_(
+                        [p for p in model.parameters() if p.requires_grad], config.grad_clip).item()
+                lr = scheduler.get_last_lr()[0]
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                seconds = time.perf_counter() - started
+                state["step_in_epoch"] += 1
+                state["global_step"] += 1
+                state["seconds"] += seconds
+                state["tokens"] += tokens
+                step = state["global_step"]
+                entry = {"step": step, "epoch": state["epoch"] + state["step_in_epoch"] / len(order),
+                         "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens / seconds}
+                if val_rows and (step % eval_every == 0 or step == total_steps):
+                    entry["val_loss"] = answer_loss(model, val_rows, pad_id, config.micro_batch_size)["loss"]
+                    best = _track_best(state, entry["val_loss"], step, model, best)
+                    if config.early_stopping_patience and state["bad_evals"] >= config.early_stopping_patience:
+                        state["stopped_early"] = True
+                record(entry)
+                progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / seconds:.0f}",
+                                     **({"val": f"{entry['val_loss']:.4f}"} if "val_loss" in entry else {}))
+                progress.update(1)
+                if step % config.checkpoint_every == 0 or state["stopped_early"]:
+                    save()
+                if state["stopped_early"]:
+                    log(f"Early stop at step {step}: no validation improvement in "
+                        f"{config.early_stopping_patience} evaluations")
+                    break
+            if interrupted:
+                break
+            if state["step_in_epoch"] >= len(order):
+                state["epoch"] += 1
+                state["step_in_epoch"] = 0
+        if interrupted:
+            save()
+    progress.close()
+
+    if not interrupted and best is not None and state["best_step"] != state["global_step"]:
+        ckpt.load_trainable_state(model, best)  # end on the best validation weights
+    return LoopResult(steps=state["global_step"], total_steps=total_steps, history=state["history"],
+                      best_val_loss=state["best_val_loss"], best_step=state["best_step"],
+                      stopped_early=state["stopped_early"], interrupted=interrupted,
+                      train_seconds=state["seconds"], tokens=state["tokens"])
+
+
+def _track_best(state: dict, val_loss: float, step: int, model, best):
+    if state["best_val_loss"] is None or val_loss < state["best_val_loss"]:
+        state["best_val_loss"] = val_loss
+        state["best_step"] = step
+        state["bad_evals"] = 0
+        return {name: value.clone() for name, value in ckpt.trainable_state(model).items()}
+    state["bad_evals"] += 1
+    return best
