@@ -12,7 +12,7 @@ from rich.console import Console
 from tunesmith.errors import DataError, TunesmithError
 
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # long paths and commands stay on one line
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -79,7 +79,7 @@ def epoch_order(lengths: list[int], batch_size: int, seed: int, epoch: int) -> l
     batch wastes little on padding), and the batches shuffled again. Deterministic in (seed, epoch):
     a resumed run replays exactly the same order.
     """
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)
     order = torch.randperm(len(lengths), generator=generator).tolist()
     mega = batch_size * 16
     batches: list[list[int]] = []

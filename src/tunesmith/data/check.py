@@ -69,12 +69,9 @@ def check_structure(data: Path, task: str = "auto", val_data: Path | None = None
     issues = list(train.issues)
     val = None
     if val_data is not None:
+        # Read as the training file's task: lines of another format are reported as mixed formats.
         val = read_file(Path(val_data), train.task)
         issues += val.issues
-        if val.task != train.task and not val.errors:
-            issues.append(Issue("error", str(val.path), None, None,
-                                f"validation data is {val.task}, training data is {train.task}",
-                                "use the same format for both files"))
     label_set = None
     if train.task == "classify":
         label_set = labels or sorted({e.label for e in train.examples if e.label})
@@ -121,7 +118,8 @@ def _renderer(tokenizer, report: DataReport, system_prompt: str | None):
 def _label_issues(train: ParsedFile, val: ParsedFile | None, labels: list[str], given: bool) -> list[Issue]:
     issues = []
     known = set(labels)
-    for parsed, what in ((train, "the given label set" if given else None), (val, "the training labels")):
+    val_source = "the given label set" if given else "the training labels"
+    for parsed, what in ((train, "the given label set" if given else None), (val, val_source)):
         if parsed is None or what is None:
             continue
         for example in parsed.examples:

@@ -15,6 +15,7 @@ Tasks and the line formats that feed them:
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -65,10 +66,8 @@ class Example:
 
     def key(self) -> str:
         """Identity used for duplicate and overlap detection."""
-        if self.text is not None and self.label is None:
+        if self.text is not None:  # raw text and classification: the text itself
             return self.text.strip()
-        if self.label is not None:
-            return (self.text or "").strip()
         return json.dumps([(m["role"], m["content"].strip()) for m in self.messages])
 
 
@@ -136,7 +135,7 @@ def _read_csv(path: Path, task: str) -> ParsedFile:
     examples: list[Example] = []
     if text is None:
         return ParsedFile(path, "classify", examples, issues)
-    reader = csv.DictReader(text.splitlines())
+    reader = csv.DictReader(io.StringIO(text, newline=""))  # keeps newlines inside quoted fields
     header = set(reader.fieldnames or [])
     if not {"text", "label"} <= header:
         issues.append(Issue("error", name, 1, None, f"CSV header has {sorted(header)}, needs text and label",
@@ -157,7 +156,8 @@ def _read_jsonl(path: Path, task: str) -> ParsedFile:
     issues: list[Issue] = []
     text = _read_text(path, issues)
     objects: list[tuple[int, dict, str | None]] = []
-    for number, raw in enumerate((text or "").splitlines(), start=1):
+    # Split on "\n" only: str.splitlines() would also split at U+2028 etc., legal inside JSON strings.
+    for number, raw in enumerate((text or "").split("\n"), start=1):
         if not raw.strip():
             continue
         try:
@@ -255,7 +255,8 @@ def _check_messages(messages: object, line: int, name: str, issues: list[Issue])
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
         if not isinstance(message, dict):
-            issues.append(Issue("error", name, line, where, "must be an object with role and content", ""))
+            issues.append(Issue("error", name, line, where, "must be an object with role and content",
+                                'write it as {"role": "user", "content": "..."}'))
             continue
         for unknown in sorted(set(message) - MESSAGE_KEYS):
             issues.append(Issue("error", name, line, f"{where}.{unknown}", "unknown key",
@@ -299,7 +300,7 @@ def _check_classify(example: Example, name: str, issues: list[Issue]) -> None:
 
 def _read_text(path: Path, issues: list[Issue]) -> str | None:
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")  # tolerate the BOM spreadsheet exports add
     except UnicodeDecodeError as err:
         line = path.read_bytes()[: err.start].count(b"\n") + 1
         issues.append(Issue("error", str(path), line, None, "not valid UTF-8", "save the file as UTF-8"))

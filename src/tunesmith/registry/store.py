@@ -78,7 +78,7 @@ def publish(name: str, staging: Path) -> ModelVersion:
     folder = paths.registry_dir() / name
     folder.mkdir(parents=True, exist_ok=True)
     for _ in range(100):
-        version = 1 + max((v.version for v in versions(name)), default=0)
+        version = 1 + max(_issued_numbers(name), default=0)
         target = folder / str(version)
         manifest = json.loads((staging / MANIFEST).read_text())
         manifest["name"], manifest["version"] = name, version
@@ -90,6 +90,16 @@ def publish(name: str, staging: Path) -> ModelVersion:
             if not target.exists():
                 raise
     raise TunesmithError(f"could not publish {name}: too many concurrent versions")
+
+
+def _issued_numbers(name: str) -> list[int]:
+    """Every number ever given out under ``name``: live versions and removal tombstones, so a
+    pinned NAME:N never comes to mean a different model after NAME:N was removed."""
+    folder = paths.registry_dir() / name
+    if not folder.is_dir():
+        return []
+    numbers = [int(p.name) for p in folder.iterdir() if p.name.isdigit()]
+    return numbers + [int(p.name.split("-")[-1]) for p in folder.glob(".removed-*")]
 
 
 def versions(name: str) -> list[ModelVersion]:
@@ -135,11 +145,9 @@ def remove(ref: str) -> list[ModelVersion]:
     if not doomed:
         get(ref)  # raises the not-found message
     for entry in doomed:
+        (entry.path.parent / f".removed-{entry.version}").touch()  # the number is never reused
         # Rename first so a crash mid-delete never leaves a half-version that looks valid.
         trash = entry.path.with_name(f".trash-{entry.version}-{os.getpid()}")
         os.rename(entry.path, trash)
         shutil.rmtree(trash)
-    folder = paths.registry_dir() / name
-    if folder.is_dir() and not any(p for p in folder.iterdir() if not p.name.startswith(".")):
-        shutil.rmtree(folder, ignore_errors=True)
     return doomed

@@ -52,7 +52,7 @@ def default_name(data: Path) -> str:
 def train(config: TrainConfig | None = None, resume: str | None = None,
           console: Console | None = None) -> TrainResult:
     """Run (or resume) a training run; returns the published version and the comparison."""
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     if resume is not None:
         config = _config_for_resume(resume)
     assert config is not None

@@ -1,0 +1,184 @@
+"""The typed config: validation, YAML + overrides, and the documented data-driven defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from tunesmith.config import TrainConfig, check_name, load_config
+from tunesmith.errors import TunesmithError
+from tunesmith.train.defaults import default_max_length, resolve
+
+
+def yaml_file(tmp_path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_unknown_key_in_yaml_is_rejected(tmp_path):
+    path = yaml_file(tmp_path, "data: train.jsonl\nlearning_rate: 0.1\n")
+    with pytest.raises(TunesmithError) as raised:
+        load_config(path)
+    message = str(raised.value)
+    assert str(path) in message
+    assert "learning_rate: unknown key" in message
+
+
+def test_yaml_must_be_a_mapping(tmp_path):
+    with pytest.raises(TunesmithError, match="expected a mapping"):
+        load_config(yaml_file(tmp_path, "- data\n- train.jsonl\n"))
+
+
+def test_yaml_errors_and_missing_file(tmp_path):
+    with pytest.raises(TunesmithError, match="not valid YAML"):
+        load_config(yaml_file(tmp_path, "data: [unclosed\n"))
+    with pytest.raises(TunesmithError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_empty_yaml_with_overrides(tmp_path):
+    config = load_config(yaml_file(tmp_path, ""), data=Path("x.jsonl"))
+    assert config.data == Path("x.jsonl") and config.batch_size == 8
+
+
+def test_missing_data_is_an_error():
+    with pytest.raises(TunesmithError, match="data: Field required"):
+        load_config()
+
+
+def test_batch_size_must_be_a_multiple_of_micro_batch_size():
+    with pytest.raises(TunesmithError, match=r"batch_size \(6\) must be a multiple of micro_batch_size \(4\)"):
+        load_config(data="x.jsonl", batch_size=6, micro_batch_size=4)
+    config = load_config(data="x.jsonl", batch_size=8, micro_batch_size=2)
+    assert config.accumulation_steps == 4
+    assert load_config(data="x.jsonl", batch_size=8).accumulation_steps == 1
+
+
+def test_lora_settings_with_full_method_are_rejected():
+    with pytest.raises(TunesmithError, match="lora_rank/lora_alpha only apply to method 'lora'"):
+        load_config(data="x.jsonl", method="full", lora_rank=8)
+    with pytest.raises(TunesmithError, match="only apply to method 'lora'"):
+        load_config(data="x.jsonl", method="full", lora_alpha=16)
+    assert load_config(data="x.jsonl", method="lora", lora_rank=8).lora_rank == 8
+
+
+def test_labels_only_with_classify():
+    with pytest.raises(TunesmithError, match="labels only apply to the classify task, not 'chat'"):
+        load_config(data="x.jsonl", task="chat", labels=["a", "b"])
+    assert load_config(data="x.jsonl", task="classify", labels=["a", "b"]).labels == ["a", "b"]
+    assert load_config(data="x.jsonl", labels=["a", "b"]).task == "auto"
+
+
+@pytest.mark.parametrize("labels,message", [(["a"], "at least two labels"), (["a", "a"], "unique"),
+                                            (["a", " "], "must not be empty")])
+def test_bad_label_sets(labels, message):
+    with pytest.raises(TunesmithError, match=message):
+        load_config(data="x.jsonl", labels=labels)
+
+
+@pytest.mark.parametrize("name", ["../x", ".hidden", "a/b", "", "..", "a\\b", "x" * 65, "-dash", "a..b"])
+def test_invalid_names(name):
+    with pytest.raises(TunesmithError, match="invalid model name"):
+        load_config(data="x.jsonl", name=name)
+    with pytest.raises(ValueError):
+        check_name(name)
+
+
+@pytest.mark.parametrize("name", ["reviews", "my-model_1.2", "A", "x" * 64])
+def test_valid_names(name):
+    assert load_config(data="x.jsonl", name=name).name == name
+
+
+def test_name_with_trailing_newline_is_invalid():
+    with pytest.raises(ValueError):
+        check_name("abc\n")
+
+
+def test_range_checks():
+    for bad in ({"epochs": 0}, {"lr": 1.5}, {"max_length": 8}, {"batch_size": 0}, {"val_fraction": 0.9}):
+        with pytest.raises(TunesmithError):
+            load_config(data="x.jsonl", **bad)
+
+
+def test_cli_overrides_beat_yaml_and_none_is_ignored(tmp_path):
+    path = yaml_file(tmp_path, "data: from-yaml.jsonl\nepochs: 5\nlr: 0.001\nname: yaml-name\nseed: 7\n")
+    config = load_config(path, data=Path("from-cli.jsonl"), epochs=2, lr=None, name=None, seed=None,
+                         batch_size=None)
+    assert config.data == Path("from-cli.jsonl")
+    assert config.epochs == 2
+    assert config.lr == 0.001 and config.name == "yaml-name" and config.seed == 7
+    assert config.batch_size == 8
+
+
+def test_assignment_is_validated():
+    config = TrainConfig(data="x.jsonl")
+    with pytest.raises(ValidationError):
+        config.name = "../escape"
+
+
+def test_yaml_round_trip(tmp_path):
+    config = load_config(data="x.jsonl", name="m", epochs=3, labels=["a", "b"], lora_targets=["q_proj"])
+    assert load_config(yaml_file(tmp_path, config.to_yaml())) == config
+
+
+# --------------------------------------------------------------------------- defaults.resolve
+
+
+@pytest.mark.parametrize("n,epochs,lr,rank", [
+    (10, 3, 3e-4, 8), (200, 3, 3e-4, 8), (201, 2, 3e-4, 8), (999, 2, 3e-4, 8), (1000, 2, 2e-4, 16),
+    (1001, 1, 2e-4, 16), (9999, 1, 2e-4, 16), (10000, 1, 2e-4, 32), (50000, 1, 2e-4, 32),
+])
+def test_resolve_lora_defaults(n, epochs, lr, rank):
+    resolved = resolve(TrainConfig(data="x.jsonl"), n, [100] * 10, None, "chat")
+    assert (resolved.epochs, resolved.lr, resolved.lora_rank) == (epochs, lr, rank)
+    assert resolved.lora_alpha == 2 * rank
+    assert resolved.task == "chat"
+    assert resolved.micro_batch_size == resolved.batch_size == 8
+
+
+@pytest.mark.parametrize("n,lr", [(10, 3e-5), (999, 3e-5), (1000, 2e-5), (5000, 2e-5)])
+def test_resolve_full_fine_tuning_defaults(n, lr):
+    resolved = resolve(TrainConfig(data="x.jsonl", method="full"), n, [100], None, "completion")
+    assert resolved.lr == lr
+    assert resolved.lora_rank is None and resolved.lora_alpha is None
+
+
+def test_resolve_keeps_explicit_values():
+    config = TrainConfig(data="x.jsonl", epochs=7, lr=0.01, lora_rank=4, lora_alpha=3.0, max_length=100,
+                         batch_size=8, micro_batch_size=2)
+    resolved = resolve(config, 5000, [3000] * 10, 50, "chat", labels=None)
+    assert (resolved.epochs, resolved.lr, resolved.lora_rank, resolved.lora_alpha) == (7, 0.01, 4, 3.0)
+    assert resolved.max_length == 100 and resolved.micro_batch_size == 2
+    assert config.epochs == 7 and config.task == "auto"  # the input is not modified
+
+
+def test_resolve_rank_given_alpha_defaults_to_twice_it():
+    assert resolve(TrainConfig(data="x.jsonl", lora_rank=12), 10, [100], None, "chat").lora_alpha == 24
+
+
+def test_resolve_sets_labels():
+    resolved = resolve(TrainConfig(data="x.jsonl"), 10, [100], None, "classify", labels=["neg", "pos"])
+    assert resolved.labels == ["neg", "pos"] and resolved.task == "classify"
+
+
+@pytest.mark.parametrize("lengths,model_max,expected", [
+    ([10] * 50, None, 64),                    # floor of 64
+    ([100] * 50, None, 128),                  # rounded up to a multiple of 32
+    ([96] * 50, None, 96),
+    ([100] * 99 + [5000], None, 128),         # 99th percentile: one outlier in 100 is ignored
+    ([100] * 98 + [5000] * 2, None, 2048),    # two are not; capped at 2048
+    ([300] * 10, 200, 200),                   # never above the model's context
+    ([], None, 512),
+])
+def test_default_max_length_chat(lengths, model_max, expected):
+    assert default_max_length(lengths, "chat", model_max) == expected
+    if lengths:
+        assert resolve(TrainConfig(data="x.jsonl"), 10, lengths, model_max, "chat").max_length == expected
+
+
+@pytest.mark.parametrize("lengths,expected", [([100, 100], 224), ([1000, 1000], 512), ([5], 64)])
+def test_default_max_length_text(lengths, expected):
+    assert default_max_length(lengths, "text", None) == expected

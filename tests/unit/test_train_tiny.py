@@ -1,0 +1,141 @@
+"""End to end on the tiny model: train, publish, version again, refuse bad data; and the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import yaml
+
+from tunesmith.cli import main
+from tunesmith.config import TrainConfig
+from tunesmith.errors import DataError, TunesmithError
+from tunesmith.registry import store
+from tunesmith.train.run import train
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def rows(n: int = 24) -> list[dict]:
+    return [{"messages": [{"role": "user", "content": f"Customer: CU-{1000 + i} Issue: no signal."},
+                          {"role": "assistant", "content": "positive" if i % 2 else "negative"}]}
+            for i in range(n)]
+
+
+def config(data, tiny_model_dir, **overrides) -> TrainConfig:
+    values = dict(data=data, base=str(tiny_model_dir), name="tiny", epochs=2, batch_size=4, lr=1e-2, seed=0)
+    return TrainConfig(**(values | overrides))
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_train_publishes_versions(home, write_jsonl, tiny_model_dir, capsys):
+    data = write_jsonl("calls.jsonl", rows())
+    result = train(config(data, tiny_model_dir))
+
+    # the loss went down
+    losses = [entry["loss"] for entry in result.loop.history]
+    assert result.loop.steps == result.loop.total_steps == len(losses) == 12  # 22 train rows / 4, 2 epochs
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    assert result.tuned_metrics["loss"] < result.base_metrics["loss"]
+
+    version = result.version
+    assert version.ref == "tiny:1" and version.path == home / "registry" / "tiny" / "1"
+    assert not (home / "runs" / "tiny").exists()  # the work folder is gone once published
+    for name in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "config.yaml",
+                 "metrics.jsonl", "loss.png", "manifest.json", "tokenizer.json"):
+        assert (version.path / name).is_file(), name
+    assert (version.path / "loss.png").read_bytes().startswith(PNG)
+    assert json.loads((version.path / "adapter" / "adapter_config.json").read_text())["r"] == 8
+
+    manifest = version.manifest
+    assert manifest["name"] == "tiny" and manifest["version"] == 1
+    assert manifest["task"] == "chat" and manifest["method"] == "lora" and manifest["seed"] == 0
+    assert manifest["base"]["sha256"] == sha256(tiny_model_dir / "model.safetensors")
+    assert manifest["base"]["embedded"] is False
+    assert manifest["data"]["train"]["sha256"] == sha256(data)
+    assert manifest["data"]["train"]["rows"] == 24
+    assert manifest["data"]["val"] is None
+    for library in ("python", "torch", "transformers", "peft", "tunesmith"):
+        assert manifest["libraries"][library]
+    assert manifest["metrics"]["base"]["loss"] > manifest["metrics"]["fine_tuned"]["loss"]
+    assert manifest["metrics"]["helped"] is True
+    assert manifest["training"]["train_seconds"] > 0 and manifest["training"]["steps"] == 12
+
+    saved = TrainConfig(**yaml.safe_load((version.path / "config.yaml").read_text()))
+    assert (saved.epochs, saved.lr, saved.lora_rank, saved.lora_alpha) == (2, 1e-2, 8, 16.0)
+    assert saved.task == "chat" and saved.max_length >= 64 and saved.micro_batch_size == 4
+    history = [json.loads(line) for line in (version.path / "metrics.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in history] == list(range(1, 13))
+    assert [entry["loss"] for entry in history] == pytest.approx(losses)
+
+    # same name again: version 2, version 1 untouched
+    second = train(config(data, tiny_model_dir, epochs=1))
+    assert second.version.ref == "tiny:2"
+    assert store.get("tiny").version == 2
+    assert store.get("tiny:1").manifest["training"]["steps"] == 12
+    assert store.get("tiny:2").manifest["training"]["steps"] == 6
+
+    capsys.readouterr()
+    assert main(["models", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(row["name"], row["version"]) for row in listed] == [("tiny", 1), ("tiny", 2)]
+    for row in listed:
+        assert row["base"] == str(tiny_model_dir) and row["task"] == "chat" and row["created"]
+    assert main(["models", "show", "tiny:1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == 1
+
+
+def test_full_fine_tuning_writes_model_weights(home, write_jsonl, tiny_model_dir):
+    data = write_jsonl("calls.jsonl", rows())
+    result = train(config(data, tiny_model_dir, name="tiny-full", method="full", lr=1e-3))
+    path = result.version.path
+    assert (path / "model" / "model.safetensors").is_file()
+    assert (path / "model" / "config.json").is_file()
+    assert not (path / "adapter").exists()
+    assert result.version.manifest["method"] == "full"
+    losses = [entry["loss"] for entry in result.loop.history]
+    assert losses[-1] < losses[0]
+
+
+def test_bad_data_is_refused_before_anything_is_written(home, write_jsonl, tiny_model_dir):
+    data = write_jsonl("bad.jsonl", rows(5) + ['{"messages": oops}', rows(1)[0] | {"extra": 1}])
+    with pytest.raises(DataError) as raised:
+        train(config(data, tiny_model_dir))
+    message = str(raised.value)
+    assert f"{data}:6" in message and f"{data}:7" in message
+    assert "2 error(s)" in message and "nothing was trained" in message
+    assert raised.value.report is not None and not raised.value.report.ok
+    assert store.list_models() == []
+    assert not (home / "runs" / "tiny").exists()
+
+
+def test_unfinished_run_blocks_a_new_one(home, write_jsonl, tiny_model_dir):
+    checkpoint = home / "runs" / "tiny" / "checkpoints" / "step-000001"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "state.pt").write_bytes(b"x")
+    (checkpoint.parent / "LATEST").write_text("step-000001\n")
+    with pytest.raises(TunesmithError, match="--resume tiny"):
+        train(config(write_jsonl("calls.jsonl", rows()), tiny_model_dir))
+
+
+def test_cli_models_list_empty(home, capsys):
+    assert main(["models", "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+
+
+def test_cli_data_check(write_jsonl, tiny_model_dir, capsys):
+    good = write_jsonl("good.jsonl", rows(4))
+    assert main(["data", "check", str(good), "--base", str(tiny_model_dir), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is True and report["examples"] == 4 and report["task"] == "chat"
+    assert report["stats"]["tokens_total"] > 0
+
+    bad = write_jsonl("bad.jsonl", rows(2) + ['{"messages": [}'])
+    assert main(["data", "check", str(bad), "--base", str(tiny_model_dir), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False
+    assert [(e["line"], e["severity"]) for e in report["errors"]] == [(3, "error")]
