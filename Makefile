@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/tunesmith train examples/reviews/train.jsonl --name reviews-demo --epochs 1
+	$(BIN)/tunesmith train examples/reviews/train.jsonl --name reviews-demo
 	$(BIN)/tunesmith eval reviews-demo --data examples/reviews/test.jsonl
 	@echo
 	@echo "The model is in the registry: try  $(BIN)/tunesmith chat reviews-demo"

@@ -24,9 +24,10 @@ import torch
 
 from tunesmith.config import TrainConfig
 
-# Share of the matmul peak our loop reaches on nominal model FLOPs (measured on 2-core CPU with
-# SmolLM2-135M, LoRA, length-grouped batches; see bench/RESULTS.md). Used only for estimates.
-TRAINING_EFFICIENCY = 0.45
+# Share of the matmul peak our loop reaches on nominal model FLOPs, used only for estimates.
+# Calibrated on the demo (2-core CPU, SmolLM2-135M, LoRA, classification): ~270 tokens/s
+# x 4 x 135M params = ~145 GFLOP/s of nominal work against a ~160-200 GFLOP/s measured peak.
+TRAINING_EFFICIENCY = 0.75
 
 
 def resolve(config: TrainConfig, n_train: int, lengths: list[int], model_max_length: int | None,
