@@ -122,6 +122,20 @@ def test_unfinished_run_blocks_a_new_one(home, write_jsonl, tiny_model_dir):
         train(config(write_jsonl("calls.jsonl", rows()), tiny_model_dir))
 
 
+def test_resume_refuses_a_changed_data_file(home, write_jsonl, tiny_model_dir):
+    data = write_jsonl("calls.jsonl", rows())
+    run_dir = home / "runs" / "tiny"
+    checkpoint = run_dir / "checkpoints" / "step-000001"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "state.pt").write_bytes(b"x")
+    (checkpoint.parent / "LATEST").write_text("step-000001\n")
+    (run_dir / "config.yaml").write_text(config(data, tiny_model_dir).to_yaml())
+    (run_dir / "data.sha256").write_text(sha256(data) + "\n")
+    data.write_text(data.read_text() + json.dumps(rows(1)[0] | {"messages": rows(30)[29]["messages"]}) + "\n")
+    with pytest.raises(TunesmithError, match="changed since the run started"):
+        train(resume="tiny")
+
+
 def test_cli_models_list_empty(home, capsys):
     assert main(["models", "list", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunesmith.data.formats import Example, Issue, ParsedFile, read_file
+from tunesmith.data.formats import Issue, ParsedFile, read_file
 from tunesmith.data.render import Rendered, render_example, tokenize_document
 
 MAX_LISTED = 5  # line numbers quoted per warning
@@ -85,7 +85,7 @@ def check_structure(data: Path, task: str = "auto", val_data: Path | None = None
 def check_data(data: Path, task: str = "auto", tokenizer=None, max_length: int | None = None,
                val_data: Path | None = None, labels: list[str] | None = None,
                system_prompt: str | None = None, n_params: int | None = None,
-               method: str = "lora", epochs: int | None = None) -> DataReport:
+               method: str = "lora") -> DataReport:
     """The full check. Without a tokenizer only the structural part runs."""
     from tunesmith.train.defaults import default_max_length, estimate_seconds
 
@@ -105,7 +105,7 @@ def check_data(data: Path, task: str = "auto", tokenizer=None, max_length: int |
     report.preview = _preview(tokenizer, report.rendered[0], report.max_length) if report.rendered else []
     if n_params:
         tokens = sum(min(n, report.max_length) for n in lengths) if report.task != "text" else sum(lengths)
-        report.estimate_seconds = estimate_seconds(tokens * (epochs or 1), n_params, method)
+        report.estimate_seconds = estimate_seconds(tokens, n_params, method)  # one epoch
     return report
 
 
@@ -197,8 +197,3 @@ def _length_stats(lengths: list[int], targets: list[int]) -> dict:
 def _preview(tokenizer, rendered: Rendered, max_length: int) -> list[tuple[str, bool]]:
     head = rendered.truncated(max_length)
     return [(tokenizer.decode([token]), label != -100) for token, label in zip(head.input_ids, head.labels)]
-
-
-def longest_examples(report: DataReport) -> list[Example]:
-    pairs = sorted(zip(report.train.examples, report.rendered), key=lambda p: -len(p[1].input_ids))
-    return [example for example, _ in pairs]

@@ -29,7 +29,7 @@ from tunesmith.evaluate.compare import comparison_table, evaluate_split, helped
 from tunesmith.models.base import resolve_base
 from tunesmith.models.load import add_lora, count_parameters, load_model, load_tokenizer
 from tunesmith.registry import store
-from tunesmith.registry.publish import write_version
+from tunesmith.registry.publish import file_sha256, write_version
 from tunesmith.train import defaults
 from tunesmith.train.checkpoint import atomic_write_text, latest_checkpoint
 from tunesmith.train.loop import LoopResult, train_loop
@@ -66,6 +66,10 @@ def train(config: TrainConfig | None = None, resume: str | None = None,
     structure = check_structure(config.data, config.task, config.val_data, config.labels)
     if not structure.ok:
         raise DataError(_error_summary(structure), structure)
+    data_hash = file_sha256(config.data)
+    if resume is not None and (run_dir / "data.sha256").read_text().strip() != data_hash:
+        raise TunesmithError(f"{config.data} changed since the run started; resuming would not give the "
+                             "same model. Restore the file, or delete the run folder and train again")
 
     base_path = resolve_base(config.base)
     tokenizer = load_tokenizer(base_path)
@@ -87,6 +91,7 @@ def train(config: TrainConfig | None = None, resume: str | None = None,
                               getattr(tokenizer, "model_max_length", None), report.task, report.labels)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", config.to_yaml())
+    atomic_write_text(run_dir / "data.sha256", data_hash + "\n")
 
     torch.manual_seed(config.seed)
     model = load_model(base_path)
