@@ -30,7 +30,7 @@ def evaluate_split(model, tokenizer, task: str, examples: list[Example], rows: l
 
 
 def comparison_table(task: str, base: dict, tuned: dict, title: str) -> Table:
-    primary, higher_better = PRIMARY[task]
+    primary = PRIMARY[task][0]
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("base", justify="right")
