@@ -118,15 +118,16 @@ def _renderer(tokenizer, report: DataReport, system_prompt: str | None):
 def _label_issues(train: ParsedFile, val: ParsedFile | None, labels: list[str], given: bool) -> list[Issue]:
     issues = []
     known = set(labels)
-    val_source = "the given label set" if given else "the training labels"
-    for parsed, what in ((train, "the given label set" if given else None), (val, val_source)):
-        if parsed is None or what is None:
+    source = "the given label set" if given else "the training labels"
+    # Training labels define the set unless one was given; then both files are checked against it.
+    for parsed in (train if given else None, val):
+        if parsed is None:
             continue
         for example in parsed.examples:
             if example.label and example.label not in known:
                 issues.append(Issue("error", str(parsed.path), example.line, "label",
                                     f"unknown label {example.label!r}",
-                                    f"labels must be one of {sorted(known)} ({what})"))
+                                    f"labels must be one of {sorted(known)} ({source})"))
     counts = Counter(e.label for e in train.examples if e.label)
     if len(counts) == 1:
         issues.append(Issue("error", str(train.path), None, "label", "only one label in the data",
