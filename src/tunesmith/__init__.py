@@ -46,11 +46,29 @@ def train(config: TrainConfig | None = None, resume: str | None = None):
     return run(config, resume=resume)
 
 
-def evaluate(model: str, data: str | Path) -> dict:
-    """Fine-tuned vs base on held-out data (`tunesmith eval`)."""
+def evaluate(model: str, data: str | Path, baselines: tuple[str, ...] = ("base", "few_shot"), shots: int = 8,
+             report: str | Path | None = None, **options) -> dict:
+    """The model against the base zero-shot and few-shot on held-out data (`tunesmith eval`).
+
+    ``options`` are the fields of ``tunesmith.evaluate.measure.EvalOptions``; ``report`` also writes
+    the HTML report. Returns the same dict as ``tunesmith eval --json``."""
+    from tunesmith.evaluate.measure import EvalOptions
     from tunesmith.evaluate.run import evaluate as run
 
-    return run(model, Path(data))
+    figures = run(model, Path(data), tuple(baselines), EvalOptions(shots=shots, **options))
+    if report is not None:
+        from tunesmith.evaluate.report import write_eval_report
+
+        write_eval_report(figures, Path(report))
+    return figures
+
+
+def learning_curve(train_file: str | Path, test_file: str | Path, sizes: list[int],
+                   config: TrainConfig | None = None, name: str | None = None) -> dict:
+    """Train on nested subsets and evaluate each (`tunesmith curve`)."""
+    from tunesmith.evaluate.curve import learning_curve as run
+
+    return run(Path(train_file), Path(test_file), sizes, config, name)
 
 
 def load(model: str):

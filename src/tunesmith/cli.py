@@ -68,11 +68,37 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="NAME", help="continue an interrupted run")
     train.set_defaults(handler=cmd_train)
 
-    evaluate = commands.add_parser("eval", help="compare a fine-tuned model with its base on held-out data")
-    evaluate.add_argument("model")
-    evaluate.add_argument("--data", type=Path, required=True)
-    evaluate.add_argument("--json", type=Path, metavar="OUT", help="also write the figures as JSON")
+    evaluate = commands.add_parser("eval", help="measure a model on held-out data against the base model "
+                                                "zero-shot and with a few-shot prompt")
+    evaluate.add_argument("model", help="registry model (NAME or NAME:VERSION), base name or folder")
+    evaluate.add_argument("--data", type=Path, required=True, help="held-out test file")
+    evaluate.add_argument("--baselines", default="base,few-shot",
+                          help="comma-separated: base, few-shot, or none (default: base,few-shot)")
+    evaluate.add_argument("--shots", type=int, default=8, help="examples in the few-shot prompt (default 8)")
+    evaluate.add_argument("--shots-from", type=Path, metavar="FILE",
+                          help="draw the shots from FILE (default: the examples kept with the version)")
+    evaluate.add_argument("--latency-samples", type=int, default=16,
+                          help="single requests timed per system (default 16; 0 skips latency)")
+    evaluate.add_argument("--max-new-tokens", type=int,
+                          help="generation cap for chat/completion (default: 1.5x the longest reference)")
+    evaluate.add_argument("--prices", type=Path, metavar="FILE",
+                          help="YAML/JSON price overrides for break-even (cpu_core_hour_usd, gpu_hour_usd)")
+    evaluate.add_argument("--json", type=Path, metavar="OUT", help="write every figure as JSON")
+    evaluate.add_argument("--report", type=Path, metavar="OUT.html", help="write a self-contained HTML report")
     evaluate.set_defaults(handler=cmd_eval)
+
+    curve = commands.add_parser("curve", help="learning curve: train on nested subsets, evaluate each")
+    curve.add_argument("file", type=Path, help="training data")
+    curve.add_argument("--test", type=Path, required=True, help="held-out test file")
+    curve.add_argument("--sizes", default="50,100,200,400", help="comma-separated subset sizes")
+    curve.add_argument("--base", help="base model name or local folder (default smollm2-135m)")
+    curve.add_argument("--name", help="registry name prefix (default: FILE-curve; models are NAME-nSIZE)")
+    curve.add_argument("--shots", type=int, default=8, help="examples in the few-shot reference line")
+    curve.add_argument("--seed", type=int, default=0)
+    curve.add_argument("-c", "--config", type=Path, help="YAML training config for every size")
+    curve.add_argument("--json", type=Path, metavar="OUT", help="write the points as JSON")
+    curve.add_argument("--report", type=Path, metavar="OUT.html", help="write a self-contained HTML report")
+    curve.set_defaults(handler=cmd_curve)
 
     generate = commands.add_parser("generate", help="answer one prompt")
     generate.add_argument("model", help="registry model (NAME or NAME:VERSION), base name or folder")
@@ -144,18 +170,72 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from tunesmith.evaluate.compare import comparison_table
+    from tunesmith.evaluate.measure import EvalOptions
+    from tunesmith.evaluate.report import write_eval_report
     from tunesmith.evaluate.run import evaluate
+    from tunesmith.evaluate.scores import load_prices
 
-    figures = evaluate(args.model, args.data)
-    results = figures["results"]
-    out.print(comparison_table(figures["task"], results["base"], results["fine_tuned"],
+    baselines = tuple(b.strip().replace("-", "_") for b in args.baselines.split(",") if b.strip() != "none")
+    options = EvalOptions(shots=args.shots, latency_samples=args.latency_samples,
+                          max_new_tokens=args.max_new_tokens)
+    prices = load_prices(args.prices) if args.prices else None
+    figures = evaluate(args.model, args.data, baselines, options, args.shots_from, prices, console=err)
+    out.print(comparison_table(figures["task"], figures["results"],
                                f"{figures['model']} on {args.data} ({figures['n']} examples)"))
-    verdict = {True: "[green]fine-tuning helped[/]", False: "[red]fine-tuning did not help[/]",
-               None: "no comparable metric"}[figures["helped"]]
-    out.print(verdict)
+    print_verdict(figures)
     if args.json:
-        args.json.write_text(json.dumps(figures, indent=2))
+        _write_json(args.json, figures)
+    if args.report:
+        write_eval_report(figures, args.report)
+        err.print(f"report: {args.report}")
     return 0
+
+
+def print_verdict(figures: dict) -> None:
+    if figures["helped"] is not None:
+        out.print("[green]fine-tuning helped[/]" if figures["helped"] else
+                  f"[red]fine-tuning did not beat every baseline on {figures['primary']}[/]")
+    even = figures.get("break_even")
+    if even:
+        if even["requests"] is None:
+            out.print("break-even: never; the fine-tuned model is not cheaper per request than the few-shot prompt")
+        else:
+            out.print(f"break-even: training ({even['training_cpu_seconds']:.0f} CPU-s, "
+                      f"${even['training_cost_usd']:.4f}) is paid back by the shorter prompt after "
+                      f"{even['requests']:,} requests ({even['saved_cpu_seconds_per_request']:.3f} CPU-s saved each)")
+    regressions = [d for d in figures.get("diffs", []) if d["kind"] == "regression"]
+    if figures.get("diffs"):
+        out.print(f"{len(figures['diffs'])} examples differ from a baseline, {len(regressions)} of them "
+                  "regressions (see --report or --json)")
+
+
+def cmd_curve(args) -> int:
+    from tunesmith.config import load_config
+    from tunesmith.evaluate.curve import curve_table, learning_curve
+    from tunesmith.evaluate.measure import EvalOptions
+    from tunesmith.evaluate.report import write_curve_report
+
+    try:
+        sizes = [int(size) for size in args.sizes.split(",")]
+    except ValueError:
+        raise TunesmithError(f"--sizes {args.sizes!r}: give whole numbers separated by commas, "
+                             "e.g. 50,100,200") from None
+    config = load_config(args.config, data=args.file, base=args.base, seed=args.seed)
+    curve = learning_curve(args.file, args.test, sizes, config, args.name,
+                           EvalOptions(shots=args.shots, seed=args.seed), console=err)
+    out.print(curve_table(curve))
+    if args.json:
+        _write_json(args.json, curve)
+    if args.report:
+        write_curve_report(curve, args.report)
+        err.print(f"report: {args.report}")
+    return 0
+
+
+def _write_json(path: Path, figures: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(figures, indent=2))
+    tmp.replace(path)
 
 
 def cmd_generate(args) -> int:

@@ -63,10 +63,10 @@ def models_table(rows: list[dict]) -> Table:
 
 def _result(metrics: dict) -> str:
     base, tuned = metrics.get("base") or {}, metrics.get("fine_tuned") or {}
-    for key in ("accuracy", "perplexity", "loss"):
+    for key in ("accuracy", "rouge_l", "perplexity", "loss"):
         if key in base and key in tuned:
-            if key == "accuracy":
-                return f"accuracy {base[key]:.0%} → {tuned[key]:.0%}"
+            if key in ("accuracy", "rouge_l"):
+                return f"{key} {base[key]:.0%} → {tuned[key]:.0%}"
             return f"{key} {base[key]:.3g} → {tuned[key]:.3g}"
     return "-"
 

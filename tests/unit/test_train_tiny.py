@@ -62,7 +62,15 @@ def test_train_publishes_versions(home, write_jsonl, tiny_model_dir, capsys):
     for library in ("python", "torch", "transformers", "peft", "tunesmith"):
         assert manifest["libraries"][library]
     assert manifest["metrics"]["base"]["loss"] > manifest["metrics"]["fine_tuned"]["loss"]
-    assert manifest["metrics"]["helped"] is True
+    # the closing comparison: base zero-shot and 8-shot measured on the validation split too
+    metrics = manifest["metrics"]
+    assert list(metrics) == ["base", "few_shot", "fine_tuned", "helped"]
+    assert metrics["few_shot"]["shots"] == 8
+    assert metrics["few_shot"]["prompt_tokens_mean"] > metrics["base"]["prompt_tokens_mean"]
+    assert metrics["helped"] == all(metrics["fine_tuned"]["rouge_l"] > metrics[b]["rouge_l"]
+                                    for b in ("base", "few_shot"))
+    pool = [json.loads(line) for line in (version.path / "fewshot.jsonl").read_text().splitlines()]
+    assert len(pool) == 22 and all("messages" in record for record in pool)  # every train row, none from val
     assert manifest["training"]["train_seconds"] > 0 and manifest["training"]["steps"] == 12
 
     saved = TrainConfig(**yaml.safe_load((version.path / "config.yaml").read_text()))

@@ -1,62 +1,97 @@
-"""Base model vs fine-tuned model on the same held-out examples."""
+"""Side by side: the comparison table, whether fine-tuning helped, and per-example differences."""
 
 from __future__ import annotations
 
-import time
-
 from rich.table import Table
 
-from tunesmith.data.batching import Row
-from tunesmith.data.formats import Example
-from tunesmith.evaluate.metrics import answer_loss, classification_metrics, label_log_likelihoods
+from tunesmith.evaluate.systems import display_name
 
 # Which metric decides "did it help", and whether higher is better.
-PRIMARY = {"classify": ("accuracy", True), "chat": ("loss", False),
-           "completion": ("loss", False), "text": ("perplexity", False)}
+PRIMARY = {"classify": ("accuracy", True), "chat": ("rouge_l", True),
+           "completion": ("rouge_l", True), "text": ("perplexity", False)}
+HIGHER_IS_BETTER = {"accuracy", "macro_f1", "rouge_l", "chrf", "exact_match", "tokens_per_s"}
+TABLE_METRICS = ("accuracy", "macro_f1", "ece", "rouge_l", "chrf", "exact_match", "loss", "perplexity",
+                 "bits_per_byte", "prompt_tokens_mean", "latency_ms_p50", "latency_ms_p90", "tokens_per_s")
+PERCENT = {"accuracy", "macro_f1", "rouge_l", "exact_match"}
+MAX_DIFFS = 200
 
 
-def evaluate_split(model, tokenizer, task: str, examples: list[Example], rows: list[Row],
-                   labels: list[str] | None = None, system_prompt: str | None = None) -> dict:
-    """The held-out metrics of one model: answer loss/perplexity always, accuracy for labels."""
-    start = time.perf_counter()
-    if task == "classify" and examples:
-        # The gold label's row is one of the scored rows, so its loss comes for free.
-        scores, counts = label_log_likelihoods(model, tokenizer, examples, labels, system_prompt)
-        metrics = classification_metrics(scores, counts, examples, labels)
-    else:
-        metrics = answer_loss(model, rows, tokenizer.pad_token_id)
-    metrics["seconds"] = time.perf_counter() - start
-    return metrics
-
-
-def comparison_table(task: str, base: dict, tuned: dict, title: str) -> Table:
+def comparison_table(task: str, results: dict[str, dict], title: str) -> Table:
+    """Metrics as rows, systems as columns; the best value of each row in bold, the primary starred."""
     primary = PRIMARY[task][0]
     table = Table(title=title)
     table.add_column("metric")
-    table.add_column("base", justify="right")
-    table.add_column("fine-tuned", justify="right")
-    table.add_column("change", justify="right")
-    for metric in ("accuracy", "loss", "perplexity"):
-        if metric not in base or metric not in tuned:
+    for name, metrics in results.items():
+        table.add_column(display_name(name, metrics.get("shots", 0)), justify="right")
+    for metric in TABLE_METRICS:
+        values = [metrics.get(metric) for metrics in results.values()]
+        present = [v for v in values if v is not None]
+        if not present:
             continue
-        before, after = base[metric], tuned[metric]
-        better = (after > before) if (metric == "accuracy") else (after < before)
-        style = "green" if better else "red"
-        label = f"{metric} *" if metric == primary else metric
-        table.add_row(label, _fmt(metric, before), _fmt(metric, after),
-                      f"[{style}]{_fmt(metric, after - before, signed=True)}[/]")
+        best = max(present) if metric in HIGHER_IS_BETTER else min(present)
+        cells = ["–" if v is None else (f"[bold]{format_value(metric, v)}[/]" if v == best and len(present) > 1
+                                        else format_value(metric, v)) for v in values]
+        table.add_row(f"{metric} *" if metric == primary else metric, *cells)
     return table
 
 
-def helped(task: str, base: dict, tuned: dict) -> bool | None:
-    primary, higher_better = PRIMARY[task]
-    if primary not in base or primary not in tuned:
+def format_value(metric: str, value: float) -> str:
+    if metric in PERCENT:
+        return f"{value * 100:.1f}%"
+    if metric in ("chrf", "prompt_tokens_mean", "tokens_per_s"):
+        return f"{value:.1f}"
+    if metric.startswith("latency"):
+        return f"{value:.0f} ms"
+    if metric == "perplexity":
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def better(metric: str, a: float, b: float) -> bool:
+    return a > b if metric in HIGHER_IS_BETTER else a < b
+
+
+def helped(task: str, results: dict[str, dict]) -> bool | None:
+    """Whether the fine-tuned model beats every baseline on the primary metric (None: nothing to compare)."""
+    primary = PRIMARY[task][0]
+    tuned = results.get("fine_tuned", {}).get(primary)
+    baselines = [m[primary] for name, m in results.items() if name != "fine_tuned" and primary in m]
+    if tuned is None or not baselines:
         return None
-    return tuned[primary] > base[primary] if higher_better else tuned[primary] < base[primary]
+    return all(better(primary, tuned, value) for value in baselines)
 
 
-def _fmt(metric: str, value: float, signed: bool = False) -> str:
-    sign = "+" if signed else ""
-    if metric == "accuracy":
-        return f"{value * 100:{sign}.1f} pts" if signed else f"{value * 100:.1f}%"
-    return f"{value:{sign}.3f}"
+def per_example(inputs: list[str], references: list[str], lines: list[int],
+                measured: dict[str, object]) -> list[dict]:
+    """One record per example: each system's output and per-example score."""
+    return [{"line": lines[i], "input": inputs[i], "reference": references[i],
+             "outputs": {name: m.outputs[i] for name, m in measured.items() if m.outputs},
+             "scores": {name: m.scores[i] for name, m in measured.items() if m.scores}}
+            for i in range(len(inputs))]
+
+
+def diffs(examples: list[dict], measured: dict[str, object], higher_is_better: bool = True) -> list[dict]:
+    """Examples where the fine-tuned model and a baseline score differently: regressions first, the
+    worst (largest drop, then most confident wrong answer) at the top, then improvements."""
+    if "fine_tuned" not in measured or not measured["fine_tuned"].scores:
+        return []
+    confidence = measured["fine_tuned"].confidences
+    found = []
+    for baseline in (name for name in measured if name != "fine_tuned"):
+        for index, example in enumerate(examples):
+            scores = example["scores"]
+            if baseline not in scores:
+                continue
+            delta = scores["fine_tuned"] - scores[baseline]
+            if not higher_is_better:
+                delta = -delta
+            if abs(delta) < 1e-9:
+                continue
+            found.append({**example, "against": baseline, "delta": round(delta, 4),
+                          "kind": "regression" if delta < 0 else "improvement",
+                          "_confidence": confidence[index] if confidence else 0.0})
+    found.sort(key=lambda d: (d["kind"] != "regression", d["delta"] if d["kind"] == "regression" else -d["delta"],
+                              -d["_confidence"]))
+    for item in found:
+        del item["_confidence"]
+    return found[:MAX_DIFFS]

@@ -1,42 +1,137 @@
-"""``tunesmith eval MODEL --data FILE``: the fine-tuned model and its base on held-out data."""
+"""``tunesmith eval``: the fine-tuned model against its base, zero-shot and few-shot, on held-out data.
+
+    load the version (adapter kept separate) -> check the test file with the version's task/labels
+    pick K shots from the pool kept with the version -> measure each system (evaluate/measure.py)
+    -> per-example outputs and diffs, break-even -> one dict (the --json shape), table, HTML report
+"""
 
 from __future__ import annotations
 
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
+import torch
+from rich.console import Console
+
 from tunesmith.data.check import check_data
-from tunesmith.data.prepare import Splits, build_rows
-from tunesmith.errors import DataError
-from tunesmith.evaluate.compare import evaluate_split, helped
-from tunesmith.inference import load
+from tunesmith.data.formats import Example, read_file
+from tunesmith.errors import DataError, TunesmithError
+from tunesmith.evaluate.compare import PRIMARY, diffs, helped, per_example
+from tunesmith.evaluate.measure import EvalOptions, Measured, measure
+from tunesmith.evaluate.scores import break_even
+from tunesmith.evaluate.systems import (POOL_FILE, SYSTEM_ORDER, System, load_pool, lora_systems,
+                                        pick_shots, split_answer)
+from tunesmith.inference import LoadedModel, load
 from tunesmith.models.base import resolve_base
 from tunesmith.models.load import load_model
 
+BASELINES = ("base", "few_shot")
+DEFAULT_MAX_LENGTH = 1024
 
-def evaluate(ref: str, data: Path) -> dict:
-    """Metrics of the fine-tuned model and of its base on ``data``, in one stable shape."""
+
+def evaluate(ref: str, data: Path, baselines: tuple[str, ...] = BASELINES, options: EvalOptions | None = None,
+             shots_from: Path | None = None, prices: dict | None = None,
+             console: Console | None = None) -> dict:
+    """Every figure of ``ref`` (and, for a fine-tune, its baselines) on ``data``, in one stable shape."""
+    options = options or EvalOptions()
+    console = console or Console(stderr=True, soft_wrap=True)
+    unknown = set(baselines) - set(BASELINES)
+    if unknown:
+        raise TunesmithError(f"unknown baseline {sorted(unknown)[0]!r}; choose from {', '.join(BASELINES)}")
+    started = time.perf_counter()
     loaded = load(ref, merge=False)
-    if loaded.version is None:
-        raise DataError(f"{ref} is a base model; give a fine-tuned model from `tunesmith models list`")
-    manifest = loaded.version.manifest
-    config = manifest["config"]
-    report = check_data(Path(data), loaded.task, loaded.tokenizer, config["max_length"],
+    manifest = loaded.version.manifest if loaded.version else None
+    max_length = manifest["config"]["max_length"] if manifest else DEFAULT_MAX_LENGTH
+    report = check_data(Path(data), loaded.task if manifest else "auto", loaded.tokenizer, max_length,
                         labels=loaded.labels, system_prompt=loaded.system_prompt)
     if not report.ok:
         raise DataError("the evaluation data has errors:\n" + "\n".join(map(str, report.errors)), report)
-    splits = Splits(report.train.examples, [], report.rendered, [])
-    rows, _ = build_rows(loaded.task, splits, config["max_length"], 0.0, 0, has_val_file=False)
-    examples = splits.train_examples
+    task, labels, examples = report.task, report.labels, report.train.examples
 
-    def measure(model) -> dict:
-        return evaluate_split(model, loaded.tokenizer, loaded.task, examples, rows,
-                              loaded.labels, loaded.system_prompt)
+    pool = _shot_pool(loaded, shots_from) if "few_shot" in baselines and task != "text" else []
+    shots = pick_shots(pool, options.shots, options.seed)
+    systems = _systems(loaded, manifest, shots, baselines)
+    measured: dict[str, Measured] = {}
+    for name, system in systems.items():
+        with console.status(f"evaluating {name} on {len(examples)} examples"):
+            measured[name] = measure(system, loaded.tokenizer, task, examples, labels, loaded.system_prompt,
+                                     options, max_length)
+    results = {name: m.metrics for name, m in measured.items()}
 
-    tuned = measure(loaded.model)
+    primary, higher_is_better = PRIMARY[task]
+    examples_out = [] if task == "text" else per_example(
+        *_inputs_and_references(examples, task), [e.line for e in examples], measured)
+    return {
+        "model": loaded.ref, "task": task, "data": str(data), "n": len(examples), "labels": labels,
+        "primary": primary, "higher_is_better": higher_is_better, "systems": list(results),
+        "results": results, "helped": helped(task, results),
+        "break_even": _break_even(manifest, results, prices),
+        "examples": examples_out, "diffs": diffs(examples_out, measured, higher_is_better=True),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def _systems(loaded: LoadedModel, manifest: dict | None, shots: list[Example],
+             baselines: tuple[str, ...]) -> dict[str, System]:
+    if manifest is None:  # a model on its own
+        systems = {"base": System("base", loaded.model)}
+        if shots:
+            systems["few_shot"] = System("few_shot", loaded.model, shots=shots)
+        return systems
     if manifest["method"] == "lora":
-        with loaded.model.disable_adapter():
-            base = measure(loaded.model)
+        systems = lora_systems(loaded.model, shots)
     else:
-        base = measure(load_model(resolve_base(manifest["base"]["name"])).eval())
-    return {"model": loaded.ref, "task": loaded.task, "data": str(data), "n": len(rows),
-            "results": {"base": base, "fine_tuned": tuned}, "helped": helped(loaded.task, base, tuned)}
+        base = load_model(resolve_base(manifest["base"]["name"])).eval()
+        systems = {"base": System("base", base), "few_shot": System("few_shot", base, shots=shots),
+                   "fine_tuned": System("fine_tuned", loaded.model)}
+    keep = set(baselines) | {"fine_tuned"}
+    return {name: systems[name] for name in SYSTEM_ORDER
+            if name in systems and name in keep and (name != "few_shot" or shots)}
+
+
+def _shot_pool(loaded: LoadedModel, shots_from: Path | None) -> list[Example]:
+    """Examples for the K-shot prompt: --shots-from, else the pool kept with the version."""
+    if shots_from is not None:
+        parsed = read_file(Path(shots_from), loaded.task if loaded.version else "auto")
+        if parsed.errors:
+            raise DataError(f"{shots_from} has errors:\n" + "\n".join(map(str, parsed.errors[:20])))
+        return parsed.examples
+    if loaded.version is not None and (loaded.version.path / POOL_FILE).is_file():
+        return load_pool(loaded.version.path / POOL_FILE)
+    if loaded.version is not None:
+        train = loaded.version.manifest["data"]["train"]
+        if train and Path(train["path"]).is_file():
+            return read_file(Path(train["path"]), loaded.task).examples
+    return []  # a model alone, with no examples to show: no few-shot baseline
+
+
+def _inputs_and_references(examples: list[Example], task: str) -> tuple[list[str], list[str]]:
+    if task == "classify":
+        return [e.text or "" for e in examples], [e.label or "" for e in examples]
+    inputs, references = [], []
+    for example in examples:
+        before, reference = split_answer(example.messages)
+        users = [m["content"] for m in before if m["role"] == "user"]
+        inputs.append(users[-1] if users else "")
+        references.append(reference)
+    return inputs, references
+
+
+def _break_even(manifest: dict | None, results: dict[str, dict], prices: dict | None) -> dict | None:
+    """Requests after which training pays for itself against the few-shot prompt it replaces."""
+    tuned, alternative = results.get("fine_tuned", {}), results.get("few_shot", {})
+    if manifest is None or "latency_ms_p50" not in tuned or "latency_ms_p50" not in alternative:
+        return None
+    training = manifest["training"]
+    threads = torch.get_num_threads()
+    on_gpu = training.get("device", "cpu") == "cuda"
+    wall = training["wall_seconds"]
+    train_threads = training.get("threads", threads)
+    figures = break_even(training_cpu_seconds=0.0 if on_gpu else wall * train_threads,
+                         training_gpu_seconds=wall if on_gpu else 0.0,
+                         tuned_request_cpu_seconds=tuned["latency_ms_p50"] / 1000 * threads,
+                         alternative_request_cpu_seconds=alternative["latency_ms_p50"] / 1000 * threads,
+                         prices=prices)
+    return {"vs": "few_shot", "threads": threads, **figures}

@@ -10,6 +10,7 @@ A version folder holds:
                        library versions, seed, metrics, training time
     metrics.jsonl      the training history, one line per step
     loss.png           training and validation loss
+    fewshot.jsonl      a seeded, label-balanced sample of training examples for the few-shot baseline
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+import torch
+
 from tunesmith.config import TrainConfig
 from tunesmith.data.check import DataReport
 from tunesmith.data.render import CLASSIFY_TEMPLATE
+from tunesmith.evaluate.systems import POOL_FILE, pool_records
 from tunesmith.models.base import EMBEDDED, weights_hash
 from tunesmith.registry import store
 
@@ -48,7 +52,8 @@ def library_versions() -> dict:
 
 
 def write_version(name: str, model, tokenizer, config: TrainConfig, report: DataReport, base_path: Path,
-                  loop, comparison: dict, wall_seconds: float, run_dir: Path) -> store.ModelVersion:
+                  loop, comparison: dict, wall_seconds: float, run_dir: Path,
+                  shot_pool: list | None = None) -> store.ModelVersion:
     staging = store.staging_dir()
     try:
         weights = staging / ("adapter" if config.method == "lora" else "model")
@@ -57,6 +62,9 @@ def write_version(name: str, model, tokenizer, config: TrainConfig, report: Data
         (staging / "config.yaml").write_text(config.to_yaml())
         shutil.copy(run_dir / "metrics.jsonl", staging / "metrics.jsonl")
         plot_loss(loop.history, staging / "loss.png", title=name)
+        if shot_pool and config.task != "text":
+            records = pool_records(shot_pool, config.seed)
+            (staging / POOL_FILE).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         manifest = {
             "name": name,
             "version": None,  # set by store.publish
@@ -89,6 +97,8 @@ def write_version(name: str, model, tokenizer, config: TrainConfig, report: Data
                 "tokens": loop.tokens,
                 "train_seconds": round(loop.train_seconds, 2),
                 "wall_seconds": round(wall_seconds, 2),
+                "device": str(next(model.parameters()).device.type),
+                "threads": torch.get_num_threads(),
             },
         }
         (staging / store.MANIFEST).write_text(json.dumps(manifest, indent=2))

@@ -25,7 +25,9 @@ from tunesmith.config import TrainConfig, load_config
 from tunesmith.data.check import DataReport, check_data, check_structure
 from tunesmith.data.prepare import build_rows, split
 from tunesmith.errors import DataError, TunesmithError
-from tunesmith.evaluate.compare import comparison_table, evaluate_split, helped
+from tunesmith.evaluate.compare import comparison_table, helped
+from tunesmith.evaluate.measure import EvalOptions, measure
+from tunesmith.evaluate.systems import System, adapter_merged, adapter_off, pick_shots
 from tunesmith.models.base import resolve_base
 from tunesmith.models.load import add_lora, count_parameters, load_model, load_tokenizer
 from tunesmith.registry import store
@@ -42,6 +44,7 @@ class TrainResult:
     base_metrics: dict
     tuned_metrics: dict
     run_dir: Path
+    comparison: dict | None = None  # validation figures per system, and "helped"
 
 
 def default_name(data: Path) -> str:
@@ -103,27 +106,27 @@ def train(config: TrainConfig | None = None, resume: str | None = None,
                   f"{config.epochs} epoch(s), lr {config.lr:g}, batch {config.batch_size}, "
                   f"max_length {config.max_length}")
 
-    base_metrics = _base_metrics(run_dir, model, tokenizer, config, splits.val_examples, val_rows)
+    evaluation = _ValidationComparison(model, tokenizer, config, splits, val_rows)
+    baselines = evaluation.baselines(run_dir)
     started = time.time()
     loop = train_loop(model, config, train_rows, val_rows, tokenizer.pad_token_id, run_dir,
                       resume=resume is not None, log=console.print)
     if loop.interrupted:
         console.print(f"[yellow]Stopped at step {loop.steps}/{loop.total_steps}; checkpoint saved. "
                       f"Continue with:  tunesmith train --resume {name}[/]")
-        return TrainResult(None, loop, base_metrics, {}, run_dir)
+        return TrainResult(None, loop, baselines.get("base", {}), {}, run_dir)
 
-    tuned_metrics = evaluate_split(model, tokenizer, config.task, splits.val_examples, val_rows,
-                                   config.labels, config.system_prompt) if val_rows else {}
-    if base_metrics and tuned_metrics:
-        console.print(comparison_table(config.task, base_metrics, tuned_metrics,
-                                       f"{name}: base vs fine-tuned on {len(val_rows)} validation rows"))
-    comparison = {"base": base_metrics, "fine_tuned": tuned_metrics,
-                  "helped": helped(config.task, base_metrics, tuned_metrics) if base_metrics else None}
+    results = {**baselines, **evaluation.fine_tuned()}
+    if len(results) > 1:
+        console.print(comparison_table(config.task, results, f"{name} on {len(val_rows)} validation rows"))
+    comparison = {**results, "helped": helped(config.task, results)}
     version = write_version(name, model, tokenizer, config, report, base_path, loop, comparison,
-                            wall_seconds=time.time() - started, run_dir=run_dir)
+                            wall_seconds=time.time() - started, run_dir=run_dir,
+                            shot_pool=splits.train_examples)
     shutil.rmtree(run_dir, ignore_errors=True)
     console.print(f"Saved [bold]{version.ref}[/] to {version.path}")
-    return TrainResult(version, loop, base_metrics, tuned_metrics, run_dir)
+    return TrainResult(version, loop, results.get("base", {}), results.get("fine_tuned", {}), run_dir,
+                       comparison)
 
 
 def _config_for_resume(name: str) -> TrainConfig:
@@ -133,20 +136,44 @@ def _config_for_resume(name: str) -> TrainConfig:
     return load_config(run_dir / "config.yaml")
 
 
-def _base_metrics(run_dir: Path, model, tokenizer, config: TrainConfig, val_examples, val_rows) -> dict:
-    """The base model on the validation split, computed once per run (kept for resumes)."""
-    cached = run_dir / "base_metrics.json"
-    if cached.is_file():
-        return json.loads(cached.read_text())
-    if not val_rows:
-        return {}
-    # With LoRA the base model is the same weights with the adapters switched off.
-    context = model.disable_adapter() if config.method == "lora" else nullcontext()
-    with context:
-        metrics = evaluate_split(model, tokenizer, config.task, val_examples, val_rows,
-                                 config.labels, config.system_prompt)
-    atomic_write_text(cached, json.dumps(metrics))
-    return metrics
+class _ValidationComparison:
+    """The closing comparison on the validation split: base and few-shot measured before training
+    (kept in the run folder for resumes), the fine-tuned model after."""
+
+    LATENCY_SAMPLES = 8  # enough for a median; `tunesmith eval` measures more
+
+    def __init__(self, model, tokenizer, config: TrainConfig, splits, val_rows):
+        self.model, self.tokenizer, self.config, self.val_rows = model, tokenizer, config, val_rows
+        self.examples = splits.val_examples
+        self.options = EvalOptions(latency_samples=self.LATENCY_SAMPLES, seed=config.seed)
+        self.shots = [] if config.task == "text" else pick_shots(splits.train_examples, self.options.shots,
+                                                                 config.seed)
+        self.lora = config.method == "lora"
+
+    def baselines(self, run_dir: Path) -> dict:
+        cached = run_dir / "baselines.json"
+        if cached.is_file():
+            return json.loads(cached.read_text())
+        if not self.val_rows:
+            return {}
+        # Before training the weights are the base model's (and LoRA can switch its adapter off).
+        context = (lambda: adapter_off(self.model)) if self.lora else nullcontext
+        results = {"base": self._measure(System("base", self.model, context))}
+        if self.shots:
+            results["few_shot"] = self._measure(System("few_shot", self.model, context, self.shots))
+        atomic_write_text(cached, json.dumps(results))
+        return results
+
+    def fine_tuned(self) -> dict:
+        if not self.val_rows:
+            return {}
+        context = (lambda: adapter_merged(self.model)) if self.lora else nullcontext
+        return {"fine_tuned": self._measure(System("fine_tuned", self.model, context))}
+
+    def _measure(self, system: System) -> dict:
+        return measure(system, self.tokenizer, self.config.task, self.examples, self.config.labels,
+                       self.config.system_prompt, self.options, self.config.max_length,
+                       text_rows=self.val_rows).metrics
 
 
 def _error_summary(report: DataReport) -> str:

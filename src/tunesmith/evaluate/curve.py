@@ -1,0 +1,101 @@
+"""``tunesmith curve``: how the metric grows with the number of training examples.
+
+The training file is shuffled once (seeded) and cut into nested subsets (the 100 contain the 50),
+each subset is trained with the same settings and evaluated on the same test file, and the
+zero-shot and few-shot baselines are measured once as reference lines. Each trained model stays in
+the registry as NAME-nSIZE, so the best trade-off can be used directly.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from tunesmith.config import TrainConfig
+from tunesmith.data.check import check_structure
+from tunesmith.errors import DataError, TunesmithError
+from tunesmith.evaluate.compare import format_value
+from tunesmith.evaluate.measure import EvalOptions
+from tunesmith.evaluate.run import BASELINES, evaluate
+from tunesmith.evaluate.systems import example_record
+
+
+def learning_curve(train_file: Path, test_file: Path, sizes: list[int], config: TrainConfig | None = None,
+                   name: str | None = None, options: EvalOptions | None = None,
+                   console: Console | None = None) -> dict:
+    """Train on nested subsets of ``train_file`` and evaluate each on ``test_file``."""
+    from tunesmith.train.run import default_name, train
+
+    console = console or Console(stderr=True, soft_wrap=True)
+    options = options or EvalOptions()
+    config = config or TrainConfig(data=train_file)
+    name = name or f"{default_name(train_file)}-curve"
+    structure = check_structure(train_file, config.task, None, config.labels)
+    if not structure.ok:
+        raise DataError("the training file has errors:\n" + "\n".join(map(str, structure.errors[:20])), structure)
+    examples = structure.train.examples
+    sizes = sorted(set(sizes))
+    if not sizes or sizes[0] < 1:
+        raise TunesmithError("--sizes needs positive numbers of examples, e.g. 50,100,200")
+    if sizes[-1] > len(examples):
+        raise TunesmithError(f"{train_file} has {len(examples)} examples, fewer than the largest size "
+                             f"{sizes[-1]}; use sizes up to {len(examples)}")
+    order = list(range(len(examples)))
+    random.Random(config.seed).shuffle(order)
+
+    started = time.perf_counter()
+    points, figures = [], None
+    with tempfile.TemporaryDirectory(prefix="tunesmith-curve-") as folder:
+        for size in sizes:
+            subset = Path(folder) / f"{size}.jsonl"
+            subset.write_text("".join(json.dumps(example_record(examples[i]), ensure_ascii=False) + "\n"
+                                      for i in order[:size]), encoding="utf-8")
+            console.rule(f"{size} training examples")
+            result = train(config.model_copy(update={"data": subset, "name": f"{name}-n{size}",
+                                                     "task": structure.task, "labels": structure.labels}),
+                           console=console)
+            if result.version is None:
+                raise TunesmithError(f"training on {size} examples was interrupted; the curve is incomplete")
+            # The baselines do not depend on the fine-tune: measure them once, with shots drawn from
+            # the whole training file so every size is compared with the same prompt.
+            baselines = BASELINES if figures is None else ()
+            measured = evaluate(result.version.ref, test_file, baselines=baselines, options=options,
+                                shots_from=train_file, console=console)
+            figures = figures or measured
+            tuned = measured["results"]["fine_tuned"]
+            points.append({"n": size, "model": result.version.ref, "value": tuned[measured["primary"]],
+                           "train_seconds": result.version.manifest["training"]["wall_seconds"]})
+    assert figures is not None
+    primary = figures["primary"]
+    return {
+        "task": figures["task"], "metric": primary, "higher_is_better": figures["higher_is_better"],
+        "train": str(train_file), "test": str(test_file), "seed": config.seed, "points": points,
+        "baselines": {system: figures["results"][system][primary] for system in BASELINES
+                      if system in figures["results"]},
+        "shots": figures["results"].get("few_shot", {}).get("shots", 0),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def curve_table(curve: dict) -> Table:
+    metric = curve["metric"]
+    table = Table(title=f"learning curve: {metric} on {curve['test']}")
+    table.add_column("training examples", justify="right")
+    table.add_column(metric, justify="right")
+    table.add_column("model")
+    table.add_column("training time", justify="right")
+    for point in curve["points"]:
+        table.add_row(str(point["n"]), format_value(metric, point["value"]), point["model"],
+                      f"{point['train_seconds']:.0f} s")
+    for system, value in curve["baselines"].items():
+        label = "base zero-shot" if system == "base" else f"base {curve['shots']}-shot"
+        table.add_row("–", format_value(metric, value), f"[dim]{label} (reference)[/]", "")
+    return table

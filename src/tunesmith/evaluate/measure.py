@@ -1,0 +1,154 @@
+"""Every figure of one system on one set of held-out examples: quality and cost per request.
+
+    classify            label scoring (one forward pass per example, all labels) -> accuracy,
+                        macro-F1, per-label precision/recall, confusion matrix, ECE, answer loss
+    chat / completion   batched greedy generation -> ROUGE-L, chrF, exact match (short answers);
+                        teacher-forced answer loss and perplexity
+    text                perplexity and bits per byte of the held-out text
+    cost                prompt tokens, and latency of single requests (generation, batch of one)
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from tunesmith.data.batching import Row, pack_documents
+from tunesmith.data.formats import Example
+from tunesmith.data.render import IGNORE, render_messages, render_prompt, tokenize_document
+from tunesmith.evaluate.label_scoring import score_candidates
+from tunesmith.evaluate.metrics import answer_loss
+from tunesmith.evaluate.scores import bits_per_byte, classification_scores, generation_scores, latency_summary
+from tunesmith.evaluate.systems import System, conversation, split_answer
+from tunesmith.generation import generate_batch
+
+SHORT_ANSWER_WORDS = 10  # exact match is reported when references average at most this many words
+MAX_NEW_TOKENS = 256
+
+
+@dataclass
+class EvalOptions:
+    """How an evaluation runs."""
+
+    shots: int = 8
+    """Training examples shown to the base model in the few-shot baseline."""
+    latency_samples: int = 16
+    """Single requests timed per system (0: no latency figures)."""
+    max_new_tokens: int | None = None
+    """Generation length cap; by default 1.5x the longest reference (at most 256)."""
+    batch_size: int = 16
+    """Prompts generated together."""
+    seed: int = 0
+    """Picks the shots and the requests that are timed."""
+
+
+@dataclass
+class Measured:
+    metrics: dict
+    outputs: list[str] = field(default_factory=list)  # per example: predicted label or generated text
+    scores: list[float] = field(default_factory=list)  # per example: correct (1/0), ROUGE-L
+    confidences: list[float] = field(default_factory=list)  # classify: probability of the prediction
+
+
+def measure(system: System, tokenizer, task: str, examples: list[Example], labels: list[str] | None,
+            system_prompt: str | None, options: EvalOptions, max_length: int,
+            text_rows: list[Row] | None = None) -> Measured:
+    """``text_rows``: already packed held-out blocks (training's validation split) for raw text."""
+    started = time.perf_counter()
+    with system.context():
+        if task == "classify":
+            measured, prompts, new_tokens = _classify(system, tokenizer, examples, labels, system_prompt)
+        elif task == "text":
+            measured, prompts, new_tokens = _text(system.model, tokenizer, examples, max_length, text_rows), [], 0
+        else:
+            measured, prompts, new_tokens = _generation(system, tokenizer, examples, system_prompt, options)
+        measured.metrics["eval_seconds"] = round(time.perf_counter() - started, 3)
+        if prompts:
+            measured.metrics["prompt_tokens_mean"] = statistics.fmean(len(p) for p in prompts)
+            if options.latency_samples > 0:
+                measured.metrics.update(_latency(system.model, tokenizer, prompts, new_tokens, options))
+    if system.shots:
+        measured.metrics["shots"] = len(system.shots)
+    return measured
+
+
+def _classify(system, tokenizer, examples, labels, system_prompt):
+    def rendered(example: Example, label: str):
+        candidate = Example(line=example.line, text=example.text, label=label)
+        return render_messages(tokenizer, conversation(candidate, labels, system_prompt, system.shots))
+
+    log_likelihoods, counts = score_candidates(system.model, [[rendered(e, label) for label in labels]
+                                                             for e in examples])
+    gold = [labels.index(example.label) for example in examples]
+    scores = classification_scores(torch.softmax(log_likelihoods, dim=1), gold, labels)
+    picked = torch.arange(len(examples)), torch.tensor(gold)
+    loss = (-log_likelihoods[picked].sum() / counts[picked].sum().clamp(min=1)).item()
+    metrics = {key: scores[key] for key in ("accuracy", "macro_f1", "ece", "per_label", "confusion", "n")}
+    metrics.update(loss=loss, perplexity=math.exp(min(loss, 50.0)))
+    correct = [float(p == g) for p, g in zip(scores["predictions"], gold)]
+    measured = Measured(metrics, [labels[p] for p in scores["predictions"]], correct, scores["confidences"])
+    prompts = [_prompt_ids(tokenizer, split_answer(conversation(e, labels, system_prompt, system.shots))[0])
+               for e in examples]
+    longest_label = max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels)
+    return measured, prompts, longest_label + 1  # the label and the end-of-turn token
+
+
+def _generation(system, tokenizer, examples, system_prompt, options):
+    conversations = [conversation(e, None, system_prompt, system.shots) for e in examples]
+    rendered = [render_messages(tokenizer, c) for c in conversations]
+    rows = [Row(r.input_ids, r.labels, list(range(len(r.input_ids)))) for r in rendered]
+    metrics = answer_loss(system.model, [r for r in rows if r.n_target], tokenizer.pad_token_id)
+    metrics.pop("target_tokens", None)
+    prompts, references = [], []
+    for messages in conversations:
+        before, reference = split_answer(messages)
+        prompts.append(_prompt_ids(tokenizer, before))
+        references.append(reference)
+    max_new = options.max_new_tokens or _auto_max_new_tokens(tokenizer, references)
+    generated = generate_batch(system.model, tokenizer, prompts, max_new, options.batch_size)
+    outputs = [g.text for g in generated]
+    scores = generation_scores(outputs, references)
+    metrics.update(rouge_l=scores["rouge_l"], chrf=scores["chrf"], n=len(examples))
+    if statistics.fmean(len(r.split()) for r in references) <= SHORT_ANSWER_WORDS:
+        metrics["exact_match"] = scores["exact_match"]
+    per_example = [item["rouge_l"] for item in scores["per_example"]]
+    return Measured(metrics, outputs, per_example), prompts, max_new
+
+
+def _text(model, tokenizer, examples, max_length, rows=None):
+    if rows is None:
+        rows = pack_documents([tokenize_document(tokenizer, e.text or "") for e in examples], max_length)
+    metrics = answer_loss(model, rows, tokenizer.pad_token_id)
+    n_bytes = sum(len(tokenizer.decode([t for t in row.labels if t != IGNORE]).encode("utf-8")) for row in rows)
+    metrics["bits_per_byte"] = bits_per_byte(metrics["loss"] * metrics["target_tokens"], max(n_bytes, 1))
+    metrics["n"] = len(examples) or len(rows)
+    return Measured(metrics)
+
+
+def _prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    return tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+
+
+def _auto_max_new_tokens(tokenizer, references: list[str]) -> int:
+    longest = max(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in references)
+    return min(MAX_NEW_TOKENS, int(longest * 1.5) + 8)
+
+
+def _latency(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, options: EvalOptions) -> dict:
+    """Requests answered one at a time, as a user sends them: wall time and new tokens each."""
+    sample = random.Random(options.seed).sample(prompts, min(options.latency_samples, len(prompts)))
+    generate_batch(model, tokenizer, sample[:1], max_new_tokens, share_prefix=False)  # warm-up, not timed
+    seconds, tokens = [], []
+    for prompt in sample:
+        began = time.perf_counter()
+        generated = generate_batch(model, tokenizer, [prompt], max_new_tokens, share_prefix=False)[0]
+        seconds.append(time.perf_counter() - began)
+        tokens.append(generated.new_tokens)
+    summary = latency_summary(seconds, tokens)
+    summary["latency_requests"] = summary.pop("requests")
+    return summary

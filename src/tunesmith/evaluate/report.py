@@ -1,0 +1,299 @@
+"""One self-contained HTML page for ``tunesmith eval`` and for a learning curve: inline CSS, charts as
+base64 PNG, so it opens offline and can be mailed as is. A section whose data is missing is left out,
+never drawn empty; every string that came from the user goes through ``html.escape``."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+
+# key: (row label, format, higher is better). The order is the comparison table's row order.
+METRICS = {
+    "accuracy": ("accuracy", "pct", True), "macro_f1": ("macro F1", "pct", True), "ece": ("ECE", "3", False),
+    "exact_match": ("exact match", "pct", True), "rouge_l": ("ROUGE-L", "pct", True), "chrf": ("chrF", "1", True),
+    "loss": ("loss", "3", False), "perplexity": ("perplexity", "2", False),
+    "bits_per_byte": ("bits per byte", "3", False), "prompt_tokens_mean": ("prompt tokens (mean)", "1", False),
+    "latency_ms_p50": ("latency p50 (ms)", "0", False), "latency_ms_p90": ("latency p90 (ms)", "0", False),
+    "tokens_per_s": ("tokens / s", "1", True), "eval_seconds": ("eval time (s)", "1", False)}
+# Metrics on a 0..1 scale: "one point" of them is one percentage point, not 1% relative.
+RATES = {key for key, (_, kind, _) in METRICS.items() if kind == "pct"}
+COLORS = defaultdict(lambda: "#a78bfa", base="#9ca3af", few_shot="#60a5fa", fine_tuned="#f59e0b")
+TRUNCATE, MAX_DIFFS = 300, 50
+CSS = """body { font: 15px/1.5 system-ui, sans-serif; color: #1f2937; max-width: 1100px; margin: 2em auto; }
+h2 { margin-top: 1.8em; border-bottom: 1px solid #e5e7eb; } .meta { color: #6b7280; } img { max-width: 100%; }
+.verdict { font-size: 1.15em; font-weight: 600; } table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #e5e7eb; padding: .35em .7em; text-align: left; vertical-align: top; font-size: .92em; }
+th { background: #f3f4f6; } td { white-space: pre-wrap; } tr:nth-child(even) { background: #fafafa; }
+td.num { text-align: right; }"""
+
+
+def _num(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _e(value) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def fmt(metric: str, value) -> str:
+    """A metric value as the report shows it: rates as percentages, the rest at a fixed precision."""
+    kind = METRICS.get(metric, ("", "3", True))[1]
+    return "—" if not _num(value) else f"{value * 100:.1f}%" if kind == "pct" else f"{value:,.{kind}f}"
+
+
+def system_name(system: str, shots=None) -> str:
+    """The display name of an evaluated system."""
+    few = f"base + {shots if shots is not None else 'few'}-shot prompt"
+    return {"base": "base (zero-shot)", "few_shot": few, "fine_tuned": "fine-tuned"}.get(system, str(system))
+
+
+def _axis(metric: str) -> tuple[int, str]:
+    """The factor and axis label of a metric in charts: rates in percent, like the tables."""
+    return (100, METRICS[metric][0] + " (%)") if metric in RATES else (1, METRICS.get(metric, (metric,))[0])
+
+
+def _subplots(*args, **kwargs):
+    import matplotlib
+    matplotlib.use("Agg")  # needs no display, so reports render on headless training boxes and in CI
+    import matplotlib.pyplot as plt
+    return plt.subplots(*args, **kwargs)
+
+
+def _img(fig, alt: str) -> str:
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)  # pyplot keeps every figure until closed, and one process may write many reports
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def _table(header: list[str], rows: list[list[str]], numeric=range(1, 99)) -> str:
+    """A table from cells that are already HTML; the ``numeric`` columns align right."""
+    head = "".join(f"<th>{h}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f'<td{" class=num" if i in numeric else ""}>{c}</td>'
+                                    for i, c in enumerate(row)) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _page(title: str, source: dict, fields: list[str], body: list[str]) -> str:
+    """The document: a title, the ``fields`` of ``source`` (and its run time) as a line, the body."""
+    took = f"{source['seconds']:.1f} s" if _num(source.get("seconds")) else None
+    meta = [(k, source.get(k)) for k in fields] + [("took", took)]
+    items = " · ".join(f"{_e(k)} <code>{_e(v)}</code>" for k, v in meta if v is not None and v != "")
+    parts = [f"<h1>{_e(title)}</h1>", f'<p class="meta">{items}</p>' if items else "", *body]
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+            f"<style>{CSS}</style></head><body>\n" + "\n".join(p for p in parts if p) + "\n</body></html>\n")
+
+
+def _comparison(figures: dict, results: dict, names: dict) -> str:
+    """The verdict, the metrics table and the primary metric's bar chart."""
+    primary, higher_primary, out, rows = figures.get("primary"), figures.get("higher_is_better", True), [], []
+    baselines = [results[s][primary] for s in names if s != "fine_tuned" and _num(results[s].get(primary))]
+    if figures.get("helped") is not None:
+        text = "Fine-tuning helped" if figures["helped"] else "Fine-tuning did not help"
+        if _num(tuned := results.get("fine_tuned", {}).get(primary)) and baselines:
+            best = (max if higher_primary else min)(baselines)
+            text += f": {METRICS.get(primary, (primary,))[0]} {fmt(primary, tuned)} vs {fmt(primary, best)}"
+        out.append(f'<p class="verdict">{_e(text)}</p>')
+    for key, (label, _, higher) in METRICS.items():
+        values = [results[s].get(key) for s in names]
+        present = [v for v in values if _num(v)]
+        higher = higher_primary if key == primary else higher
+        best = (max if higher else min)(present) if len(set(present)) > 1 else None  # bold needs a loser
+        name = f"<strong>{_e(label)}</strong> ★ primary" if key == primary else _e(label)
+        if present:
+            rows.append([name, *(f"<b>{fmt(key, v)}</b>" if _num(v) and v == best else fmt(key, v)
+                                 for v in values)])
+    if rows:
+        out.append("<h2>Comparison</h2>" + _table(["metric", *map(_e, names.values())], rows))
+    shown = [s for s in names if _num(results[s].get(primary))]
+    if shown:
+        (scale, ylabel), (fig, ax) = _axis(primary), _subplots(figsize=(1.7 * len(shown) + 2, 3.2))
+        bars = ax.bar([names[s] for s in shown], [results[s][primary] * scale for s in shown],
+                      color=[COLORS[s] for s in shown])
+        ax.bar_label(bars, labels=[fmt(primary, results[s][primary]) for s in shown])
+        ax.set(ylabel=ylabel, ymargin=0.15)
+        out.append(_img(fig, f"{primary} per system"))
+    return "".join(out)
+
+
+def _task_figures(figures: dict, results: dict, names: dict) -> str:
+    """Confusion matrices and a per-label table for classify; per-example score spread otherwise."""
+    out, labels = [], list(figures.get("labels") or [])
+    if figures.get("task") != "classify":
+        series = {s: [e["scores"][s] for e in figures.get("examples") or []
+                      if _num((e.get("scores") or {}).get(s))] for s in names}
+        series = {s: v for s, v in series.items() if v}
+        if series:
+            text = figures.get("task") == "text"
+            fig, ax = _subplots(figsize=(1.8 * len(series) + 3, 3.4))
+            ax.boxplot(list(series.values()))
+            ax.set_xticks(range(1, len(series) + 1), [names[s] for s in series])
+            if text and min(min(v) for v in series.values()) > 0:
+                ax.set_yscale("log")  # perplexities are heavy-tailed; a log axis keeps the bulk readable
+            ax.set_ylabel("per-example perplexity" if text else "per-example ROUGE-L")
+            out.append("<h2>Per-example scores</h2>" + _img(fig, "per-example scores per system"))
+        return "".join(out)
+    mats = [(s, results[s]["confusion"]) for s in names if results[s].get("confusion")]
+    if mats:
+        fig, axes = _subplots(1, len(mats), figsize=(3.8 * len(mats) + 0.5, 3.8), squeeze=False)
+        for ax, (s, mat) in zip(axes[0], mats):
+            k = len(mat)
+            ticks = labels if len(labels) == k else [str(i) for i in range(k)]
+            top = max((max(row) for row in mat if row), default=0) or 1
+            ax.imshow(mat, cmap="Blues", vmin=0, vmax=top)
+            for i, row in enumerate(mat):
+                for j, count in enumerate(row):
+                    ax.text(j, i, str(count), ha="center", va="center",
+                            color="white" if count > top / 2 else "black")
+            ax.set_xticks(range(k), ticks, rotation=45 if k > 3 else 0, ha="right" if k > 3 else "center")
+            ax.set_yticks(range(k), ticks)
+            ax.set(xlabel="predicted", ylabel="gold", title=names[s])
+        fig.tight_layout()
+        out.append("<h2>Confusion matrices</h2>" + _img(fig, "confusion matrix per system"))
+    per, rows, pr = [s for s in names if results[s].get("per_label")], [], ("precision", "recall")
+    for lab in labels or list(dict.fromkeys(lab for s in per for lab in results[s]["per_label"])):
+        stats = [results[s]["per_label"].get(lab) or {} for s in per]
+        support = next((st["support"] for st in stats if _num(st.get("support"))), "—")
+        rows.append([_e(lab), _e(support), *(fmt("accuracy", st.get(m)) for st in stats for m in pr)])
+    if per:
+        header = ["label", "support", *(f"{_e(names[s])} {m}" for s in per for m in pr)]
+        out.append("<h2>Per label</h2>" + _table(header, rows))
+    return "".join(out)
+
+
+def _cost(figures: dict, results: dict, names: dict) -> str:
+    """Prompt tokens and latency per system, and when training pays for itself."""
+    keys = [k for k in ("prompt_tokens_mean", "latency_ms_p50", "latency_ms_p90")
+            if any(_num(results[s].get(k)) for s in names)]
+    out, be = [], figures.get("break_even")
+    if keys:  # one small panel per quantity: tokens and milliseconds do not share an axis
+        fig, axes = _subplots(1, len(keys), figsize=(3.6 * len(keys), 3.2), squeeze=False)
+        for ax, key in zip(axes[0], keys):
+            shown = [s for s in names if _num(results[s].get(key))]
+            ax.bar([names[s] for s in shown], [results[s][key] for s in shown],
+                   color=[COLORS[s] for s in shown])
+            ax.set_title(METRICS[key][0])
+            ax.tick_params(axis="x", labelrotation=20)
+        fig.tight_layout()
+        out.append(_img(fig, "prompt tokens and latency per system"))
+    if be:
+        vs = names.get(be.get("vs")) or system_name(be.get("vs"))
+        text = f"Training cost {be.get('training_cpu_seconds') or 0:,.1f} CPU-seconds"
+        if _num(be.get("training_cost_usd")):
+            text += f" (≈ ${be['training_cost_usd']:,.4g})"
+        if be.get("requests") is None:
+            text += (f". Versus {vs}, "
+                     f"training never pays back: the fine-tuned model is not cheaper per request.")
+        else:
+            text += (f". Versus {vs}, each request saves {be.get('saved_cpu_seconds_per_request') or 0:.4g} "
+                     f"CPU-seconds, so training pays back after {be['requests']:,} requests.")
+            if _num(be.get("saved_usd_per_1k_requests")):
+                text += f" That is ${be['saved_usd_per_1k_requests']:,.4g} saved per 1,000 requests."
+        prices = ", ".join(f"{_e(k)} = {_e(v)}" for k, v in (be.get("prices") or {}).items())
+        out.append(f"<p>{_e(text)}</p>" + (f'<p class="meta">Prices used: {prices}</p>' if prices else ""))
+    return "<h2>Cost</h2>" + "".join(out) if out else ""
+
+
+def _diffs(figures: dict, names: dict) -> str:
+    """The examples that changed most between systems, worst regression first."""
+    def cell(text) -> str:
+        # Long inputs would swamp the table; the full text stays reachable as a hover tooltip.
+        s = "" if text is None else str(text)
+        return f'<span title="{_e(s)}">{_e(s[:TRUNCATE])}…</span>' if len(s) > TRUNCATE else _e(s)
+    diffs = figures.get("diffs") or []
+    shown, rows = diffs[:MAX_DIFFS], []
+    cols = [s for s in names if any(s in (d.get("outputs") or {}) for d in shown)]
+    for d in shown:
+        against = names.get(d.get("against"), d.get("against"))  # the system the delta is measured against
+        kind = " vs ".join(str(x) for x in (d.get("kind"), against) if x)
+        rows.append([_e(d.get("line", "")), cell(d.get("input")), cell(d.get("reference")),
+                     *(cell((d.get("outputs") or {}).get(s)) for s in cols), _e(kind),
+                     f"{d['delta']:+.3f}" if _num(d.get("delta")) else "—"])
+    header = ["line", "input", "reference", *(_e(names[s]) for s in cols), "kind", "delta"]
+    note = f'<p class="meta">{len(diffs) - MAX_DIFFS} more differences not shown (the worst {MAX_DIFFS} are).</p>'
+    table = _table(header, rows, {0, len(header) - 1}) + (note if len(diffs) > MAX_DIFFS else "")
+    return "<h2>Examples that changed</h2>" + table if rows else ""
+
+
+def render_eval_report(figures: dict) -> str:
+    """The eval report as one HTML document (see the module docstring)."""
+    results = figures.get("results") or {}
+    shots = (results.get("few_shot") or {}).get("shots")
+    systems = [s for s in figures.get("systems") or results if isinstance(results.get(s), dict)]
+    names = {s: system_name(s, shots) for s in systems}  # ordered: the table's columns
+    body = [_comparison(figures, results, names), _task_figures(figures, results, names),
+            _cost(figures, results, names), _diffs(figures, names)]
+    return _page(f"Evaluation of {figures.get('model', 'model')}", figures, ["data", "n", "task", "created"], body)
+
+
+def plateau_size(points: list[dict], metric: str, higher_is_better: bool = True):
+    """The smallest n after which no larger size gains over one point (a percentage point for
+    0..1 metrics, else 1% relative); None if the curve still rises. ``points`` are sorted by n."""
+    for i, p in enumerate(points[:-1]):
+        # The epsilon keeps a gain of exactly one point (0.82 - 0.81 in floats) from counting.
+        step = (0.01 if metric in RATES else 0.01 * abs(p["value"])) + 1e-9
+        if all((q["value"] - p["value"]) * (1 if higher_is_better else -1) <= step for q in points[i + 1:]):
+            return p["n"]
+    return None
+
+
+def render_curve_report(curve: dict) -> str:
+    """The learning-curve report as one HTML document."""
+    metric = curve.get("metric") or "metric"
+    higher = curve.get("higher_is_better", METRICS.get(metric, ("", "", True))[2])
+    label = METRICS.get(metric, (metric,))[0]
+    points = sorted((p for p in curve.get("points") or [] if _num(p.get("n"))), key=lambda p: p["n"])
+    valued, body = [p for p in points if _num(p.get("value"))], []
+    if len(valued) >= 2:  # one point says nothing about where the curve flattens
+        n, last = plateau_size(valued, metric, higher), valued[-1]
+        best = (max if higher else min)(valued, key=lambda p: p["value"])
+        at = next((p for p in valued if p["n"] == n), last)
+        text = (f"The curve is still improving at the largest size; more data is likely to help "
+                f"({label} {fmt(metric, last['value'])} at n = {last['n']})." if n is None else
+                f"More data stops paying at n = {n}: no larger training set improves {label} by more than "
+                f"{'1 percentage point' if metric in RATES else '1%'} ({fmt(metric, at['value'])} at "
+                f"n = {n}; best {fmt(metric, best['value'])} at n = {best['n']}).")
+        body.append(f'<p class="verdict">{_e(text)}</p>')
+    if valued:
+        (scale, ylabel), (fig, ax) = _axis(metric), _subplots(figsize=(7, 3.8))
+        ax.plot([p["n"] for p in valued], [p["value"] * scale for p in valued], marker="o",
+                color=COLORS["fine_tuned"], label="fine-tuned")
+        for key, value in (curve.get("baselines") or {}).items():
+            if _num(value):
+                ax.axhline(value * scale, linestyle="--", color=COLORS[key],
+                           label=system_name(key, curve.get("shots")))
+        ax.set_xscale("log", base=2)  # sizes usually double from one point to the next
+        ax.set_xticks([p["n"] for p in valued], [str(p["n"]) for p in valued])
+        ax.set(xlabel="training examples", ylabel=ylabel)
+        ax.legend()
+        body.append(_img(fig, f"{metric} vs number of training examples"))
+    if points:
+        rows = [[_e(p["n"]), fmt(metric, p.get("value")), _e(p.get("model", "")),
+                 f"{p['train_seconds']:,.1f}" if _num(p.get("train_seconds")) else "—"] for p in points]
+        header = ["n", _e(label), "model", "training seconds"]
+        body.append("<h2>Points</h2>" + _table(header, rows, {0, 1, 3}))
+    return _page(f"Learning curve: {label}", curve, ["task", "train", "test", "seed", "created"], body)
+
+
+def _write(text: str, path: Path) -> None:
+    # Write then rename, so a reader (or a browser auto-refresh) never sees a half-written page.
+    tmp = Path(path).with_suffix(".html.tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_eval_report(figures: dict, path: Path) -> None:
+    """Render the eval report and write it to ``path`` atomically."""
+    _write(render_eval_report(figures), path)
+
+
+def write_curve_report(curve: dict, path: Path) -> None:
+    """Render the learning-curve report and write it to ``path`` atomically."""
+    _write(render_curve_report(curve), path)

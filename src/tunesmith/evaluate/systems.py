@@ -1,0 +1,128 @@
+"""The systems an evaluation compares, and the K-shot prompt that stands for prompt engineering.
+
+    base        the base model, zero-shot, with the same instruction the fine-tune was trained on
+    few_shot    the base model with K training examples shown as earlier turns of the conversation
+    fine_tuned  the fine-tuned model, zero-shot
+
+With LoRA all three are one set of weights: the adapter switched off for the baselines and merged
+(reversibly) for the fine-tuned model, so its latency is that of the merged model users serve.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import defaultdict
+from collections.abc import Callable
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunesmith.data.formats import Example
+from tunesmith.data.render import example_messages
+
+SYSTEM_ORDER = ("base", "few_shot", "fine_tuned")
+DISPLAY = {"base": "base (zero-shot)", "few_shot": "base + {shots}-shot prompt", "fine_tuned": "fine-tuned"}
+POOL_FILE = "fewshot.jsonl"
+POOL_SIZE = 64  # training examples kept with a version for few-shot baselines
+
+
+@dataclass
+class System:
+    name: str
+    model: object
+    context: Callable[[], AbstractContextManager] = nullcontext
+    shots: list[Example] = field(default_factory=list)
+
+
+def display_name(name: str, shots: int = 0) -> str:
+    return DISPLAY[name].format(shots=shots)
+
+
+@contextmanager
+def adapter_off(model):
+    with model.disable_adapter():
+        yield
+
+
+@contextmanager
+def adapter_merged(model):
+    """LoRA weights folded into the base weights for the duration (undone after)."""
+    model.merge_adapter()
+    try:
+        yield
+    finally:
+        model.unmerge_adapter()
+
+
+def lora_systems(model, shots: list[Example]) -> dict[str, System]:
+    """base / few_shot / fine_tuned on one PEFT model."""
+    systems = {"base": System("base", model, lambda: adapter_off(model)),
+               "fine_tuned": System("fine_tuned", model, lambda: adapter_merged(model))}
+    if shots:
+        systems["few_shot"] = System("few_shot", model, lambda: adapter_off(model), shots)
+    return dict(sorted(systems.items(), key=lambda item: SYSTEM_ORDER.index(item[0])))
+
+
+def pick_shots(pool: list[Example], k: int, seed: int) -> list[Example]:
+    """K examples, seeded; for classification a round-robin over labels so every label is shown."""
+    if k <= 0 or not pool:
+        return []
+    rng = random.Random(seed)
+    if pool[0].label is None:
+        return rng.sample(pool, min(k, len(pool)))
+    by_label: dict[str, list[Example]] = defaultdict(list)
+    for example in pool:
+        by_label[example.label].append(example)
+    for examples in by_label.values():
+        rng.shuffle(examples)
+    picked: list[Example] = []
+    while len(picked) < min(k, len(pool)):
+        for label in sorted(by_label):
+            if by_label[label] and len(picked) < k:
+                picked.append(by_label[label].pop())
+    return picked
+
+
+def conversation(example: Example, labels: list[str] | None, system_prompt: str | None,
+                 shots: list[Example]) -> list[dict]:
+    """The example's messages, after the shots as earlier turns (which carry no loss)."""
+    messages = example_messages(example, labels, None)
+    own_system = [m for m in messages[:1] if m["role"] == "system"]
+    messages = messages[len(own_system):]
+    shot_turns = []
+    for shot in shots:
+        turns = [m for m in example_messages(shot, labels, None) if m["role"] != "system"]
+        shot_turns += [{**m, "weight": 0} for m in turns]
+    system = own_system or ([{"role": "system", "content": system_prompt, "weight": 1}] if system_prompt else [])
+    return [*system, *shot_turns, *messages]
+
+
+def split_answer(messages: list[dict]) -> tuple[list[dict], str]:
+    """(the conversation before the last assistant turn, that turn's text): prompt and reference."""
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return messages[:last], messages[last]["content"]
+
+
+def pool_records(examples: list[Example], seed: int) -> list[dict]:
+    """A seeded, label-balanced sample of training examples, as JSON records, kept with a version."""
+    return [example_record(example) for example in pick_shots(examples, POOL_SIZE, seed)]
+
+
+def load_pool(path: Path) -> list[Example]:
+    examples = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        record = json.loads(line)
+        examples.append(Example(line=number, messages=record.get("messages", []), text=record.get("text"),
+                                label=record.get("label")))
+    return examples
+
+
+def example_record(example: Example) -> dict:
+    """An example as a line of the canonical JSONL format of its task."""
+    if example.label is not None:
+        return {"text": example.text, "label": example.label}
+    if not example.messages:
+        return {"text": example.text}
+    return {"messages": [{key: m[key] for key in ("role", "content", "weight") if key in m}
+                         for m in example.messages]}
