@@ -21,9 +21,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/tunesmith train examples/reviews/train.jsonl --name reviews-demo
-	$(BIN)/tunesmith eval reviews-demo --data examples/reviews/test.jsonl
+	$(BIN)/tunesmith eval reviews-demo --data examples/reviews/test.jsonl --report demo-report.html
 	@echo
-	@echo "The model is in the registry: try  $(BIN)/tunesmith chat reviews-demo"
+	@echo "The report is demo-report.html; the model is in the registry: try  $(BIN)/tunesmith chat reviews-demo"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     curve.add_argument("--base", help="base model name or local folder (default smollm2-135m)")
     curve.add_argument("--name", help="registry name prefix (default: FILE-curve; models are NAME-nSIZE)")
     curve.add_argument("--shots", type=int, default=8, help="examples in the few-shot reference line")
+    curve.add_argument("--latency-samples", type=int, default=16, help="single requests timed per system")
     curve.add_argument("--seed", type=int, default=0)
     curve.add_argument("-c", "--config", type=Path, help="YAML training config for every size")
     curve.add_argument("--json", type=Path, metavar="OUT", help="write the points as JSON")
@@ -198,15 +199,16 @@ def print_verdict(figures: dict) -> None:
     even = figures.get("break_even")
     if even:
         if even["requests"] is None:
-            out.print("break-even: never; the fine-tuned model is not cheaper per request than the few-shot prompt")
+            out.print("break-even: never; the fine-tuned model is not cheaper per request than the few-shot prompt",
+                      soft_wrap=True)
         else:
             out.print(f"break-even: training ({even['training_cpu_seconds']:.0f} CPU-s, "
                       f"${even['training_cost_usd']:.4f}) is paid back by the shorter prompt after "
-                      f"{even['requests']:,} requests ({even['saved_cpu_seconds_per_request']:.3f} CPU-s saved each)")
-    regressions = [d for d in figures.get("diffs", []) if d["kind"] == "regression"]
-    if figures.get("diffs"):
-        out.print(f"{len(figures['diffs'])} examples differ from a baseline, {len(regressions)} of them "
-                  "regressions (see --report or --json)")
+                      f"{even['requests']:,} requests ({even['saved_cpu_seconds_per_request']:.3f} CPU-s saved each)",
+                      soft_wrap=True)
+    if figures.get("diffs_total"):
+        out.print(f"{figures['diffs_total']} differences from a baseline, {figures['regressions_total']} of them "
+                  "regressions (see --report or --json)", soft_wrap=True)
 
 
 def cmd_curve(args) -> int:
@@ -222,7 +224,7 @@ def cmd_curve(args) -> int:
                              "e.g. 50,100,200") from None
     config = load_config(args.config, data=args.file, base=args.base, seed=args.seed)
     curve = learning_curve(args.file, args.test, sizes, config, args.name,
-                           EvalOptions(shots=args.shots, seed=args.seed), console=err)
+                           EvalOptions(shots=args.shots, seed=args.seed, latency_samples=args.latency_samples), console=err)
     out.print(curve_table(curve))
     if args.json:
         _write_json(args.json, curve)

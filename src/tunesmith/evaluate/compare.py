@@ -13,7 +13,6 @@ HIGHER_IS_BETTER = {"accuracy", "macro_f1", "rouge_l", "chrf", "exact_match", "t
 TABLE_METRICS = ("accuracy", "macro_f1", "ece", "rouge_l", "chrf", "exact_match", "loss", "perplexity",
                  "bits_per_byte", "prompt_tokens_mean", "latency_ms_p50", "latency_ms_p90", "tokens_per_s")
 PERCENT = {"accuracy", "macro_f1", "rouge_l", "exact_match"}
-MAX_DIFFS = 200
 
 
 def comparison_table(task: str, results: dict[str, dict], title: str) -> Table:
@@ -94,4 +93,4 @@ def diffs(examples: list[dict], measured: dict[str, object], higher_is_better: b
                               -d["_confidence"]))
     for item in found:
         del item["_confidence"]
-    return found[:MAX_DIFFS]
+    return found

@@ -27,6 +27,7 @@ from tunesmith.models.base import resolve_base
 from tunesmith.models.load import load_model
 
 BASELINES = ("base", "few_shot")
+MAX_DIFFS = 200  # kept in the figures (the worst first); the totals count them all
 DEFAULT_MAX_LENGTH = 1024
 
 
@@ -38,7 +39,9 @@ def evaluate(ref: str, data: Path, baselines: tuple[str, ...] = BASELINES, optio
     console = console or Console(stderr=True, soft_wrap=True)
     unknown = set(baselines) - set(BASELINES)
     if unknown:
-        raise TunesmithError(f"unknown baseline {sorted(unknown)[0]!r}; choose from {', '.join(BASELINES)}")
+        choices = ", ".join(name.replace("_", "-") for name in BASELINES)
+        raise TunesmithError(f"unknown baseline {sorted(unknown)[0].replace('_', '-')!r}; choose from {choices}, "
+                             "or none")
     started = time.perf_counter()
     loaded = load(ref, merge=False)
     manifest = loaded.version.manifest if loaded.version else None
@@ -62,12 +65,14 @@ def evaluate(ref: str, data: Path, baselines: tuple[str, ...] = BASELINES, optio
     primary, higher_is_better = PRIMARY[task]
     examples_out = [] if task == "text" else per_example(
         *_inputs_and_references(examples, task), [e.line for e in examples], measured)
+    differences = diffs(examples_out, measured)
     return {
         "model": loaded.ref, "task": task, "data": str(data), "n": len(examples), "labels": labels,
         "primary": primary, "higher_is_better": higher_is_better, "systems": list(results),
         "results": results, "helped": helped(task, results),
         "break_even": _break_even(manifest, results, prices),
-        "examples": examples_out, "diffs": diffs(examples_out, measured, higher_is_better=True),
+        "examples": examples_out, "diffs": differences[:MAX_DIFFS], "diffs_total": len(differences),
+        "regressions_total": sum(d["kind"] == "regression" for d in differences),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - started, 1),
     }
