@@ -27,10 +27,10 @@ from results import machine, table, write_section  # noqa: E402
 from tunesmith.data.batching import Row, collate  # noqa: E402
 from tunesmith.data.formats import Example, read_file  # noqa: E402
 from tunesmith.data.render import render_messages, render_prompt  # noqa: E402
-from tunesmith.evaluate.label_scoring import score_candidates  # noqa: E402
-from tunesmith.evaluate.metrics import token_loss_sums  # noqa: E402
-from tunesmith.evaluate.scores import normalize_answer  # noqa: E402
-from tunesmith.evaluate.systems import conversation, pick_shots, split_answer  # noqa: E402
+from tunesmith.evaluation.label_scoring import score_candidates  # noqa: E402
+from tunesmith.evaluation.metrics import token_loss_sums  # noqa: E402
+from tunesmith.evaluation.scores import normalize_answer  # noqa: E402
+from tunesmith.evaluation.systems import conversation, pick_shots, split_answer  # noqa: E402
 from tunesmith.generation import generate_batch  # noqa: E402
 from tunesmith.models.base import resolve_base  # noqa: E402
 from tunesmith.models.load import load_model, load_tokenizer  # noqa: E402

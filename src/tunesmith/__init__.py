@@ -41,7 +41,7 @@ def check_data(path: str | Path, task: str = "auto", base: str = "smollm2-135m",
 
 def train(config: TrainConfig | None = None, resume: str | None = None):
     """Fine-tune (`tunesmith train`); returns a TrainResult with the published version."""
-    from tunesmith.train.run import train as run
+    from tunesmith.training.run import train as run
 
     return run(config, resume=resume)
 
@@ -50,14 +50,14 @@ def evaluate(model: str, data: str | Path, baselines: tuple[str, ...] = ("base",
              report: str | Path | None = None, **options) -> dict:
     """The model against the base zero-shot and few-shot on held-out data (`tunesmith eval`).
 
-    ``options`` are the fields of ``tunesmith.evaluate.measure.EvalOptions``; ``report`` also writes
+    ``options`` are the fields of ``tunesmith.evaluation.measure.EvalOptions``; ``report`` also writes
     the HTML report. Returns the same dict as ``tunesmith eval --json``."""
-    from tunesmith.evaluate.measure import EvalOptions
-    from tunesmith.evaluate.run import evaluate as run
+    from tunesmith.evaluation.measure import EvalOptions
+    from tunesmith.evaluation.run import evaluate as run
 
     figures = run(model, Path(data), tuple(baselines), EvalOptions(shots=shots, **options))
     if report is not None:
-        from tunesmith.evaluate.report import write_eval_report
+        from tunesmith.evaluation.report import write_eval_report
 
         write_eval_report(figures, Path(report))
     return figures
@@ -66,7 +66,7 @@ def evaluate(model: str, data: str | Path, baselines: tuple[str, ...] = ("base",
 def learning_curve(train_file: str | Path, test_file: str | Path, sizes: list[int],
                    config: TrainConfig | None = None, name: str | None = None) -> dict:
     """Train on nested subsets and evaluate each (`tunesmith curve`)."""
-    from tunesmith.evaluate.curve import learning_curve as run
+    from tunesmith.evaluation.curve import learning_curve as run
 
     return run(Path(train_file), Path(test_file), sizes, config, name)
 

@@ -154,7 +154,7 @@ def cmd_data_check(args) -> int:
 
 def cmd_train(args) -> int:
     from tunesmith.config import load_config
-    from tunesmith.train.run import train
+    from tunesmith.training.run import train
 
     if args.resume:
         result = train(resume=args.resume)
@@ -170,11 +170,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from tunesmith.evaluate.compare import comparison_table
-    from tunesmith.evaluate.measure import EvalOptions
-    from tunesmith.evaluate.report import write_eval_report
-    from tunesmith.evaluate.run import evaluate
-    from tunesmith.evaluate.scores import load_prices
+    from tunesmith.evaluation.compare import comparison_table
+    from tunesmith.evaluation.measure import EvalOptions
+    from tunesmith.evaluation.report import write_eval_report
+    from tunesmith.evaluation.run import evaluate
+    from tunesmith.evaluation.scores import load_prices
 
     baselines = tuple(b.strip().replace("-", "_") for b in args.baselines.split(",") if b.strip() != "none")
     options = EvalOptions(shots=args.shots, latency_samples=args.latency_samples,
@@ -213,9 +213,9 @@ def print_verdict(figures: dict) -> None:
 
 def cmd_curve(args) -> int:
     from tunesmith.config import load_config
-    from tunesmith.evaluate.curve import curve_table, learning_curve
-    from tunesmith.evaluate.measure import EvalOptions
-    from tunesmith.evaluate.report import write_curve_report
+    from tunesmith.evaluation.curve import curve_table, learning_curve
+    from tunesmith.evaluation.measure import EvalOptions
+    from tunesmith.evaluation.report import write_curve_report
 
     try:
         sizes = [int(size) for size in args.sizes.split(",")]

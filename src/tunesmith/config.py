@@ -1,6 +1,6 @@
 """The typed training configuration: one pydantic model, from YAML and CLI flags to the saved run.
 
-Fields left as ``None`` are "auto": :func:`tunesmith.train.defaults.resolve` fills them from the
+Fields left as ``None`` are "auto": :func:`tunesmith.training.defaults.resolve` fills them from the
 data (the rule is documented there and in the README), and the resolved config is what is saved
 with the run and in the registry.
 """

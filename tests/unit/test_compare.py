@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from tunesmith.evaluate.compare import comparison_table, diffs, format_value, helped, per_example
-from tunesmith.evaluate.measure import Measured
+from tunesmith.evaluation.compare import comparison_table, diffs, format_value, helped, per_example
+from tunesmith.evaluation.measure import Measured
 
 
 def render(table) -> str:

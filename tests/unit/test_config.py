@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from tunesmith.config import TrainConfig, check_name, load_config
 from tunesmith.errors import TunesmithError
-from tunesmith.train.defaults import default_max_length, resolve
+from tunesmith.training.defaults import default_max_length, resolve
 
 
 def yaml_file(tmp_path, text: str) -> Path:

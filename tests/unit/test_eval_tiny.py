@@ -14,12 +14,12 @@ import torch
 from tunesmith.cli import main
 from tunesmith.config import TrainConfig
 from tunesmith.errors import TunesmithError
-from tunesmith.evaluate.curve import learning_curve
-from tunesmith.evaluate.measure import EvalOptions
-from tunesmith.evaluate.run import evaluate
-from tunesmith.evaluate.systems import POOL_FILE, load_pool
+from tunesmith.evaluation.curve import learning_curve
+from tunesmith.evaluation.measure import EvalOptions
+from tunesmith.evaluation.run import evaluate
+from tunesmith.evaluation.systems import POOL_FILE, load_pool
 from tunesmith.registry import store
-from tunesmith.train.run import train
+from tunesmith.training.run import train
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,13 +46,7 @@ def chat_rows(n: int, offset: int = 0) -> list[dict]:
             for i in range(offset, offset + n)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is faster than two that wait on each other (and on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ import torch
 from tunesmith.data.batching import Row, collate
 from tunesmith.data.formats import Example
 from tunesmith.data.render import Rendered, render_messages
-from tunesmith.evaluate import label_scoring
-from tunesmith.evaluate.label_scoring import score_candidates
-from tunesmith.evaluate.metrics import token_loss_sums
-from tunesmith.evaluate.systems import conversation
+from tunesmith.evaluation import label_scoring
+from tunesmith.evaluation.label_scoring import score_candidates
+from tunesmith.evaluation.metrics import token_loss_sums
+from tunesmith.evaluation.systems import conversation
 from tunesmith.models.load import load_model
 
 LABELS = ["neg", "negative", "positive", "neutral mood"]  # shared first tokens, 2 to 9 tokens long
@@ -30,13 +30,7 @@ SHOTS = [Example(line=100 + i, text=text, label=label) for i, (text, label) in
 SYSTEM = "You are a helpful assistant. Answer with the label only."
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is faster than two that wait on each other (and on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def sharpen(model) -> None:
@@ -86,26 +80,33 @@ def plain_scores(model, tiny_tokenizer, rendered_by_setting) -> dict[str, torch.
             for setting, rendered in rendered_by_setting.items()}
 
 
-@pytest.mark.parametrize("row_tokens", [1, 100, 1_000_000])
+@pytest.mark.parametrize(("row_tokens", "pack_tokens"), [(1, 1), (100, 1), (1_000_000, 1), (1_000_000, None)])
 @pytest.mark.parametrize("setting", ["plain", "system", "few_shot"])
 def test_equals_scoring_each_candidate_alone(model, tiny_tokenizer, rendered_by_setting, plain_scores,
-                                             setting, row_tokens, monkeypatch):
+                                             setting, row_tokens, pack_tokens, monkeypatch):
     rendered = rendered_by_setting[setting]
-    batches = []
+    batches, rows = [], []  # examples per forward pass, examples per packed row
     score_batch = label_scoring._score_batch
-    monkeypatch.setattr(label_scoring, "_score_batch",
-                        lambda model, trees, *rest: batches.append(len(trees)) or score_batch(model, trees, *rest))
+
+    def spy(model, packed, *rest):
+        rows.extend(len(set(row.group)) for row in packed)
+        batches.append(sum(len(set(row.group)) for row in packed))
+        return score_batch(model, packed, *rest)
+
+    monkeypatch.setattr(label_scoring, "_score_batch", spy)
     if setting == "few_shot":
         first = [c.input_ids for example in rendered for c in example]
         shared = next(i for i in range(min(map(len, first))) if len({ids[i] for ids in first}) > 1)
         assert shared > 100  # the system message and the shots: a long prefix every row shares
-    scores, counts = score_candidates(model, rendered, row_tokens=row_tokens)
+    scores, counts = score_candidates(model, rendered, row_tokens=row_tokens, pack_tokens=pack_tokens)
     assert scores.shape == counts.shape == (len(TEXTS), len(LABELS))
     assert sum(batches) == len(TEXTS)
-    if row_tokens == 1:
+    if pack_tokens is None:
+        assert rows == [len(TEXTS)]  # all examples packed into one row (they fit in MIN_PACK tokens)
+    elif row_tokens == 1:
         assert batches == [1] * len(TEXTS)
     elif row_tokens == 100:
-        assert 1 < len(batches) < len(TEXTS)  # several examples per row batch, several batches
+        assert 1 < len(batches) < len(TEXTS)  # several rows per batch, several batches
     else:
         assert batches == [len(TEXTS)]
     expected = plain_scores[setting]

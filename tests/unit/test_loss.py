@@ -8,9 +8,9 @@ import torch.nn.functional as F
 
 from tunesmith.data.batching import Row, collate
 from tunesmith.data.render import IGNORE, render_messages
-from tunesmith.evaluate.metrics import answer_loss, token_loss_sums
+from tunesmith.evaluation.metrics import answer_loss, token_loss_sums
 from tunesmith.models.load import add_lora, load_model
-from tunesmith.train.loop import train_step
+from tunesmith.training.loop import train_step
 
 CONVERSATIONS = [
     ("Hello!", "How are you today?"),

@@ -13,7 +13,7 @@ from tunesmith import paths
 from tunesmith.errors import TunesmithError
 from tunesmith.models.load import add_lora, load_model
 from tunesmith.registry import store
-from tunesmith.train import checkpoint as ckpt
+from tunesmith.training import checkpoint as ckpt
 
 
 def staged(task: str = "chat", base: str = "tiny"):

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tunesmith.evaluate.report import (
+from tunesmith.evaluation.report import (
     plateau_size, render_curve_report, render_eval_report, write_curve_report, write_eval_report,
 )
 

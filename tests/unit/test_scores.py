@@ -1,4 +1,4 @@
-"""Scores in tunesmith.evaluate.scores checked against values worked out by hand (in the comments)."""
+"""Scores in tunesmith.evaluation.scores checked against values worked out by hand (in the comments)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tunesmith.errors import TunesmithError
-from tunesmith.evaluate.scores import (
+from tunesmith.evaluation.scores import (
     DEFAULT_PRICES,
     bits_per_byte,
     break_even,

@@ -11,7 +11,7 @@ import torch
 
 from tunesmith.data.formats import Example
 from tunesmith.data.render import IGNORE, classify_prompt, render_messages
-from tunesmith.evaluate.systems import (
+from tunesmith.evaluation.systems import (
     POOL_SIZE,
     SYSTEM_ORDER,
     adapter_merged,

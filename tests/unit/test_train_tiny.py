@@ -12,7 +12,7 @@ from tunesmith.cli import main
 from tunesmith.config import TrainConfig
 from tunesmith.errors import DataError, TunesmithError
 from tunesmith.registry import store
-from tunesmith.train.run import train
+from tunesmith.training.run import train
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

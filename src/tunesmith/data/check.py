@@ -87,7 +87,7 @@ def check_data(data: Path, task: str = "auto", tokenizer=None, max_length: int |
                system_prompt: str | None = None, n_params: int | None = None,
                method: str = "lora") -> DataReport:
     """The full check. Without a tokenizer only the structural part runs."""
-    from tunesmith.train.defaults import default_max_length, estimate_seconds
+    from tunesmith.training.defaults import default_max_length, estimate_seconds
 
     report = check_structure(data, task, val_data, labels)
     if tokenizer is None or not report.ok:

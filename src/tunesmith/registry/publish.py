@@ -28,7 +28,7 @@ import torch
 from tunesmith.config import TrainConfig
 from tunesmith.data.check import DataReport
 from tunesmith.data.render import CLASSIFY_TEMPLATE
-from tunesmith.evaluate.systems import POOL_FILE, pool_records
+from tunesmith.evaluation.systems import POOL_FILE, pool_records
 from tunesmith.models.base import EMBEDDED, weights_hash
 from tunesmith.registry import store
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from tunesmith.evaluate.systems import display_name
+from tunesmith.evaluation.systems import display_name
 
 # Which metric decides "did it help", and whether higher is better.
 PRIMARY = {"classify": ("accuracy", True), "chat": ("rouge_l", True),

@@ -1,7 +1,7 @@
 """``tunesmith eval``: the fine-tuned model against its base, zero-shot and few-shot, on held-out data.
 
     load the version (adapter kept separate) -> check the test file with the version's task/labels
-    pick K shots from the pool kept with the version -> measure each system (evaluate/measure.py)
+    pick K shots from the pool kept with the version -> measure each system (evaluation/measure.py)
     -> per-example outputs and diffs, break-even -> one dict (the --json shape), table, HTML report
 """
 
@@ -17,10 +17,10 @@ from rich.console import Console
 from tunesmith.data.check import check_data
 from tunesmith.data.formats import Example, read_file
 from tunesmith.errors import DataError, TunesmithError
-from tunesmith.evaluate.compare import PRIMARY, diffs, helped, per_example
-from tunesmith.evaluate.measure import EvalOptions, Measured, measure
-from tunesmith.evaluate.scores import break_even
-from tunesmith.evaluate.systems import (POOL_FILE, SYSTEM_ORDER, System, load_pool, lora_systems,
+from tunesmith.evaluation.compare import PRIMARY, diffs, helped, per_example
+from tunesmith.evaluation.measure import EvalOptions, Measured, measure
+from tunesmith.evaluation.scores import break_even
+from tunesmith.evaluation.systems import (POOL_FILE, SYSTEM_ORDER, System, load_pool, lora_systems,
                                         pick_shots, split_answer)
 from tunesmith.inference import LoadedModel, load
 from tunesmith.models.base import resolve_base

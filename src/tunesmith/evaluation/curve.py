@@ -21,17 +21,17 @@ from rich.table import Table
 from tunesmith.config import TrainConfig
 from tunesmith.data.check import check_structure
 from tunesmith.errors import DataError, TunesmithError
-from tunesmith.evaluate.compare import format_value
-from tunesmith.evaluate.measure import EvalOptions
-from tunesmith.evaluate.run import BASELINES, evaluate
-from tunesmith.evaluate.systems import example_record
+from tunesmith.evaluation.compare import format_value
+from tunesmith.evaluation.measure import EvalOptions
+from tunesmith.evaluation.run import BASELINES, evaluate
+from tunesmith.evaluation.systems import example_record
 
 
 def learning_curve(train_file: Path, test_file: Path, sizes: list[int], config: TrainConfig | None = None,
                    name: str | None = None, options: EvalOptions | None = None,
                    console: Console | None = None) -> dict:
     """Train on nested subsets of ``train_file`` and evaluate each on ``test_file``."""
-    from tunesmith.train.run import default_name, train
+    from tunesmith.training.run import default_name, train
 
     console = console or Console(stderr=True, soft_wrap=True)
     options = options or EvalOptions()

@@ -12,6 +12,8 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+from tunesmith.evaluation.systems import DISPLAY, display_name
+
 # key: (row label, format, higher is better). The order is the comparison table's row order.
 METRICS = {
     "accuracy": ("accuracy", "pct", True), "macro_f1": ("macro F1", "pct", True), "ece": ("ECE", "3", False),
@@ -47,9 +49,8 @@ def fmt(metric: str, value) -> str:
 
 
 def system_name(system: str, shots=None) -> str:
-    """The display name of an evaluated system."""
-    few = f"base + {shots if shots is not None else 'few'}-shot prompt"
-    return {"base": "base (zero-shot)", "few_shot": few, "fine_tuned": "fine-tuned"}.get(system, str(system))
+    """The display name of an evaluated system (as in the terminal table)."""
+    return display_name(system, shots if shots is not None else "few") if system in DISPLAY else str(system)
 
 
 def _axis(metric: str) -> tuple[int, str]:
@@ -216,8 +217,9 @@ def _diffs(figures: dict, names: dict) -> str:
                      *(cell((d.get("outputs") or {}).get(s)) for s in cols), _e(kind),
                      f"{d['delta']:+.3f}" if _num(d.get("delta")) else "—"])
     header = ["line", "input", "reference", *(_e(names[s]) for s in cols), "kind", "delta"]
-    note = f'<p class="meta">{len(diffs) - MAX_DIFFS} more differences not shown (the worst {MAX_DIFFS} are).</p>'
-    table = _table(header, rows, {0, len(header) - 1}) + (note if len(diffs) > MAX_DIFFS else "")
+    total = figures.get("diffs_total", len(diffs))
+    note = f'<p class="meta">{total - len(shown)} more differences not shown (the worst {len(shown)} are).</p>'
+    table = _table(header, rows, {0, len(header) - 1}) + (note if total > len(shown) else "")
     return "<h2>Examples that changed</h2>" + table if rows else ""
 
 

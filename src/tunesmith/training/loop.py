@@ -26,9 +26,9 @@ from tqdm.auto import tqdm
 
 from tunesmith.config import TrainConfig
 from tunesmith.data.batching import Row, collate, epoch_order
-from tunesmith.evaluate.metrics import answer_loss, token_loss_sums
-from tunesmith.train import checkpoint as ckpt
-from tunesmith.train.defaults import steps_per_epoch
+from tunesmith.evaluation.metrics import answer_loss, token_loss_sums
+from tunesmith.training import checkpoint as ckpt
+from tunesmith.training.defaults import steps_per_epoch
 
 
 @dataclass

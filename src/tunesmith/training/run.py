@@ -25,16 +25,16 @@ from tunesmith.config import TrainConfig, load_config
 from tunesmith.data.check import DataReport, check_data, check_structure
 from tunesmith.data.prepare import build_rows, split
 from tunesmith.errors import DataError, TunesmithError
-from tunesmith.evaluate.compare import comparison_table, helped
-from tunesmith.evaluate.measure import EvalOptions, measure
-from tunesmith.evaluate.systems import System, adapter_merged, adapter_off, pick_shots
+from tunesmith.evaluation.compare import comparison_table, helped
+from tunesmith.evaluation.measure import EvalOptions, measure
+from tunesmith.evaluation.systems import System, adapter_merged, adapter_off, pick_shots
 from tunesmith.models.base import resolve_base
 from tunesmith.models.load import add_lora, count_parameters, load_model, load_tokenizer
 from tunesmith.registry import store
 from tunesmith.registry.publish import file_sha256, write_version
-from tunesmith.train import defaults
-from tunesmith.train.checkpoint import atomic_write_text, latest_checkpoint
-from tunesmith.train.loop import LoopResult, train_loop
+from tunesmith.training import defaults
+from tunesmith.training.checkpoint import atomic_write_text, latest_checkpoint
+from tunesmith.training.loop import LoopResult, train_loop
 
 
 @dataclass

@@ -21,10 +21,10 @@ import torch
 from tunesmith.data.batching import Row, pack_documents
 from tunesmith.data.formats import Example
 from tunesmith.data.render import IGNORE, render_messages, render_prompt, tokenize_document
-from tunesmith.evaluate.label_scoring import score_candidates
-from tunesmith.evaluate.metrics import answer_loss
-from tunesmith.evaluate.scores import bits_per_byte, classification_scores, generation_scores, latency_summary
-from tunesmith.evaluate.systems import System, conversation, split_answer
+from tunesmith.evaluation.label_scoring import score_candidates
+from tunesmith.evaluation.metrics import answer_loss
+from tunesmith.evaluation.scores import bits_per_byte, classification_scores, generation_scores, latency_summary
+from tunesmith.evaluation.systems import System, conversation, split_answer
 from tunesmith.generation import generate_batch
 
 SHORT_ANSWER_WORDS = 10  # exact match is reported when references average at most this many words
