@@ -184,11 +184,7 @@ def cmd_eval(args) -> int:
     out.print(comparison_table(figures["task"], figures["results"],
                                f"{figures['model']} on {args.data} ({figures['n']} examples)"))
     print_verdict(figures)
-    if args.json:
-        _write_json(args.json, figures)
-    if args.report:
-        write_eval_report(figures, args.report)
-        err.print(f"report: {args.report}")
+    _save(figures, args.json, args.report, write_eval_report)
     return 0
 
 
@@ -226,18 +222,19 @@ def cmd_curve(args) -> int:
     curve = learning_curve(args.file, args.test, sizes, config, args.name,
                            EvalOptions(shots=args.shots, seed=args.seed, latency_samples=args.latency_samples), console=err)
     out.print(curve_table(curve))
-    if args.json:
-        _write_json(args.json, curve)
-    if args.report:
-        write_curve_report(curve, args.report)
-        err.print(f"report: {args.report}")
+    _save(curve, args.json, args.report, write_curve_report)
     return 0
 
 
-def _write_json(path: Path, figures: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(figures, indent=2))
-    tmp.replace(path)
+def _save(figures: dict, json_path: Path | None, report_path: Path | None, write_report) -> None:
+    """--json (written atomically) and --report."""
+    if json_path:
+        tmp = json_path.with_name(json_path.name + ".tmp")
+        tmp.write_text(json.dumps(figures, indent=2))
+        tmp.replace(json_path)
+    if report_path:
+        write_report(figures, report_path)
+        err.print(f"report: {report_path}")
 
 
 def cmd_generate(args) -> int:

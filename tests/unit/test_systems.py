@@ -20,7 +20,7 @@ from tunesmith.evaluation.systems import (
     display_name,
     example_record,
     load_pool,
-    lora_systems,
+    same_model_systems,
     pick_shots,
     pool_records,
     split_answer,
@@ -196,7 +196,7 @@ def test_pool_is_capped_and_balanced():
 
 # the LoRA systems --------------------------------------------------------------------------------
 
-def test_lora_systems_switch_the_adapter(tiny_model_dir):
+def test_same_model_systems_switch_the_adapter(tiny_model_dir):
     torch.manual_seed(0)
     model = add_lora(load_model(tiny_model_dir, dtype=torch.float32), 4, 8.0, 0.0, ["q_proj", "v_proj"])
     with torch.no_grad():
@@ -212,10 +212,10 @@ def test_lora_systems_switch_the_adapter(tiny_model_dir):
 
     adapted = logits()
     shots = classify_pool(4)
-    systems = lora_systems(model, shots)
+    systems = same_model_systems(model, shots)
     assert list(systems) == list(SYSTEM_ORDER)
     assert systems["few_shot"].shots == shots and systems["base"].shots == [] == systems["fine_tuned"].shots
-    assert list(lora_systems(model, [])) == ["base", "fine_tuned"]
+    assert list(same_model_systems(model, [])) == ["base", "fine_tuned"]
 
     with systems["base"].context():
         base = logits()

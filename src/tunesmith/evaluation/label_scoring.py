@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith.data.render import IGNORE, Rendered
-from tunesmith.evaluation.metrics import PLAIN_HEAD_MODELS
+from tunesmith.evaluation.metrics import hidden_and_head
 from tunesmith.generation import common_prefix_length, expanded_cache, prefix_cache
 
 ROW_TOKENS = 4096  # tokens per forward pass (rows x row length): bounds activation memory
@@ -105,17 +105,6 @@ def _tree_mask(trees: list[_Tree], width: int, prefix: int, dtype) -> torch.Tens
     return mask[:, None]
 
 
-def _hidden_states(model, input_ids, position_ids, mask, cache):
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if causal_lm.config.model_type in PLAIN_HEAD_MODELS:
-        out = causal_lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, attention_mask=mask,
-                                      past_key_values=cache, use_cache=cache is not None)
-        return out.last_hidden_state, causal_lm.get_output_embeddings()
-    logits = model(input_ids=input_ids, position_ids=position_ids, attention_mask=mask,
-                   past_key_values=cache, use_cache=cache is not None).logits
-    return logits, None  # already logits
-
-
 @torch.no_grad()
 def score_candidates(model, candidates: list[list[Rendered]], row_tokens: int = ROW_TOKENS,
                      pack_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,7 +149,8 @@ def _score_batch(model, rows: list[_Tree], width, prefix, prefix_len, device, dt
     position_ids = torch.tensor([pad(r.positions, r.positions[-1] + 1) for r in rows], device=device)
     mask = _tree_mask(rows, width, prefix_len, dtype).to(device)
     cache = expanded_cache(prefix, len(rows)) if prefix is not None else None
-    hidden, head = _hidden_states(model, input_ids, position_ids, mask, cache)
+    hidden, head = hidden_and_head(model, input_ids=input_ids, position_ids=position_ids, attention_mask=mask,
+                                   past_key_values=cache, use_cache=cache is not None)
     targets = [(index, *target) for index, row in enumerate(rows) for target in row.targets]
     row_index = torch.tensor([t[0] for t in targets], device=device)
     columns = torch.tensor([t[3] for t in targets], device=device)

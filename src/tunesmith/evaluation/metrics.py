@@ -18,6 +18,15 @@ from tunesmith.data.render import IGNORE
 PLAIN_HEAD_MODELS = {"llama", "mistral", "qwen2", "qwen3", "smollm3", "phi3", "olmo2"}
 
 
+def hidden_and_head(model, **inputs) -> tuple[torch.Tensor, torch.nn.Module | None]:
+    """(last hidden states, output head) for plain-head models, so callers can apply the 49k-vocabulary
+    projection only where they need logits; (logits, None) for other architectures."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if causal_lm.config.model_type in PLAIN_HEAD_MODELS:
+        return causal_lm.get_decoder()(**inputs).last_hidden_state, causal_lm.get_output_embeddings()
+    return model(**inputs).logits, None
+
+
 def token_loss_sums(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Summed next-token cross-entropy per row over positions whose label is not IGNORE.
 
@@ -25,16 +34,12 @@ def token_loss_sums(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     every position: for answer-only losses that skips most of the vocabulary matmul and the
     softmax. Equal to the plain computation (tested); other architectures take the plain path.
     """
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     targets = batch["labels"][:, 1:]
     mask = targets != IGNORE
-    if causal_lm.config.model_type in PLAIN_HEAD_MODELS:
-        hidden = causal_lm.get_decoder()(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                                         use_cache=False).last_hidden_state
-        logits = causal_lm.get_output_embeddings()(hidden[:, :-1][mask]).float()
-    else:
-        full = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
-        logits = full[:, :-1][mask].float()
+    hidden, head = hidden_and_head(model, input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                                   use_cache=False)
+    picked = hidden[:, :-1][mask]
+    logits = (head(picked) if head is not None else picked).float()
     losses = F.cross_entropy(logits, targets[mask], reduction="none")
     rows = mask.nonzero()[:, 0]
     return torch.zeros(targets.shape[0], dtype=losses.dtype, device=losses.device).index_add(0, rows, losses)

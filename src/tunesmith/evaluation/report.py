@@ -12,18 +12,19 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+from tunesmith.evaluation.compare import HIGHER_IS_BETTER, PERCENT
 from tunesmith.evaluation.systems import DISPLAY, display_name
 
-# key: (row label, format, higher is better). The order is the comparison table's row order.
+# key: (row label, decimals). The order is the comparison table's row order. Which metrics are rates
+# and which direction is better come from compare.py, as in the terminal table.
 METRICS = {
-    "accuracy": ("accuracy", "pct", True), "macro_f1": ("macro F1", "pct", True), "ece": ("ECE", "3", False),
-    "exact_match": ("exact match", "pct", True), "rouge_l": ("ROUGE-L", "pct", True), "chrf": ("chrF", "1", True),
-    "loss": ("loss", "3", False), "perplexity": ("perplexity", "2", False),
-    "bits_per_byte": ("bits per byte", "3", False), "prompt_tokens_mean": ("prompt tokens (mean)", "1", False),
-    "latency_ms_p50": ("latency p50 (ms)", "0", False), "latency_ms_p90": ("latency p90 (ms)", "0", False),
-    "tokens_per_s": ("tokens / s", "1", True), "eval_seconds": ("eval time (s)", "1", False)}
+    "accuracy": ("accuracy", 1), "macro_f1": ("macro F1", 1), "ece": ("ECE", 3), "exact_match": ("exact match", 1),
+    "rouge_l": ("ROUGE-L", 1), "chrf": ("chrF", 1), "loss": ("loss", 3), "perplexity": ("perplexity", 2),
+    "bits_per_byte": ("bits per byte", 3), "prompt_tokens_mean": ("prompt tokens (mean)", 1),
+    "latency_ms_p50": ("latency p50 (ms)", 0), "latency_ms_p90": ("latency p90 (ms)", 0),
+    "tokens_per_s": ("tokens / s", 1), "eval_seconds": ("eval time (s)", 1)}
 # Metrics on a 0..1 scale: "one point" of them is one percentage point, not 1% relative.
-RATES = {key for key, (_, kind, _) in METRICS.items() if kind == "pct"}
+RATES = PERCENT
 COLORS = defaultdict(lambda: "#a78bfa", base="#9ca3af", few_shot="#60a5fa", fine_tuned="#f59e0b")
 TRUNCATE, MAX_DIFFS = 300, 50
 CSS = """body { font: 15px/1.5 system-ui, sans-serif; color: #1f2937; max-width: 1100px; margin: 2em auto; }
@@ -44,8 +45,8 @@ def _e(value) -> str:
 
 def fmt(metric: str, value) -> str:
     """A metric value as the report shows it: rates as percentages, the rest at a fixed precision."""
-    kind = METRICS.get(metric, ("", "3", True))[1]
-    return "—" if not _num(value) else f"{value * 100:.1f}%" if kind == "pct" else f"{value:,.{kind}f}"
+    decimals = METRICS.get(metric, ("", 3))[1]
+    return "—" if not _num(value) else f"{value * 100:.1f}%" if metric in RATES else f"{value:,.{decimals}f}"
 
 
 def system_name(system: str, shots=None) -> str:
@@ -101,10 +102,10 @@ def _comparison(figures: dict, results: dict, names: dict) -> str:
             best = (max if higher_primary else min)(baselines)
             text += f": {METRICS.get(primary, (primary,))[0]} {fmt(primary, tuned)} vs {fmt(primary, best)}"
         out.append(f'<p class="verdict">{_e(text)}</p>')
-    for key, (label, _, higher) in METRICS.items():
+    for key, (label, _) in METRICS.items():
         values = [results[s].get(key) for s in names]
         present = [v for v in values if _num(v)]
-        higher = higher_primary if key == primary else higher
+        higher = higher_primary if key == primary else key in HIGHER_IS_BETTER
         best = (max if higher else min)(present) if len(set(present)) > 1 else None  # bold needs a loser
         name = f"<strong>{_e(label)}</strong> ★ primary" if key == primary else _e(label)
         if present:
@@ -248,7 +249,7 @@ def plateau_size(points: list[dict], metric: str, higher_is_better: bool = True)
 def render_curve_report(curve: dict) -> str:
     """The learning-curve report as one HTML document."""
     metric = curve.get("metric") or "metric"
-    higher = curve.get("higher_is_better", METRICS.get(metric, ("", "", True))[2])
+    higher = curve.get("higher_is_better", metric in HIGHER_IS_BETTER)
     label = METRICS.get(metric, (metric,))[0]
     points = sorted((p for p in curve.get("points") or [] if _num(p.get("n"))), key=lambda p: p["n"])
     valued, body = [p for p in points if _num(p.get("value"))], []

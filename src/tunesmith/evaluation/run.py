@@ -20,7 +20,7 @@ from tunesmith.errors import DataError, TunesmithError
 from tunesmith.evaluation.compare import PRIMARY, diffs, helped, per_example
 from tunesmith.evaluation.measure import EvalOptions, Measured, measure
 from tunesmith.evaluation.scores import break_even
-from tunesmith.evaluation.systems import (POOL_FILE, SYSTEM_ORDER, System, load_pool, lora_systems,
+from tunesmith.evaluation.systems import (POOL_FILE, SYSTEM_ORDER, System, load_pool, same_model_systems,
                                         pick_shots, split_answer)
 from tunesmith.inference import LoadedModel, load
 from tunesmith.models.base import resolve_base
@@ -86,11 +86,13 @@ def _systems(loaded: LoadedModel, manifest: dict | None, shots: list[Example],
             systems["few_shot"] = System("few_shot", loaded.model, shots=shots)
         return systems
     if manifest["method"] == "lora":
-        systems = lora_systems(loaded.model, shots)
-    else:
+        systems = same_model_systems(loaded.model, shots)
+    elif baselines:  # a full fine-tune: the baselines need the base weights loaded beside it
         base = load_model(resolve_base(manifest["base"]["name"])).eval()
         systems = {"base": System("base", base), "few_shot": System("few_shot", base, shots=shots),
                    "fine_tuned": System("fine_tuned", loaded.model)}
+    else:
+        systems = {"fine_tuned": System("fine_tuned", loaded.model)}
     keep = set(baselines) | {"fine_tuned"}
     return {name: systems[name] for name in SYSTEM_ORDER
             if name in systems and name in keep and (name != "few_shot" or shots)}

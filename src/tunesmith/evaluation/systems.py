@@ -55,13 +55,17 @@ def adapter_merged(model):
         model.unmerge_adapter()
 
 
-def lora_systems(model, shots: list[Example]) -> dict[str, System]:
-    """base / few_shot / fine_tuned on one PEFT model."""
-    systems = {"base": System("base", model, lambda: adapter_off(model)),
-               "fine_tuned": System("fine_tuned", model, lambda: adapter_merged(model))}
+def same_model_systems(model, shots: list[Example], lora: bool = True) -> dict[str, System]:
+    """base / few_shot / fine_tuned on one model. With LoRA the adapter is switched off for the
+    baselines and merged for the fine-tuned model; without it (a full fine-tune, in training) the
+    baselines are measured before training and the fine-tuned model after."""
+    off = (lambda: adapter_off(model)) if lora else nullcontext
+    merged = (lambda: adapter_merged(model)) if lora else nullcontext
+    systems = {"base": System("base", model, off)}
     if shots:
-        systems["few_shot"] = System("few_shot", model, lambda: adapter_off(model), shots)
-    return dict(sorted(systems.items(), key=lambda item: SYSTEM_ORDER.index(item[0])))
+        systems["few_shot"] = System("few_shot", model, off, shots)
+    systems["fine_tuned"] = System("fine_tuned", model, merged)
+    return systems
 
 
 def pick_shots(pool: list[Example], k: int, seed: int) -> list[Example]:

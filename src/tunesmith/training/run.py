@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from tunesmith.data.prepare import build_rows, split
 from tunesmith.errors import DataError, TunesmithError
 from tunesmith.evaluation.compare import comparison_table, helped
 from tunesmith.evaluation.measure import EvalOptions, measure
-from tunesmith.evaluation.systems import System, adapter_merged, adapter_off, pick_shots
+from tunesmith.evaluation.systems import System, pick_shots, same_model_systems
 from tunesmith.models.base import resolve_base
 from tunesmith.models.load import add_lora, count_parameters, load_model, load_tokenizer
 from tunesmith.registry import store
@@ -144,7 +143,7 @@ class _ValidationComparison:
     MAX_NEW_TOKENS = 64
 
     def __init__(self, model, tokenizer, config: TrainConfig, splits, val_rows):
-        self.model, self.tokenizer, self.config, self.val_rows = model, tokenizer, config, val_rows
+        self.tokenizer, self.config, self.val_rows = tokenizer, config, val_rows
         self.examples = splits.val_examples
         # Generation is capped so the closing comparison stays short on a CPU; `tunesmith eval` generates
         # up to 1.5x the longest reference.
@@ -152,7 +151,7 @@ class _ValidationComparison:
                                    seed=config.seed)
         self.shots = [] if config.task == "text" else pick_shots(splits.train_examples, self.options.shots,
                                                                  config.seed)
-        self.lora = config.method == "lora"
+        self.systems = same_model_systems(model, self.shots, lora=config.method == "lora")
 
     def baselines(self, run_dir: Path) -> dict:
         cached = run_dir / "baselines.json"
@@ -161,18 +160,14 @@ class _ValidationComparison:
         if not self.val_rows:
             return {}
         # Before training the weights are the base model's (and LoRA can switch its adapter off).
-        context = (lambda: adapter_off(self.model)) if self.lora else nullcontext
-        results = {"base": self._measure(System("base", self.model, context))}
-        if self.shots:
-            results["few_shot"] = self._measure(System("few_shot", self.model, context, self.shots))
+        results = {name: self._measure(system) for name, system in self.systems.items() if name != "fine_tuned"}
         atomic_write_text(cached, json.dumps(results))
         return results
 
     def fine_tuned(self) -> dict:
         if not self.val_rows:
             return {}
-        context = (lambda: adapter_merged(self.model)) if self.lora else nullcontext
-        return {"fine_tuned": self._measure(System("fine_tuned", self.model, context))}
+        return {"fine_tuned": self._measure(self.systems["fine_tuned"])}
 
     def _measure(self, system: System) -> dict:
         return measure(system, self.tokenizer, self.config.task, self.examples, self.config.labels,
