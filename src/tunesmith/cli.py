@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int)
     train.add_argument("--max-length", type=int)
     train.add_argument("--lora-rank", type=int)
+    train.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                       help="compute precision (default auto: bf16 where the hardware has it natively)")
     train.add_argument("--seed", type=int)
     train.add_argument("-c", "--config", type=Path, help="YAML config; flags override its keys")
     train.add_argument("--resume", metavar="NAME", help="continue an interrupted run")
@@ -164,7 +166,8 @@ def cmd_train(args) -> int:
         config = load_config(args.config, data=args.file, task=args.task, base=args.base, method=args.method,
                              name=args.name, val_data=args.val, epochs=args.epochs, lr=args.lr,
                              batch_size=args.batch_size, max_length=args.max_length,
-                             lora_rank=args.lora_rank, seed=args.seed)
+                             lora_rank=args.lora_rank, seed=args.seed,
+                             precision=args.precision)
         result = train(config)
     return 130 if result.loop.interrupted else 0
 

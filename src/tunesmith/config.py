@@ -62,6 +62,11 @@ class TrainConfig(BaseModel):
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine decay ends at lr * min_lr_ratio.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     grad_clip: float | None = Field(1.0, gt=0, description="Clip the gradient norm; null disables.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="Compute precision. `auto`: bf16 where the hardware multiplies it natively "
+        "(CUDA, CPUs with AMX), else fp32. Trained weights stay fp32 either way: LoRA adapters, and the "
+        "master weights of full fine-tuning (which then runs under autocast).",
+    )
 
     lora_rank: int | None = Field(None, ge=1, le=1024, description="LoRA rank r.")
     lora_alpha: float | None = Field(None, gt=0, description="LoRA alpha; defaults to 2 * rank.")

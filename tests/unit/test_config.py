@@ -182,3 +182,18 @@ def test_default_max_length_chat(lengths, model_max, expected):
 @pytest.mark.parametrize("lengths,expected", [([100, 100], 224), ([1000, 1000], 512), ([5], 64)])
 def test_default_max_length_text(lengths, expected):
     assert default_max_length(lengths, "text", None) == expected
+
+
+def test_precision_auto_resolves_from_the_hardware(monkeypatch):
+    from tunesmith.training import defaults
+
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(defaults, "native_bf16", lambda native=native: native)
+        assert resolve(TrainConfig(data="x.jsonl"), 100, [100] * 10, None, "chat").precision == expected
+    # an explicit choice is kept whatever the hardware
+    assert resolve(TrainConfig(data="x.jsonl", precision="fp32"), 100, [100] * 10, None, "chat").precision == "fp32"
+
+
+def test_precision_rejects_unknown_values():
+    with pytest.raises(ValidationError):
+        TrainConfig(data="x.jsonl", precision="fp16")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
+from conftest import sharpen
 
 from tunesmith.data.batching import Row, collate
 from tunesmith.data.formats import Example
@@ -31,20 +31,6 @@ SYSTEM = "You are a helpful assistant. Answer with the label only."
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def sharpen(model) -> None:
-    """Re-initialise at O(1) scale so attention and next-token distributions are far from uniform:
-    a token attended to by mistake (or a wrong position id) then moves the scores a lot."""
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "norm" in name:
-                continue
-            if parameter.dim() == 2 and "embed" in name:
-                parameter.normal_(0.0, 1.0)
-            elif parameter.dim() == 2:
-                parameter.normal_(0.0, 1.5 / math.sqrt(parameter.shape[1]))
 
 
 @pytest.fixture(scope="module", params=["random", "sharp"])

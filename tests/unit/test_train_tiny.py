@@ -6,6 +6,7 @@ import hashlib
 import json
 
 import pytest
+import torch
 import yaml
 
 from tunesmith.cli import main
@@ -107,6 +108,21 @@ def test_full_fine_tuning_writes_model_weights(home, write_jsonl, tiny_model_dir
     assert result.version.manifest["method"] == "full"
     losses = [entry["loss"] for entry in result.loop.history]
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_bf16_training_keeps_the_trained_weights_fp32(home, write_jsonl, tiny_model_dir, method):
+    from safetensors.torch import load_file
+
+    data = write_jsonl("calls.jsonl", rows())
+    lr = 1e-2 if method == "lora" else 1e-3
+    result = train(config(data, tiny_model_dir, name=f"tiny-{method}-bf16", method=method, precision="bf16", lr=lr))
+    assert result.version.manifest["training"]["precision"] == "bf16"
+    (weights,) = (result.version.path / ("adapter" if method == "lora" else "model")).glob("*.safetensors")
+    tensors = load_file(weights)
+    assert tensors and {tensor.dtype for tensor in tensors.values()} == {torch.float32}
+    losses = [entry["loss"] for entry in result.loop.history]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
 
 
 def test_bad_data_is_refused_before_anything_is_written(home, write_jsonl, tiny_model_dir):

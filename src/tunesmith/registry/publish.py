@@ -98,6 +98,7 @@ def write_version(name: str, model, tokenizer, config: TrainConfig, report: Data
                 "train_seconds": round(loop.train_seconds, 2),
                 "wall_seconds": round(wall_seconds, 2),
                 "device": str(next(model.parameters()).device.type),
+                "precision": config.precision,
                 "threads": torch.get_num_threads(),
             },
         }

@@ -10,6 +10,8 @@ The rule (also in the README), with n = training examples after the validation s
                 otherwise the 99th percentile of rendered lengths, rounded up to a multiple of 32,
                 between 64 and 2048 (and never above the model's context)
     eval_every  4 validation passes per epoch
+    precision   bf16 where it is native (CUDA with bf16, or a CPU whose measured bf16 matmul is at
+                least twice its fp32 one, i.e. AMX), else fp32
 
 Small data gets more passes and a higher rate because each pass is only a few steps; larger
 data gets a larger rank because there is more to fit.
@@ -24,10 +26,13 @@ import torch
 
 from tunesmith.config import TrainConfig
 
-# Share of the matmul peak our loop reaches on nominal model FLOPs, used only for estimates.
+# Share of the fp32 matmul peak our loop reaches on nominal model FLOPs, used only for estimates.
 # Calibrated on the demo (2-core CPU, SmolLM2-135M, LoRA, classification): 385 tokens/s
 # x 4 x 134.5M params = 207 GFLOP/s of nominal work against 332 GFLOP/s from matmul_peak_gflops().
-TRAINING_EFFICIENCY = 0.62
+# With bf16 on the same CPU (AMX) the step is bound by the non-matmul work, not the bf16 peak, so the
+# estimate stays on the fp32 peak: 634 tokens/s x 4 x 134.5M = 341 GFLOP/s against ~285 GFLOP/s
+# (bench/RESULTS.md, train-speed).
+TRAINING_EFFICIENCY = {"fp32": 0.62, "bf16": 1.2}
 
 
 def resolve(config: TrainConfig, n_train: int, lengths: list[int], model_max_length: int | None,
@@ -51,6 +56,8 @@ def resolve(config: TrainConfig, n_train: int, lengths: list[int], model_max_len
         updates["micro_batch_size"] = config.batch_size
     if labels is not None:
         updates["labels"] = labels
+    if config.precision == "auto":
+        updates["precision"] = "bf16" if native_bf16() else "fp32"
     resolved = config.model_copy(update=updates)
     return TrainConfig.model_validate(resolved.model_dump())  # re-run the cross-field checks
 
@@ -74,26 +81,35 @@ def _round_up(value: int, multiple: int) -> int:
     return multiple * math.ceil(value / multiple)
 
 
-_PEAK_GFLOPS: float | None = None
+_PEAK_GFLOPS: dict[torch.dtype, float] = {}
 
 
-def matmul_peak_gflops() -> float:
-    """Measured fp32 matmul throughput of this machine (once per process, ~0.3 s)."""
-    global _PEAK_GFLOPS
-    if _PEAK_GFLOPS is None:
+def matmul_peak_gflops(dtype: torch.dtype = torch.float32) -> float:
+    """Measured CPU matmul throughput of this machine in ``dtype`` (once per process, ~0.3 s)."""
+    if dtype not in _PEAK_GFLOPS:
         size = 1024
-        a, b = torch.randn(size, size), torch.randn(size, size)
+        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
         torch.mm(a, b)  # warm-up
         best = float("inf")
         for _ in range(5):
             start = time.perf_counter()
             torch.mm(a, b)
             best = min(best, time.perf_counter() - start)
-        _PEAK_GFLOPS = 2 * size**3 / best / 1e9
-    return _PEAK_GFLOPS
+        _PEAK_GFLOPS[dtype] = 2 * size**3 / best / 1e9
+    return _PEAK_GFLOPS[dtype]
 
 
-def estimate_seconds(tokens: int, n_params: int, method: str) -> float:
+def native_bf16() -> bool:
+    """Whether bf16 is the faster compute precision here: CUDA with bf16 support, or a CPU whose
+    bf16 matmul is at least twice as fast as fp32 (AMX); without it bf16 is emulated and slower."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return matmul_peak_gflops(torch.bfloat16) >= 2 * matmul_peak_gflops(torch.float32)
+
+
+def estimate_seconds(tokens: int, n_params: int, method: str, precision: str = "auto") -> float:
     """Training time for ``tokens`` processed tokens: nominal FLOPs over the expected throughput."""
     flops_per_token = (4 if method == "lora" else 6) * n_params
-    return tokens * flops_per_token / (matmul_peak_gflops() * 1e9 * TRAINING_EFFICIENCY)
+    bf16 = precision == "bf16" or (precision == "auto" and native_bf16())
+    efficiency = TRAINING_EFFICIENCY["bf16" if bf16 else "fp32"]
+    return tokens * flops_per_token / (matmul_peak_gflops() * 1e9 * efficiency)

@@ -29,6 +29,7 @@ from tunesmith.data.batching import Row, collate, epoch_order
 from tunesmith.evaluation.metrics import answer_loss, token_loss_sums
 from tunesmith.training import checkpoint as ckpt
 from tunesmith.training.defaults import steps_per_epoch
+from tunesmith.training.kernels import training_kernels
 
 
 @dataclass
@@ -98,10 +99,12 @@ def train_loop(model, config: TrainConfig, train_rows: list[Row], val_rows: list
                run_dir: Path, resume: bool = False, log=print) -> LoopResult:
     per_epoch = steps_per_epoch(len(train_rows), config.batch_size)
     total_steps = per_epoch * config.epochs
-    eval_every = config.eval_every or max(1, per_epoch // 4)
+    # Rounded up, so the fourth pass of an epoch lands on its last step rather than one step before it.
+    eval_every = config.eval_every or max(1, math.ceil(per_epoch / 4))
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, total_steps, config)
     lengths = [len(row) for row in train_rows]
+    bf16 = config.precision == "bf16"
 
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "history": [], "best_val_loss": None,
              "best_step": None, "bad_evals": 0, "stopped_early": False, "seconds": 0.0, "tokens": 0}
@@ -135,7 +138,8 @@ def train_loop(model, config: TrainConfig, train_rows: list[Row], val_rows: list
                     break
                 started = time.perf_counter()
                 rows = [train_rows[i] for i in order[state["step_in_epoch"]]]
-                loss, tokens = train_step(model, rows, config.micro_batch_size, pad_id)
+                with training_kernels(model, bf16):
+                    loss, tokens = train_step(model, rows, config.micro_batch_size, pad_id)
                 grad_norm = None
                 if config.grad_clip:
                     grad_norm = torch.nn.utils.clip_grad_norm_(
@@ -153,7 +157,8 @@ def train_loop(model, config: TrainConfig, train_rows: list[Row], val_rows: list
                 entry = {"step": step, "epoch": state["epoch"] + state["step_in_epoch"] / len(order),
                          "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens / seconds}
                 if val_rows and (step % eval_every == 0 or step == total_steps):
-                    entry["val_loss"] = answer_loss(model, val_rows, pad_id, config.micro_batch_size)["loss"]
+                    with training_kernels(model, bf16):
+                        entry["val_loss"] = answer_loss(model, val_rows, pad_id, config.micro_batch_size)["loss"]
                     best = _track_best(state, entry["val_loss"], step, model, best)
                     if config.early_stopping_patience and state["bad_evals"] >= config.early_stopping_patience:
                         state["stopped_early"] = True

@@ -96,14 +96,17 @@ def train(config: TrainConfig | None = None, resume: str | None = None,
     atomic_write_text(run_dir / "data.sha256", data_hash + "\n")
 
     torch.manual_seed(config.seed)
-    model = load_model(base_path)
+    # bf16 weights only where nothing is learnt in them: the frozen base under LoRA. Full
+    # fine-tuning keeps fp32 masters and computes in bf16 under autocast (training.kernels).
+    bf16_weights = config.precision == "bf16" and config.method == "lora"
+    model = load_model(base_path, dtype=torch.bfloat16 if bf16_weights else torch.float32)
     if config.method == "lora":
         model = add_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_targets)
     trainable, total = count_parameters(model)
     console.print(f"[bold]{name}[/]: {report.task} · {len(train_rows)} train / {len(val_rows)} validation rows · "
                   f"{config.method} ({trainable / 1e6:.2f}M of {total / 1e6:.1f}M parameters trained) · "
                   f"{config.epochs} epoch(s), lr {config.lr:g}, batch {config.batch_size}, "
-                  f"max_length {config.max_length}")
+                  f"max_length {config.max_length}, {config.precision}")
 
     evaluation = _ValidationComparison(model, tokenizer, config, splits, val_rows)
     baselines = evaluation.baselines(run_dir)
