@@ -30,8 +30,8 @@ from tunesmith.config import TrainConfig
 # Calibrated on the demo (2-core CPU, SmolLM2-135M, LoRA, classification): 385 tokens/s
 # x 4 x 134.5M params = 207 GFLOP/s of nominal work against 332 GFLOP/s from matmul_peak_gflops().
 # With bf16 on the same CPU (AMX) the step is bound by the non-matmul work, not the bf16 peak, so the
-# estimate stays on the fp32 peak: 634 tokens/s x 4 x 134.5M = 341 GFLOP/s against ~285 GFLOP/s
-# (bench/RESULTS.md, train-speed).
+# estimate stays on the fp32 peak: 634 tokens/s x 4 x 134.5M = 341 GFLOP/s, against fp32 peaks of
+# 245-330 GFLOP/s measured on that machine (bench/RESULTS.md, train-speed); 1.2 errs on the slow side.
 TRAINING_EFFICIENCY = {"fp32": 0.62, "bf16": 1.2}
 
 
@@ -107,9 +107,9 @@ def native_bf16() -> bool:
     return matmul_peak_gflops(torch.bfloat16) >= 2 * matmul_peak_gflops(torch.float32)
 
 
-def estimate_seconds(tokens: int, n_params: int, method: str, precision: str = "auto") -> float:
-    """Training time for ``tokens`` processed tokens: nominal FLOPs over the expected throughput."""
+def estimate_seconds(tokens: int, n_params: int, method: str) -> float:
+    """Training time for ``tokens`` processed tokens at the default precision: nominal FLOPs over the
+    expected throughput."""
     flops_per_token = (4 if method == "lora" else 6) * n_params
-    bf16 = precision == "bf16" or (precision == "auto" and native_bf16())
-    efficiency = TRAINING_EFFICIENCY["bf16" if bf16 else "fp32"]
+    efficiency = TRAINING_EFFICIENCY["bf16" if native_bf16() else "fp32"]
     return tokens * flops_per_token / (matmul_peak_gflops() * 1e9 * efficiency)

@@ -1,5 +1,5 @@
 """Faster training steps, each equal to the plain computation (tested): a fused LoRA layer, and
-attention in fp32 for bf16 activations on a CPU. :func:`training_kernels` turns them on for a step.
+attention in fp32 for bf16 activations on a CPU. :func:`training_kernels` turns them on for the loop.
 
 Fused LoRA. PEFT computes ``base(x) + lora_B(lora_A(dropout(x))) * scaling``: besides the three matmuls, that is
 a cast of ``x`` to the adapter's dtype, a multiply and an add over the whole output, and their
@@ -36,7 +36,6 @@ class _LoraLinearFunction(torch.autograd.Function):
         out.addmm_(xa, b.t(), alpha=scaling)
         ctx.save_for_backward(flat, xa, weight, a, b)
         ctx.scaling = scaling
-        ctx.masters = (lora_a.dtype, lora_b.dtype)
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
@@ -48,8 +47,9 @@ class _LoraLinearFunction(torch.autograd.Function):
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = (g @ weight).addmm_(gb, a, alpha=s).view(*grad_out.shape[:-1], flat.shape[-1])
-        grad_a = torch.mm(gb.t(), flat).mul_(s).to(ctx.masters[0]) if ctx.needs_input_grad[3] else None
-        grad_b = torch.mm(g.t(), xa).mul_(s).to(ctx.masters[1]) if ctx.needs_input_grad[4] else None
+        # In the activations' dtype; autograd casts them to the fp32 masters' dtype.
+        grad_a = torch.mm(gb.t(), flat).mul_(s) if ctx.needs_input_grad[3] else None
+        grad_b = torch.mm(g.t(), xa).mul_(s) if ctx.needs_input_grad[4] else None
         return grad_x, None, None, grad_a, grad_b, None
 
 
@@ -117,16 +117,14 @@ def fp32_attention(model):
 
 @contextmanager
 def training_kernels(model, bf16: bool):
-    """Every faster kernel that applies to ``model`` during a training step.
+    """Every faster kernel that applies to ``model``, for the training loop.
 
     ``bf16``: compute in bf16. Weights already in bf16 (a frozen base under LoRA) run as they are;
     fp32 weights (full fine-tuning keeps fp32 masters) run under autocast.
     """
     with ExitStack() as stack:
-        device = next(model.parameters()).device.type
-        autocast = bf16 and model.get_input_embeddings().weight.dtype == torch.float32
-        if autocast:
-            stack.enter_context(torch.autocast(device, dtype=torch.bfloat16))
+        if bf16 and model.get_input_embeddings().weight.dtype == torch.float32:
+            stack.enter_context(torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16))
         else:  # the fused layer computes in its input's dtype; autocast would not reach inside it
             stack.enter_context(fused_lora(model))
         if bf16:
