@@ -119,3 +119,82 @@ def pytest_collection_modifyitems(config, items):
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class RunningServer:
+    """A real `tunesmith serve` process on a free loopback port, with its output in a log file."""
+
+    def __init__(self, home: Path, log: Path, api_key: str | None = None, extra_args: tuple[str, ...] = ()):
+        self.home, self.log, self.api_key, self.extra_args = home, log, api_key, extra_args
+        self.port = self.process = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def start(self, timeout: float = 90) -> RunningServer:
+        import socket
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        env = {**os.environ, "TUNESMITH_HOME": str(self.home), "TUNESMITH_CACHE": str(REPO / ".cache" / "tunesmith")}
+        args = [sys.executable, "-m", "tunesmith", "serve", "--port", str(self.port), *self.extra_args]
+        if self.api_key:
+            args += ["--api-key", self.api_key]
+        handle = open(self.log, "ab")
+        self.process = subprocess.Popen(args, env=env, stdout=handle, stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"server did not answer within {timeout} s:\n{self.log_tail()}")
+
+    def kill(self, signum: int = 9) -> None:
+        """SIGKILL by default: no shutdown code runs, as when a machine loses power."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signum)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        import signal
+        import subprocess
+
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+
+@pytest.fixture
+def start_server(home, tmp_path):
+    """start_server(api_key=None, extra_args=()) -> a started RunningServer; all are stopped after the test."""
+    started: list[RunningServer] = []
+
+    def start(api_key: str | None = None, extra_args: tuple[str, ...] = ()) -> RunningServer:
+        server = RunningServer(home, tmp_path / f"server-{len(started)}.log", api_key, extra_args)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()

@@ -129,6 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("name")
     remove.set_defaults(handler=cmd_models_rm)
 
+    serve = commands.add_parser("serve", help="OpenAI-compatible API: chat with models, upload files, run "
+                                             "fine-tuning jobs")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other "
+                                                           "address needs an API key)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", help="require `Authorization: Bearer KEY` on every /v1 call "
+                                         "(default: $TUNESMITH_API_KEY)")
+    serve.add_argument("--max-upload-mb", type=float, default=100, help="largest accepted upload (default 100)")
+    serve.add_argument("--model-memory-gb", type=float, default=3,
+                       help="memory for loaded models; the least recently used is evicted beyond it (default 3)")
+    serve.add_argument("--no-worker", action="store_true",
+                       help="serve only: queue fine-tuning jobs without running them here")
+    serve.set_defaults(handler=cmd_serve)
+
     base = commands.add_parser("base", help="base models").add_subparsers(metavar="SUBCOMMAND")
     base_list = base.add_parser("list", help="base models and whether they are available")
     base_list.add_argument("--json", action="store_true")
@@ -272,6 +286,19 @@ def cmd_chat(args) -> int:
                           temperature=args.temperature, streamer=streamer)
         if loaded.task != "classify":  # a classifier answers each text on its own
             history = [*messages[1 if loaded.system_prompt else 0:], {"role": "assistant", "content": answer}]
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import os
+
+    from tunesmith.serve.app import ServeSettings
+    from tunesmith.serve.server import serve
+
+    settings = ServeSettings(api_key=args.api_key or os.environ.get("TUNESMITH_API_KEY") or None,
+                             max_upload_bytes=int(args.max_upload_mb * 2**20),
+                             model_memory_bytes=int(args.model_memory_gb * 2**30))
+    serve(args.host, args.port, settings, worker_enabled=not args.no_worker)
     return 0
 
 

@@ -1,0 +1,85 @@
+"""The FastAPI application: settings, shared state, the OpenAI error shape, and the /v1 routes.
+
+    /v1/models, /v1/chat/completions, /v1/completions   using models      (serve.completions)
+    /v1/files                                            uploads           (serve.files)
+    /v1/fine_tuning/jobs                                 making models     (serve.jobs)
+
+Training never runs in this process: jobs go into the SQLite queue and a separate worker process
+(serve.worker) runs them, so answering requests stays responsive while a job trains.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tunesmith import paths
+from tunesmith.errors import TunesmithError
+from tunesmith.serve import completions, files, jobs
+from tunesmith.serve.model_pool import ModelPool
+from tunesmith.serve.protocol import (APIError, api_error_response, error_body, require_api_key,
+                                      validation_error_response)
+from tunesmith.serve.store import JobStore
+
+log = logging.getLogger("tunesmith.serve")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What a server is started with (``tunesmith serve`` flags)."""
+
+    api_key: str | None = None  # required on every /v1 call when set
+    max_upload_bytes: int = 100 * 2**20  # uploads above this are refused with 413
+    model_memory_bytes: int = 3 * 2**30  # loaded models beyond this are evicted, least recently used first
+
+
+def create_app(settings: ServeSettings | None = None) -> FastAPI:
+    settings = settings or ServeSettings()
+    app = FastAPI(title="tunesmith", version=_version(),
+                  description="OpenAI-compatible API for using and fine-tuning small language models locally.")
+    app.state.settings = settings
+    app.state.pool = ModelPool(settings.model_memory_bytes)
+    app.state.store = JobStore(paths.home() / "serve.db")
+
+    app.add_exception_handler(APIError, api_error_response)
+    app.add_exception_handler(RequestValidationError, validation_error_response)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(TunesmithError, _tunesmith_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+
+    for router in (completions.router, files.router, jobs.router):
+        app.include_router(router, prefix="/v1", dependencies=[Depends(require_api_key)])
+
+    @app.get("/health", include_in_schema=False)
+    def health() -> dict:
+        return {"status": "ok"}
+
+    return app
+
+
+def _http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+    message = error.detail if isinstance(error.detail, str) else "request failed"
+    return JSONResponse(error_body(error.status_code, message), status_code=error.status_code)
+
+
+def _tunesmith_error(_request: Request, error: TunesmithError) -> JSONResponse:
+    return JSONResponse(error_body(400, str(error)), status_code=400)
+
+
+def _unexpected_error(_request: Request, error: Exception) -> JSONResponse:
+    log.exception("unexpected error", exc_info=error)
+    return JSONResponse(error_body(500, f"internal error: {type(error).__name__}: {error}"), status_code=500)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tunesmith")
+    except PackageNotFoundError:
+        return "0"

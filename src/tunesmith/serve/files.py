@@ -1,0 +1,5 @@
+"""/v1/files (being written)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

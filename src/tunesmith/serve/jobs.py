@@ -1,0 +1,5 @@
+"""/v1/fine_tuning/jobs (being written)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()
