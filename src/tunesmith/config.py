@@ -50,6 +50,10 @@ class TrainConfig(BaseModel):
 
     epochs: int | None = Field(None, ge=1, le=100, description="Passes over the training data.")
     lr: float | None = Field(None, gt=0, lt=1, description="Peak learning rate (AdamW).")
+    lr_multiplier: float = Field(
+        1.0, gt=0, le=100, description="Scales the automatic learning rate (the OpenAI API's "
+        "`learning_rate_multiplier`); ignored when `lr` is given. A resolved config's `lr` already includes it.",
+    )
     batch_size: int = Field(8, ge=1, le=4096, description="Examples per optimizer step.")
     micro_batch_size: int | None = Field(
         None, ge=1, description="Examples per forward pass; batch_size/micro_batch_size steps "
@@ -84,8 +88,9 @@ class TrainConfig(BaseModel):
     early_stopping_patience: int | None = Field(
         3, ge=1, description="Stop after this many validation passes without improvement; null disables."
     )
-    checkpoint_every: int = Field(
-        20, ge=1, description="Optimizer steps between checkpoints (Ctrl-C also writes one)."
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="Optimizer steps between checkpoints (auto: about 5 per run, at most 20 steps "
+        "apart). Ctrl-C also writes one.",
     )
     seed: int = Field(0, description="Seeds the split, the data order, LoRA init and dropout.")
 

@@ -31,17 +31,42 @@ class LoadedModel:
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         return [*messages, *(history or []), {"role": "user", "content": content}]
 
+    def conversation(self, messages: list[dict]) -> list[dict]:
+        """A conversation from a client (the OpenAI API) as training rendered it: the stored system
+        prompt unless the client sent one, and for a classifier every user text wrapped in the label
+        instruction (a lone user turn gives exactly ``messages_for``; earlier pairs read as shots)."""
+        if self.task == "classify":
+            messages = [{**m, "content": classify_prompt(m["content"], self.labels)} if m["role"] == "user"
+                        else m for m in messages]
+        if self.system_prompt and not any(m["role"] == "system" for m in messages):
+            messages = [{"role": "system", "content": self.system_prompt}, *messages]
+        return messages
+
 
 def load(ref: str, merge: bool = True) -> LoadedModel:
-    """A registry model (NAME or NAME:VERSION), a base model name, or a local model folder."""
-    if ref not in EMBEDDED and not is_model_folder(Path(ref).expanduser()):
-        version = store.get(ref)
-        return _load_version(version, merge)
+    """A registry model (NAME or NAME:VERSION), a base model name, or a local model folder.
+
+    A bare name in the registry wins over a folder of that name in the current directory: spell a
+    folder as a path (``./NAME``) to load it."""
+    if ref not in EMBEDDED and (_in_registry(ref) or not is_model_folder(Path(ref).expanduser())):
+        return load_version(store.get(ref), merge)
     base_path = resolve_base(ref)
     return LoadedModel(ref=ref, model=load_model(base_path).eval(), tokenizer=load_tokenizer(base_path))
 
 
-def _load_version(version: store.ModelVersion, merge: bool) -> LoadedModel:
+def _in_registry(ref: str) -> bool:
+    if "/" in ref or ref.startswith((".", "~")):
+        return False
+    try:
+        store.get(ref)
+        return True
+    except TunesmithError:
+        return False
+
+
+def load_version(version: store.ModelVersion, merge: bool = True) -> LoadedModel:
+    """One registry version with the base its manifest names. Unlike ``load`` nothing here reads a
+    client's string as a folder path, which the API relies on."""
     manifest = version.manifest
     tokenizer = load_tokenizer(version.path)
     if manifest["method"] == "lora":

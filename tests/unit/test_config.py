@@ -164,6 +164,28 @@ def test_resolve_sets_labels():
     assert resolved.labels == ["neg", "pos"] and resolved.task == "classify"
 
 
+def test_lr_multiplier_scales_only_the_automatic_learning_rate():
+    assert resolve(TrainConfig(data="x.jsonl", lr_multiplier=2), 100, [100], None, "chat").lr == pytest.approx(6e-4)
+    assert resolve(TrainConfig(data="x.jsonl", lr=0.01, lr_multiplier=2), 100, [100], None, "chat").lr == 0.01
+    resolved = resolve(TrainConfig(data="x.jsonl", lr_multiplier=0.5), 100, [100], None, "chat")
+    assert resolve(resolved, 100, [100], None, "chat").lr == resolved.lr  # resolving again does not scale twice
+    for bad in (0, -1, 101):
+        with pytest.raises(ValidationError):
+            TrainConfig(data="x.jsonl", lr_multiplier=bad)
+
+
+@pytest.mark.parametrize("n,batch_size,epochs,expected", [
+    (16, 8, 1, 1),       # 2 steps: a checkpoint after each
+    (80, 8, 2, 4),       # 20 steps: about 5 checkpoints
+    (800, 8, 3, 20),     # 300 steps: never more than 20 steps apart
+])
+def test_checkpoint_every_auto(n, batch_size, epochs, expected):
+    config = TrainConfig(data="x.jsonl", batch_size=batch_size, epochs=epochs)
+    assert resolve(config, n, [100], None, "chat").checkpoint_every == expected
+    explicit = config.model_copy(update={"checkpoint_every": 7})
+    assert resolve(explicit, n, [100], None, "chat").checkpoint_every == 7
+
+
 @pytest.mark.parametrize("lengths,model_max,expected", [
     ([10] * 50, None, 64),                    # floor of 64
     ([100] * 50, None, 128),                  # rounded up to a multiple of 32

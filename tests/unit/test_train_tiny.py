@@ -13,6 +13,7 @@ from tunesmith.cli import main
 from tunesmith.config import TrainConfig
 from tunesmith.errors import DataError, TunesmithError
 from tunesmith.registry import store
+from tunesmith.training.loop import TrainHooks
 from tunesmith.training.run import train
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -60,6 +61,7 @@ def test_train_publishes_versions(home, write_jsonl, tiny_model_dir, capsys):
     assert manifest["data"]["train"]["sha256"] == sha256(data)
     assert manifest["data"]["train"]["rows"] == 24
     assert manifest["data"]["val"] is None
+    assert manifest["provenance"] is None  # a run from the CLI or the Python API
     for library in ("python", "torch", "transformers", "peft", "tunesmith"):
         assert manifest["libraries"][library]
     assert manifest["metrics"]["base"]["loss"] > manifest["metrics"]["fine_tuned"]["loss"]
@@ -96,6 +98,23 @@ def test_train_publishes_versions(home, write_jsonl, tiny_model_dir, capsys):
         assert row["base"] == str(tiny_model_dir) and row["task"] == "chat" and row["created"]
     assert main(["models", "show", "tiny:1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["version"] == 1
+
+
+def test_hooks_follow_the_loop_and_provenance_reaches_the_manifest(home, write_jsonl, tiny_model_dir):
+    seen: dict[str, list] = {"start": [], "metrics": [], "checkpoints": []}
+    hooks = TrainHooks(
+        on_start=lambda config, total, start: seen["start"].append((config.epochs, config.lr, total, start)),
+        on_metrics=seen["metrics"].append,
+        on_checkpoint=lambda step, folder, entry: seen["checkpoints"].append((step, folder.name, entry["step"])))
+    data = write_jsonl("calls.jsonl", rows())
+    result = train(config(data, tiny_model_dir, lr=None, lr_multiplier=2.0), hooks=hooks,
+                   provenance={"job": "ftjob-1"})
+    assert seen["start"] == [(2, pytest.approx(6e-4), 12, 0)]  # resolved: 3e-4 x 2
+    assert seen["metrics"] == result.loop.history and any("val_loss" in entry for entry in seen["metrics"])
+    # 12 steps: a checkpoint every 3 (about 5 per run)
+    assert seen["checkpoints"] == [(step, f"step-{step:06d}", step) for step in (3, 6, 9, 12)]
+    assert result.version.manifest["provenance"] == {"job": "ftjob-1"}
+    assert result.version.manifest["config"]["checkpoint_every"] == 3
 
 
 def test_full_fine_tuning_writes_model_weights(home, write_jsonl, tiny_model_dir):

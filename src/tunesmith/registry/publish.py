@@ -7,7 +7,8 @@ A version folder holds:
     tokenizer files    tokenizer.json, tokenizer_config.json, chat_template.jinja
     config.yaml        the resolved training config
     manifest.json      base model and its hash, data hashes and counts, labels, prompt template,
-                       library versions, seed, metrics, training time
+                       library versions, seed, metrics, training time, provenance (who started the
+                       run: null from the CLI, {"job": ID, ...} from a `tunesmith serve` job)
     metrics.jsonl      the training history, one line per step
     loss.png           training and validation loss
     fewshot.jsonl      a seeded, label-balanced sample of training examples for the few-shot baseline
@@ -53,7 +54,7 @@ def library_versions() -> dict:
 
 def write_version(name: str, model, tokenizer, config: TrainConfig, report: DataReport, base_path: Path,
                   loop, comparison: dict, wall_seconds: float, run_dir: Path,
-                  shot_pool: list | None = None) -> store.ModelVersion:
+                  shot_pool: list | None = None, provenance: dict | None = None) -> store.ModelVersion:
     staging = store.staging_dir()
     try:
         weights = staging / ("adapter" if config.method == "lora" else "model")
@@ -88,6 +89,7 @@ def write_version(name: str, model, tokenizer, config: TrainConfig, report: Data
             "config": config.model_dump(mode="json"),
             "libraries": library_versions(),
             "metrics": comparison,
+            "provenance": provenance,
             "training": {
                 "steps": loop.steps,
                 "total_steps": loop.total_steps,

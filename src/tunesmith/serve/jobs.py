@@ -1,5 +1,205 @@
-"""/v1/fine_tuning/jobs (being written)."""
+"""/v1/fine_tuning/jobs: create, list, retrieve, cancel; a job's events and checkpoints.
 
-from fastapi import APIRouter
+Creating a job is cheap and happens here: the request is checked (files exist, the model can be
+fine-tuned, suffix and hyperparameters are valid), the job is stored as ``validating_files``, its
+files are checked together with the data check, and it becomes ``queued`` (or ``failed``, saying
+why). Training happens in the worker process (serve.worker), never in this one.
+
+Hyperparameters are accepted where OpenAI's API takes them: at the top level (deprecated there) and
+under ``method.supervised.hyperparameters``.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from tunesmith.config import check_name
+from tunesmith.errors import TunesmithError
+from tunesmith.models.base import EMBEDDED, is_model_folder
+from tunesmith.registry import store as registry
+from tunesmith.serve.datacheck import validate_job
+from tunesmith.serve.protocol import APIError, new_id, not_found, page
+from tunesmith.serve.store import (UNFINISHED, JobStore, UnknownCursor, checkpoint_object, event_object,
+                                   job_object)
+
+MAX_SUFFIX = 40
+# name -> (integers only, lowest, highest, lowest allowed itself)
+LIMITS = {"n_epochs": (True, 1, 100, True), "batch_size": (True, 1, 256, True),
+          "learning_rate_multiplier": (False, 0, 100, False)}
 
 router = APIRouter()
+
+
+class Hyperparameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n_epochs: Any = Field("auto", description="Passes over the training data, or \"auto\" (from the data size).")
+    batch_size: Any = Field("auto", description="Examples per optimizer step, or \"auto\" (8).")
+    learning_rate_multiplier: Any = Field("auto", description="Scales the automatic learning rate, or \"auto\" (1).")
+
+
+class Supervised(BaseModel):
+    hyperparameters: Hyperparameters | None = None
+
+
+class Method(BaseModel):
+    model_config = ConfigDict(extra="allow")  # dpo / reinforcement settings: refused by type below
+
+    type: str = "supervised"
+    supervised: Supervised | None = None
+
+
+class JobRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="Base model to fine-tune (see `tunesmith base list`).")
+    training_file: str = Field(description="Id of an uploaded file with purpose fine-tune.")
+    validation_file: str | None = Field(None, description="Id of an uploaded file; else a split is held out.")
+    hyperparameters: Hyperparameters | None = None
+    method: Method | None = None
+    suffix: str | None = Field(None, description="Up to 40 characters in the fine-tuned model's name.")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Seeds the run; random when not given.")
+    metadata: dict[str, str] | None = None
+    integrations: list | None = None
+
+
+@router.post("/fine_tuning/jobs")
+def create_job(request: Request, body: JobRequest) -> dict:
+    store: JobStore = request.app.state.store
+    hyperparameters = _hyperparameters(body)
+    _check_model(body.model)
+    if body.suffix is not None:
+        _check_suffix(body.suffix)
+    if body.integrations:
+        raise APIError(400, "integrations are not supported by this server", param="integrations")
+    for param in ("training_file", "validation_file"):
+        file_id = getattr(body, param)
+        if file_id is not None and store.get_file(file_id) is None:
+            raise not_found("file", file_id, param=param)
+    job_id = new_id("ftjob")
+    tag = job_id.split("-", 1)[1][:8]
+    registry_name = f"{body.suffix}-{tag}" if body.suffix else f"{body.model}-ft-{tag}"
+    seed = body.seed if body.seed is not None else random.randrange(2**31)
+    store.create_job(job_id, body.model, body.training_file, body.validation_file, body.suffix, seed,
+                     hyperparameters, registry_name, body.metadata)
+    store.add_event(job_id, f"Created fine-tuning job: {job_id}", data={"model": body.model})
+    validate_job(store, job_id)
+    return job_object(store.get_job(job_id))
+
+
+@router.get("/fine_tuning/jobs")
+def list_jobs(request: Request, after: str | None = None, limit: int = Query(20, ge=1, le=100)) -> dict:
+    try:
+        rows, more = request.app.state.store.list_jobs(after, limit)
+    except UnknownCursor:
+        raise not_found("fine-tuning job", after, param="after") from None
+    return page([job_object(row) for row in rows], more)
+
+
+@router.get("/fine_tuning/jobs/{job_id}")
+def retrieve_job(request: Request, job_id: str) -> dict:
+    return job_object(_job_row(request, job_id))
+
+
+@router.post("/fine_tuning/jobs/{job_id}/cancel")
+def cancel_job(request: Request, job_id: str) -> dict:
+    """The status changes here and now; the worker sees it within a second and stops the training process."""
+    store: JobStore = request.app.state.store
+    job = _job_row(request, job_id)
+    if not store.transition(job_id, "cancelled", UNFINISHED, "Fine-tuning job cancelled"):
+        job = store.get_job(job_id)
+        raise APIError(409, f"Job {job_id} is {job['status']}: only a job that is {', '.join(UNFINISHED)} "
+                       "can be cancelled", param="fine_tuning_job_id")
+    return job_object(store.get_job(job["id"]))
+
+
+@router.get("/fine_tuning/jobs/{job_id}/events")
+def list_events(request: Request, job_id: str, after: str | None = None,
+                limit: int = Query(20, ge=1, le=1000)) -> dict:
+    _job_row(request, job_id)
+    try:
+        rows, more = request.app.state.store.list_events(job_id, after, limit)
+    except UnknownCursor:
+        raise not_found("event", after, param="after") from None
+    return page([event_object(row) for row in rows], more)
+
+
+@router.get("/fine_tuning/jobs/{job_id}/checkpoints")
+def list_checkpoints(request: Request, job_id: str, after: str | None = None,
+                     limit: int = Query(10, ge=1, le=100)) -> dict:
+    _job_row(request, job_id)
+    try:
+        rows, more = request.app.state.store.list_checkpoints(job_id, after, limit)
+    except UnknownCursor:
+        raise not_found("checkpoint", after, param="after") from None
+    return page([checkpoint_object(row) for row in rows], more)
+
+
+def _job_row(request: Request, job_id: str):
+    row = request.app.state.store.get_job(job_id)
+    if row is None:
+        raise not_found("fine-tuning job", job_id, param="fine_tuning_job_id")
+    return row
+
+
+def _hyperparameters(body: JobRequest) -> dict:
+    """The requested values, "auto" where not given, from either place the API accepts them."""
+    if body.method is not None and body.method.type != "supervised":
+        raise APIError(400, f"method {body.method.type!r} is not supported: this server fine-tunes with "
+                       "'supervised'", param="method.type")
+    places = {"hyperparameters": body.hyperparameters}
+    if body.method is not None and body.method.supervised is not None:
+        places["method.supervised.hyperparameters"] = body.method.supervised.hyperparameters
+    result: dict[str, Any] = {name: "auto" for name in LIMITS}
+    for place, given in places.items():
+        for name, value in (given.model_dump() if given else {}).items():
+            if value is None or value == "auto":
+                continue
+            value = _check_value(f"{place}.{name}", value, *LIMITS[name])
+            if result[name] != "auto" and result[name] != value:
+                raise APIError(400, f"{name} is given twice with different values ({result[name]} and {value}); "
+                               "give it once, under method.supervised.hyperparameters", param=f"{place}.{name}")
+            result[name] = value
+    return result
+
+
+def _check_value(param: str, value: Any, integer: bool, low: float, high: float, low_allowed: bool) -> int | float:
+    kind = "an integer" if integer else "a number"
+    number_ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if number_ok and integer and isinstance(value, float):
+        number_ok = value.is_integer()
+    in_range = number_ok and (low <= value if low_allowed else low < value) and value <= high
+    if not in_range:
+        bound = f"from {low}" if low_allowed else f"above {low}"
+        raise APIError(400, f"{param} must be \"auto\" or {kind} {bound} to {high}, not {value!r}", param=param)
+    return int(value) if integer else float(value)
+
+
+def _check_model(model: str) -> None:
+    if model in EMBEDDED:
+        base = EMBEDDED[model]
+        if base.gguf_folder() is None and not is_model_folder(base.cache_path()):
+            raise APIError(400, f"base model {model!r} is not installed here: {base.install_command}", param="model")
+        return
+    try:
+        fine_tuned = bool(registry.versions(registry.parse_ref(model)[0]))
+    except TunesmithError:
+        fine_tuned = False
+    if fine_tuned:
+        raise APIError(400, f"{model!r} is a fine-tuned model; fine-tuning it again is not supported yet. "
+                       f"Fine-tune a base model: {', '.join(EMBEDDED)}", param="model")
+    raise APIError(404, f"The model {model!r} does not exist or cannot be fine-tuned here; base models: "
+                   f"{', '.join(EMBEDDED)}", param="model", code="model_not_found")
+
+
+def _check_suffix(suffix: str) -> None:
+    try:
+        check_name(suffix)
+    except ValueError as problem:
+        raise APIError(400, f"suffix: {problem}", param="suffix") from None
+    if len(suffix) > MAX_SUFFIX:
+        raise APIError(400, f"suffix: at most {MAX_SUFFIX} characters, not {len(suffix)}", param="suffix")

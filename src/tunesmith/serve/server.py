@@ -8,6 +8,7 @@ checkpoint when the server starts again.
 from __future__ import annotations
 
 import ipaddress
+import signal
 
 from tunesmith.errors import TunesmithError
 from tunesmith.serve.app import ServeSettings, create_app
@@ -40,8 +41,16 @@ def serve(host: str, port: int, settings: ServeSettings, worker_enabled: bool = 
         from tunesmith.serve import worker
 
         process = worker.start_worker()
+    # uvicorn re-raises the signal that stopped it once it has shut down. SIGTERM's default action would
+    # end this process there and then (the worker would die by PDEATHSIG, its job unsaved); as an
+    # exception it reaches `finally`, which stops the worker in order: the job checkpoints and is queued again.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
     finally:
         if process is not None:
             worker.stop_worker(process)
+
+
+def _exit_on_sigterm(signum, _frame) -> None:
+    raise SystemExit(128 + signum)

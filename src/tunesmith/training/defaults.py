@@ -5,11 +5,14 @@ The rule (also in the README), with n = training examples after the validation s
 
     epochs      3 if n <= 200, 2 if n <= 1000, else 1
     lr          LoRA 3e-4 if n < 1000 else 2e-4;  full fine-tuning 3e-5 if n < 1000 else 2e-5
+                (times lr_multiplier)
     lora_rank   8 if n < 1000, 16 if n < 10000, else 32     (alpha = 2 * rank)
     max_length  raw text: 512-token blocks (less if the whole corpus is shorter);
                 otherwise the 99th percentile of rendered lengths, rounded up to a multiple of 32,
                 between 64 and 2048 (and never above the model's context)
     eval_every  4 validation passes per epoch
+    checkpoint_every  about 5 checkpoints per run, at most 20 steps apart (a short run that is stopped
+                loses a few steps, not all of them)
     precision   bf16 where it is native (CUDA with bf16, or a CPU whose measured bf16 matmul is at
                 least twice its fp32 one, i.e. AMX), else fp32
 
@@ -43,9 +46,10 @@ def resolve(config: TrainConfig, n_train: int, lengths: list[int], model_max_len
         updates["epochs"] = 3 if n_train <= 200 else 2 if n_train <= 1000 else 1
     if config.lr is None:
         if config.method == "lora":
-            updates["lr"] = 3e-4 if n_train < 1000 else 2e-4
+            lr = 3e-4 if n_train < 1000 else 2e-4
         else:
-            updates["lr"] = 3e-5 if n_train < 1000 else 2e-5
+            lr = 3e-5 if n_train < 1000 else 2e-5
+        updates["lr"] = lr * config.lr_multiplier
     if config.method == "lora":
         rank = config.lora_rank or (8 if n_train < 1000 else 16 if n_train < 10000 else 32)
         updates["lora_rank"] = rank
@@ -54,6 +58,9 @@ def resolve(config: TrainConfig, n_train: int, lengths: list[int], model_max_len
         updates["max_length"] = default_max_length(lengths, task, model_max_length)
     if config.micro_batch_size is None:
         updates["micro_batch_size"] = config.batch_size
+    if config.checkpoint_every is None:
+        epochs = updates.get("epochs", config.epochs)
+        updates["checkpoint_every"] = default_checkpoint_every(steps_per_epoch(n_train, config.batch_size) * epochs)
     if labels is not None:
         updates["labels"] = labels
     if config.precision == "auto":
@@ -71,6 +78,11 @@ def default_max_length(lengths: list[int], task: str, model_max_length: int | No
     ordered = sorted(lengths)
     p99 = ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
     return max(64, min(ceiling, _round_up(p99, 32)))
+
+
+def default_checkpoint_every(total_steps: int) -> int:
+    """About 5 checkpoints per run, never more than 20 steps apart."""
+    return max(1, min(20, math.ceil(total_steps / 5)))
 
 
 def steps_per_epoch(n_rows: int, batch_size: int) -> int:

@@ -9,6 +9,9 @@
 
 Everything the loop needs to continue lives in the checkpoint, so ``--resume`` after a crash
 replays the same order from the same state and ends with the same weights.
+
+``TrainHooks`` let code outside follow a run as it goes (``tunesmith serve`` turns them into job
+events and checkpoint records); the loop works the same without them.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +32,7 @@ from tunesmith.config import TrainConfig
 from tunesmith.data.batching import Row, collate, epoch_order
 from tunesmith.evaluation.metrics import answer_loss, token_loss_sums
 from tunesmith.training import checkpoint as ckpt
-from tunesmith.training.defaults import steps_per_epoch
+from tunesmith.training.defaults import default_checkpoint_every, steps_per_epoch
 from tunesmith.training.kernels import training_kernels
 
 
@@ -43,6 +47,20 @@ class LoopResult:
     interrupted: bool = False
     train_seconds: float = 0.0
     tokens: int = 0
+
+
+@dataclass
+class TrainHooks:
+    """Callbacks into a running loop; each is optional and runs in the loop's thread.
+
+    on_start(config, total_steps, start_step)  once, with the resolved config (start_step > 0 on resume)
+    on_metrics(entry)                          after each step: the metrics.jsonl entry (val_loss when measured)
+    on_checkpoint(step, folder, entry)         after each checkpoint is on disk, with the latest entry
+    """
+
+    on_start: Callable[[TrainConfig, int, int], None] | None = None
+    on_metrics: Callable[[dict], None] | None = None
+    on_checkpoint: Callable[[int, Path, dict], None] | None = None
 
 
 def make_optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
@@ -96,11 +114,13 @@ class _StopFlag:
 
 
 def train_loop(model, config: TrainConfig, train_rows: list[Row], val_rows: list[Row], pad_id: int,
-               run_dir: Path, resume: bool = False, log=print) -> LoopResult:
+               run_dir: Path, resume: bool = False, log=print, hooks: TrainHooks | None = None) -> LoopResult:
+    hooks = hooks or TrainHooks()
     per_epoch = steps_per_epoch(len(train_rows), config.batch_size)
     total_steps = per_epoch * config.epochs
     # Rounded up, so the fourth pass of an epoch lands on its last step rather than one step before it.
     eval_every = config.eval_every or max(1, math.ceil(per_epoch / 4))
+    checkpoint_every = config.checkpoint_every or default_checkpoint_every(total_steps)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, total_steps, config)
     lengths = [len(row) for row in train_rows]
@@ -114,14 +134,20 @@ def train_loop(model, config: TrainConfig, train_rows: list[Row], val_rows: list
         log(f"Resuming from {latest.name} (step {state['global_step']} of {total_steps})")
     metrics_file = run_dir / "metrics.jsonl"
     metrics_file.write_text("".join(json.dumps(entry) + "\n" for entry in state["history"]))
+    if hooks.on_start:
+        hooks.on_start(config, total_steps, state["global_step"])
 
     def save() -> None:
-        ckpt.save_checkpoint(run_dir, state["global_step"], model, optimizer, scheduler, state, best)
+        folder = ckpt.save_checkpoint(run_dir, state["global_step"], model, optimizer, scheduler, state, best)
+        if hooks.on_checkpoint and state["history"]:
+            hooks.on_checkpoint(state["global_step"], folder, state["history"][-1])
 
     def record(entry: dict) -> None:
         state["history"].append(entry)
         with open(metrics_file, "a") as handle:
             handle.write(json.dumps(entry) + "\n")
+        if hooks.on_metrics:
+            hooks.on_metrics(entry)
 
     model.train()
     # On a terminal the bar redraws in place; in a log (CI, a job) it writes a line every 10 s.
@@ -164,7 +190,7 @@ def train_loop(model, config: TrainConfig, train_rows: list[Row], val_rows: list
                 progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / seconds:.0f}",
                                      **({"val": f"{entry['val_loss']:.4f}"} if "val_loss" in entry else {}))
                 progress.update(1)
-                if step % config.checkpoint_every == 0 or state["stopped_early"]:
+                if step % checkpoint_every == 0 or state["stopped_early"]:
                     save()
                 if state["stopped_early"]:
                     log(f"Early stop at step {step}: no validation improvement in "

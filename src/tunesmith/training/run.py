@@ -33,7 +33,7 @@ from tunesmith.registry import store
 from tunesmith.registry.publish import file_sha256, write_version
 from tunesmith.training import defaults
 from tunesmith.training.checkpoint import atomic_write_text, latest_checkpoint
-from tunesmith.training.loop import LoopResult, train_loop
+from tunesmith.training.loop import LoopResult, TrainHooks, train_loop
 
 
 @dataclass
@@ -51,9 +51,12 @@ def default_name(data: Path) -> str:
     return (stem or "model")[:64]
 
 
-def train(config: TrainConfig | None = None, resume: str | None = None,
-          console: Console | None = None) -> TrainResult:
-    """Run (or resume) a training run; returns the published version and the comparison."""
+def train(config: TrainConfig | None = None, resume: str | None = None, console: Console | None = None,
+          hooks: TrainHooks | None = None, provenance: dict | None = None) -> TrainResult:
+    """Run (or resume) a training run; returns the published version and the comparison.
+
+    ``hooks`` follow the loop (see TrainHooks); ``provenance`` is stored in the version's manifest so
+    whoever started the run can find its version again (``tunesmith serve``: the job id)."""
     console = console or Console(stderr=True, soft_wrap=True)
     if resume is not None:
         config = _config_for_resume(resume)
@@ -112,7 +115,7 @@ def train(config: TrainConfig | None = None, resume: str | None = None,
     baselines = evaluation.baselines(run_dir)
     started = time.time()
     loop = train_loop(model, config, train_rows, val_rows, tokenizer.pad_token_id, run_dir,
-                      resume=resume is not None, log=console.print)
+                      resume=resume is not None, log=console.print, hooks=hooks)
     if loop.interrupted:
         console.print(f"[yellow]Stopped at step {loop.steps}/{loop.total_steps}; checkpoint saved. "
                       f"Continue with:  tunesmith train --resume {name}[/]")
@@ -124,7 +127,7 @@ def train(config: TrainConfig | None = None, resume: str | None = None,
     comparison = {**results, "helped": helped(config.task, results)}
     version = write_version(name, model, tokenizer, config, report, base_path, loop, comparison,
                             wall_seconds=time.time() - started, run_dir=run_dir,
-                            shot_pool=splits.train_examples)
+                            shot_pool=splits.train_examples, provenance=provenance)
     shutil.rmtree(run_dir, ignore_errors=True)
     console.print(f"Saved [bold]{version.ref}[/] to {version.path}")
     return TrainResult(version, loop, results.get("base", {}), results.get("fine_tuned", {}), run_dir,

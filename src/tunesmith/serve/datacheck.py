@@ -1,0 +1,76 @@
+"""The data check in the API's terms: uploads and jobs checked, messages naming the user's files.
+
+Uploaded files are stored as ``files/ID.EXT``, so the data check's messages name that path; a user
+knows the file as ``reviews.jsonl``. Every message that leaves the server goes through
+``user_text``, which puts the user's names back (``reviews.jsonl:3: error: label: ...``).
+
+The check here is the structural one (``check_structure``: no tokenizer, fast), run when a file is
+uploaded and again when a job is created (training and validation file together: overlap, label
+sets, mixed formats). What needs the tokenizer (lengths, truncation) runs when the job trains.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunesmith import paths
+from tunesmith.data.check import DataReport, check_structure
+from tunesmith.serve.store import JobStore
+
+MAX_LISTED = 50  # error lines quoted in one message
+
+
+def stored_path(file_row) -> Path:
+    return paths.files_dir() / file_row["stored"]
+
+
+def user_text(text: str, names: dict[str, str]) -> str:
+    """``text`` with every stored path replaced by the user's file name."""
+    for stored, shown in names.items():
+        text = text.replace(stored, shown)
+    return text
+
+
+def error_lines(report: DataReport, names: dict[str, str]) -> str:
+    errors = report.errors
+    lines = [user_text(str(issue), names) for issue in errors[:MAX_LISTED]]
+    if len(errors) > MAX_LISTED:
+        lines.append(f"... and {len(errors) - MAX_LISTED} more errors")
+    return f"{len(errors)} error(s) in the data:\n" + "\n".join(lines)
+
+
+def check_upload(path: Path, filename: str) -> str | None:
+    """The data check's errors for a new upload, in the user's terms; None when the file is usable."""
+    report = check_structure(path)
+    return None if report.ok else error_lines(report, {str(path): filename})
+
+
+def validate_job(store: JobStore, job_id: str) -> bool:
+    """Check a job's files together: the job moves to queued, or to failed with the data check's lines.
+
+    Runs in the API when a job is created, and in the worker for a job left in validating_files by
+    a server that stopped mid-check."""
+    job = store.get_job(job_id)
+    rows = {param: store.get_file(job[param]) for param in ("training_file", "validation_file") if job[param]}
+    for param, row in rows.items():
+        if row is None:  # deleted between the request's check and now
+            message = f"{param} {job[param]} was deleted"
+            store.transition(job_id, "failed", ("validating_files",), message, level="error",
+                             error={"code": f"invalid_{param}", "param": param, "message": message})
+            return False
+    train, val = rows["training_file"], rows.get("validation_file")
+    names = {str(stored_path(row)): row["filename"] for row in rows.values()}
+    store.add_event(job_id, f"Validating training file: {train['id']}" +
+                    (f" and validation file: {val['id']}" if val else ""))
+    report = check_structure(stored_path(train), "auto", stored_path(val) if val else None)
+    for warning in report.warnings:
+        store.add_event(job_id, user_text(str(warning), names), level="warn")
+    if not report.ok:
+        message = error_lines(report, names)
+        store.transition(job_id, "failed", ("validating_files",), message, level="error",
+                         error={"code": "invalid_training_file", "param": "training_file", "message": message})
+        return False
+    return store.transition(job_id, "queued", ("validating_files",), "Files validated, moving job to queued state",
+                            data={"task": report.task, "examples": len(report.train.examples),
+                                  "validation_examples": len(report.val.examples) if report.val else None,
+                                  "labels": report.labels})

