@@ -231,6 +231,9 @@ def test_job_list_pagination_cancel_and_events(home, start_server):
     older = api.fine_tuning.jobs.list_events(jobs[0].id, after=events.data[-1].id, limit=10)
     assert [event.message for event in older.data][-1].startswith("Created fine-tuning job")
     assert api.fine_tuning.jobs.checkpoints.list(jobs[0].id).data == []
+    with pytest.raises(openai.NotFoundError) as unknown:  # an `after` that names nothing: 404 naming it
+        api.fine_tuning.jobs.list_events(jobs[0].id, after="ftevent-nothing")
+    assert unknown.value.body["param"] == "after" and "ftevent-nothing" in unknown.value.message
 
     for job in jobs[1:]:
         api.fine_tuning.jobs.cancel(job.id)

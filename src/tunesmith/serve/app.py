@@ -24,7 +24,7 @@ from tunesmith.serve import completions, files, jobs
 from tunesmith.serve.model_pool import ModelPool
 from tunesmith.serve.protocol import (APIError, api_error_response, error_body, require_api_key,
                                       validation_error_response)
-from tunesmith.serve.store import JobStore
+from tunesmith.serve.store import JobStore, UnknownCursor
 
 log = logging.getLogger("tunesmith.serve")
 
@@ -44,12 +44,13 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
                   description="OpenAI-compatible API for using and fine-tuning small language models locally.")
     app.state.settings = settings
     app.state.pool = ModelPool(settings.model_memory_bytes)
-    app.state.store = JobStore(paths.home() / "serve.db")
+    app.state.store = JobStore(paths.serve_db())
 
     app.add_exception_handler(APIError, api_error_response)
     app.add_exception_handler(RequestValidationError, validation_error_response)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(TunesmithError, _tunesmith_error)
+    app.add_exception_handler(UnknownCursor, _unknown_cursor)
     app.add_exception_handler(Exception, _unexpected_error)
 
     for router in (completions.router, files.router, jobs.router):
@@ -65,6 +66,10 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 def _http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
     message = error.detail if isinstance(error.detail, str) else "request failed"
     return JSONResponse(error_body(error.status_code, message), status_code=error.status_code)
+
+
+def _unknown_cursor(_request: Request, error: UnknownCursor) -> JSONResponse:
+    return JSONResponse(error_body(404, str(error), param="after"), status_code=404)
 
 
 def _tunesmith_error(_request: Request, error: TunesmithError) -> JSONResponse:

@@ -21,7 +21,7 @@ from fastapi.routing import APIRoute
 from tunesmith import paths
 from tunesmith.serve.datacheck import check_upload, stored_path
 from tunesmith.serve.protocol import APIError, new_id, not_found, page, require_api_key
-from tunesmith.serve.store import JobStore, UnknownCursor, file_object
+from tunesmith.serve.store import JobStore, file_object
 
 EXTENSIONS = (".jsonl", ".json", ".csv", ".txt")  # what the data check reads; nothing else is stored
 CHUNK = 1 << 20
@@ -83,10 +83,7 @@ def upload_file(request: Request, file: UploadFile = File(...), purpose: str = F
 @router.get("/files")
 def list_files(request: Request, after: str | None = None, limit: int = Query(10000, ge=1, le=10000),
                order: Literal["asc", "desc"] = "desc", purpose: str | None = None) -> dict:
-    try:
-        rows, more = request.app.state.store.list_files(after, limit, order == "asc", purpose)
-    except UnknownCursor:
-        raise not_found("file", after, param="after") from None
+    rows, more = request.app.state.store.list_files(after, limit, order == "asc", purpose)
     return page([file_object(row) for row in rows], more)
 
 

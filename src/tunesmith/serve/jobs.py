@@ -19,12 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tunesmith.config import check_name
 from tunesmith.errors import TunesmithError
-from tunesmith.models.base import EMBEDDED, is_model_folder
+from tunesmith.models.base import EMBEDDED, resolve_base
 from tunesmith.registry import store as registry
 from tunesmith.serve.datacheck import validate_job
 from tunesmith.serve.protocol import APIError, new_id, not_found, page
-from tunesmith.serve.store import (UNFINISHED, JobStore, UnknownCursor, checkpoint_object, event_object,
-                                   job_object)
+from tunesmith.serve.store import UNFINISHED, JobStore, checkpoint_object, event_object, job_object
 
 MAX_SUFFIX = 40
 # name -> (integers only, lowest, highest, lowest allowed itself)
@@ -93,10 +92,7 @@ def create_job(request: Request, body: JobRequest) -> dict:
 
 @router.get("/fine_tuning/jobs")
 def list_jobs(request: Request, after: str | None = None, limit: int = Query(20, ge=1, le=100)) -> dict:
-    try:
-        rows, more = request.app.state.store.list_jobs(after, limit)
-    except UnknownCursor:
-        raise not_found("fine-tuning job", after, param="after") from None
+    rows, more = request.app.state.store.list_jobs(after, limit)
     return page([job_object(row) for row in rows], more)
 
 
@@ -121,10 +117,7 @@ def cancel_job(request: Request, job_id: str) -> dict:
 def list_events(request: Request, job_id: str, after: str | None = None,
                 limit: int = Query(20, ge=1, le=1000)) -> dict:
     _job_row(request, job_id)
-    try:
-        rows, more = request.app.state.store.list_events(job_id, after, limit)
-    except UnknownCursor:
-        raise not_found("event", after, param="after") from None
+    rows, more = request.app.state.store.list_events(job_id, after, limit)
     return page([event_object(row) for row in rows], more)
 
 
@@ -132,10 +125,7 @@ def list_events(request: Request, job_id: str, after: str | None = None,
 def list_checkpoints(request: Request, job_id: str, after: str | None = None,
                      limit: int = Query(10, ge=1, le=100)) -> dict:
     _job_row(request, job_id)
-    try:
-        rows, more = request.app.state.store.list_checkpoints(job_id, after, limit)
-    except UnknownCursor:
-        raise not_found("checkpoint", after, param="after") from None
+    rows, more = request.app.state.store.list_checkpoints(job_id, after, limit)
     return page([checkpoint_object(row) for row in rows], more)
 
 
@@ -181,9 +171,10 @@ def _check_value(param: str, value: Any, integer: bool, low: float, high: float,
 
 def _check_model(model: str) -> None:
     if model in EMBEDDED:
-        base = EMBEDDED[model]
-        if base.gguf_folder() is None and not is_model_folder(base.cache_path()):
-            raise APIError(400, f"base model {model!r} is not installed here: {base.install_command}", param="model")
+        try:
+            resolve_base(model, convert=False)  # raises, with the install command, when not installed
+        except TunesmithError as problem:
+            raise APIError(400, str(problem), param="model") from None
         return
     try:
         fine_tuned = bool(registry.versions(registry.parse_ref(model)[0]))

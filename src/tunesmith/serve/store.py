@@ -86,7 +86,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 
 
 class UnknownCursor(LookupError):
-    """``after`` named no object of the list being paged."""
+    """``after`` named no object of the list being paged (the API answers 404 naming ``after``)."""
 
 
 class JobStore:
@@ -125,7 +125,7 @@ class JobStore:
             if after is not None:
                 cursor = db.execute(f"SELECT seq FROM {table} WHERE id = ? AND {where}", [after, *params]).fetchone()
                 if cursor is None:
-                    raise UnknownCursor(after)
+                    raise UnknownCursor(f"No {table[:-1]} with id {after!r} to page after")
                 where, params = f"{where} AND seq {'>' if ascending else '<'} ?", [*params, cursor["seq"]]
             rows = db.execute(f"SELECT * FROM {table} WHERE {where} ORDER BY seq {'ASC' if ascending else 'DESC'} "
                               "LIMIT ?", [*params, limit + 1]).fetchall()

@@ -13,8 +13,7 @@ The rule (also in the README), with n = training examples after the validation s
     eval_every  4 validation passes per epoch
     checkpoint_every  about 5 checkpoints per run, at most 20 steps apart (a short run that is stopped
                 loses a few steps, not all of them)
-    precision   bf16 where it is native (CUDA with bf16, or a CPU whose measured bf16 matmul is at
-                least twice its fp32 one, i.e. AMX), else fp32
+    precision   bf16 where it is native (CUDA with bf16, or a CPU with AMX), else fp32
 
 Small data gets more passes and a higher rate because each pass is only a few steps; larger
 data gets a larger rank because there is more to fit.
@@ -24,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import torch
 
@@ -112,11 +112,20 @@ def matmul_peak_gflops(dtype: torch.dtype = torch.float32) -> float:
 
 
 def native_bf16() -> bool:
-    """Whether bf16 is the faster compute precision here: CUDA with bf16 support, or a CPU whose
-    bf16 matmul is at least twice as fast as fp32 (AMX); without it bf16 is emulated and slower."""
+    """Whether bf16 is the faster compute precision here: CUDA with bf16 support, or a CPU with AMX
+    (measured on one: a bf16 matmul 4.5-8x the fp32 one); elsewhere bf16 is emulated and slower.
+
+    Read from the hardware's capabilities, not timed: a timing taken while the machine is busy once
+    chose fp32 for one of two runs with the same config, and the same seed gave different models."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
-    return matmul_peak_gflops(torch.bfloat16) >= 2 * matmul_peak_gflops(torch.float32)
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    if amx is not None:
+        return bool(amx())
+    try:
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
 
 
 def estimate_seconds(tokens: int, n_params: int, method: str) -> float:

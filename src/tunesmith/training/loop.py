@@ -32,7 +32,7 @@ from tunesmith.config import TrainConfig
 from tunesmith.data.batching import Row, collate, epoch_order
 from tunesmith.evaluation.metrics import answer_loss, token_loss_sums
 from tunesmith.training import checkpoint as ckpt
-from tunesmith.training.defaults import default_checkpoint_every, steps_per_epoch
+from tunesmith.training.defaults import steps_per_epoch
 from tunesmith.training.kernels import training_kernels
 
 
@@ -120,7 +120,6 @@ def train_loop(model, config: TrainConfig, train_rows: list[Row], val_rows: list
     total_steps = per_epoch * config.epochs
     # Rounded up, so the fourth pass of an epoch lands on its last step rather than one step before it.
     eval_every = config.eval_every or max(1, math.ceil(per_epoch / 4))
-    checkpoint_every = config.checkpoint_every or default_checkpoint_every(total_steps)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, total_steps, config)
     lengths = [len(row) for row in train_rows]
@@ -190,7 +189,7 @@ def train_loop(model, config: TrainConfig, train_rows: list[Row], val_rows: list
                 progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / seconds:.0f}",
                                      **({"val": f"{entry['val_loss']:.4f}"} if "val_loss" in entry else {}))
                 progress.update(1)
-                if step % checkpoint_every == 0 or state["stopped_early"]:
+                if step % config.checkpoint_every == 0 or state["stopped_early"]:
                     save()
                 if state["stopped_early"]:
                     log(f"Early stop at step {step}: no validation improvement in "
