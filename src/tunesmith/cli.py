@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from tunesmith.errors import DataError, TunesmithError
 
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as problem:
         if problem.report is not None and getattr(args, "json", False) is True:
             print(json.dumps(problem.report.to_json(), indent=2))
-        err.print(f"[red]error:[/] {problem}", highlight=False, markup=False)
+        err.print(f"[red]error:[/] {escape(str(problem))}", highlight=False)
         return 1
     except TunesmithError as problem:
         err.print(f"error: {problem}", highlight=False, markup=False)
@@ -44,18 +45,55 @@ def build_parser() -> argparse.ArgumentParser:
     data = commands.add_parser("data", help="work with data files").add_subparsers(metavar="SUBCOMMAND")
     check = data.add_parser("check", help="check a data file: errors, warnings, token statistics")
     check.add_argument("file", type=Path)
-    check.add_argument("--task", default="auto", choices=["auto", "chat", "completion", "text", "classify"])
+    check.add_argument("--task", default="auto", choices=["auto", "chat", "completion", "text", "classify", "preference"])
     check.add_argument("--base", default="smollm2-135m", help="base model whose tokenizer and template to use")
     check.add_argument("--max-length", type=int, help="tokens per example (default: from the data)")
     check.add_argument("--val", type=Path, help="validation file to check with it (overlap, labels)")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(handler=cmd_data_check)
+    distill = data.add_parser("generate", help="distillation: a teacher model behind any OpenAI-compatible URL "
+                                               "labels or answers your inputs, making a training file",
+                              description="Asks the teacher (POST URL/chat/completions, temperature 0) about every "
+                              "input and appends the valid answers to OUT as training lines. An answer that is not one "
+                              "of --labels (classify), or is empty or cut off (chat), goes to OUT's .rejected.jsonl "
+                              "file instead, never guessed. A rerun skips the inputs already in either file.")
+    distill.add_argument("--teacher-url", required=True, metavar="URL",
+                         help="OpenAI-compatible API base, e.g. http://127.0.0.1:8000/v1 (tunesmith serve)")
+    distill.add_argument("--teacher-model", required=True, metavar="NAME", help="model id the server offers")
+    distill.add_argument("--inputs", type=Path, required=True, metavar="FILE",
+                         help='JSONL: classify {"text": ...} (a label already there is ignored); chat {"prompt": ...} '
+                              'or {"messages": [...]} ending with a user turn')
+    distill.add_argument("--out", type=Path, required=True, metavar="FILE", help="training file to append to")
+    distill.add_argument("--task", choices=["classify", "chat"],
+                         help="classify: the teacher picks one of --labels; chat: it answers (default: classify when "
+                              "--labels is given, else chat)")
+    distill.add_argument("--labels", help="comma-separated label set, e.g. positive,negative")
+    distill.add_argument("--system", metavar="PROMPT", help="system message sent before each input (chat outputs "
+                                                            "keep it; classify outputs are text and label only)")
+    distill.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
+    distill.add_argument("--api-key", help="Bearer key for the teacher (default: $OPENAI_API_KEY)")
+    distill.add_argument("--max-tokens", type=int, help="answer cap (default 32 for classify, 512 for chat)")
+    distill.add_argument("--retries", type=int, default=5,
+                         help="retries on connection errors, timeouts, 429 and 5xx, with back-off (default 5)")
+    distill.add_argument("--timeout", type=float, default=120, help="seconds per request (default 120)")
+    distill.set_defaults(handler=cmd_data_generate)
+    corrections = data.add_parser("from-corrections", help="turn reviewed answers into training data: "
+                                                           "DIR/sft.jsonl and preference pairs DIR/pairs.jsonl")
+    corrections.add_argument("file", type=Path, help='corrections JSONL (what `tunesmith review` writes): '
+                             '{"prompt" or "messages", "response", "verdict": "good" or "bad", "correction"}')
+    corrections.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the outputs")
+    corrections.set_defaults(handler=cmd_data_from_corrections)
 
     train = commands.add_parser("train", help="fine-tune a base model on a data file")
     train.add_argument("file", type=Path, nargs="?", help="training data (.jsonl, .csv, .txt)")
-    train.add_argument("--task", choices=["auto", "chat", "completion", "text", "classify"])
-    train.add_argument("--base", help="base model name or local folder (default smollm2-135m)")
-    train.add_argument("--method", choices=["lora", "full"])
+    train.add_argument("--task", choices=["auto", "chat", "completion", "text", "classify", "preference"])
+    train.add_argument("--base", metavar="MODEL_OR_FINE_TUNE",
+                       help="what to start from: a base model name or local folder (default smollm2-135m), or "
+                            "a registry fine-tune NAME[:VERSION] to build on (recorded as lineage)")
+    train.add_argument("--method", choices=["lora", "full", "dpo"],
+                       help="lora (default), full, or dpo: preference pairs {prompt, chosen, rejected}, "
+                            "trained as LoRA with the adapter-off model as reference")
+    train.add_argument("--beta", type=float, help="DPO strength of the pull to the reference (default 0.1)")
     train.add_argument("--name", help="registry name (default: the file name)")
     train.add_argument("--val", type=Path, help="validation file (default: hold out 10%%)")
     train.add_argument("--epochs", type=int)
@@ -87,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
                           help="YAML/JSON price overrides for break-even (cpu_core_hour_usd, gpu_hour_usd)")
     evaluate.add_argument("--json", type=Path, metavar="OUT", help="write every figure as JSON")
     evaluate.add_argument("--report", type=Path, metavar="OUT.html", help="write a self-contained HTML report")
+    evaluate.add_argument("--teacher-url", metavar="URL", help="also measure a teacher behind this OpenAI-compatible "
+                          "URL (e.g. http://127.0.0.1:8000/v1) on the same examples, as a reference")
+    evaluate.add_argument("--teacher-model", metavar="NAME", help="the teacher's model id (with --teacher-url)")
+    evaluate.add_argument("--teacher-api-key", metavar="KEY", help="Bearer key for the teacher "
+                                                                    "(default: $OPENAI_API_KEY)")
+    evaluate.add_argument("--teacher-parameters", metavar="N", help="the teacher's size for the table, e.g. 1.7B "
+                                                                     "(default: unknown, shown as –)")
     evaluate.set_defaults(handler=cmd_eval)
 
     curve = commands.add_parser("curve", help="learning curve: train on nested subsets, evaluate each")
@@ -115,6 +160,18 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--max-tokens", type=int, default=256)
     chat.add_argument("--temperature", type=float, default=0.0)
     chat.set_defaults(handler=cmd_chat)
+
+    from tunesmith.review_terminal import HELP as REVIEW_KEYS
+
+    review = commands.add_parser("review", help="judge a model's answers one by one; bad ones get a correction",
+                                 epilog=REVIEW_KEYS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    review.add_argument("model", help="registry model (NAME or NAME:VERSION), base name or folder")
+    review.add_argument("--prompts", type=Path, required=True, metavar="FILE",
+                        help='JSONL, one {"prompt": "..."} or {"messages": [...]} (ending with a user turn) a line')
+    review.add_argument("--out", type=Path, required=True, metavar="CORRECTIONS.jsonl",
+                        help="where verdicts are appended (read back to resume)")
+    review.add_argument("--max-tokens", type=int, default=256, help="answer length cap (default 256)")
+    review.set_defaults(handler=cmd_review)
 
     models = commands.add_parser("models", help="the registry of fine-tuned models").add_subparsers(
         metavar="SUBCOMMAND")
@@ -168,6 +225,44 @@ def cmd_data_check(args) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_data_from_corrections(args) -> int:
+    from rich.text import Text
+
+    from tunesmith.data.corrections import convert, summary, write_outputs
+
+    result = convert(args.file)
+    for issue in result.issues:
+        err.print(Text(str(issue), style="red" if issue.severity == "error" else "yellow"))
+    if result.errors:
+        err.print(f"{len(result.errors)} error(s): nothing written", highlight=False)
+        return 1
+    if not result.sft:
+        raise TunesmithError(f"{args.file}: every review is in a conflict, nothing left to write; "
+                             "resolve the conflicts listed above")
+    for line in summary(result, write_outputs(result, args.out), args.out):
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
+    return 0
+
+
+def cmd_data_generate(args) -> int:
+    import os
+
+    from tunesmith.data.distill import generate
+    from tunesmith.openai_client import Teacher
+
+    task = args.task or ("classify" if args.labels else "chat")
+    labels = [label.strip() for label in args.labels.split(",")] if args.labels else None
+    teacher = Teacher(args.teacher_url, args.teacher_model, args.api_key or os.environ.get("OPENAI_API_KEY") or None,
+                      max_tokens=args.max_tokens or (32 if task == "classify" else 512), retries=args.retries,
+                      timeout=args.timeout)
+    summary = generate(args.inputs, args.out, teacher, task, labels, args.system, args.concurrency, console=err)
+    for line in summary.lines():
+        err.print(line, highlight=False, markup=False)
+    if summary.error:
+        err.print(f"error: {summary.error}", highlight=False, markup=False)
+    return 130 if summary.interrupted else 0 if summary.complete else 1
+
+
 def cmd_train(args) -> int:
     from tunesmith.config import load_config
     from tunesmith.training.run import train
@@ -181,7 +276,7 @@ def cmd_train(args) -> int:
                              name=args.name, val_data=args.val, epochs=args.epochs, lr=args.lr,
                              batch_size=args.batch_size, max_length=args.max_length,
                              lora_rank=args.lora_rank, seed=args.seed,
-                             precision=args.precision)
+                             precision=args.precision, beta=args.beta)
         result = train(config)
     return 130 if result.loop.interrupted else 0
 
@@ -197,12 +292,30 @@ def cmd_eval(args) -> int:
     options = EvalOptions(shots=args.shots, latency_samples=args.latency_samples,
                           max_new_tokens=args.max_new_tokens)
     prices = load_prices(args.prices) if args.prices else None
-    figures = evaluate(args.model, args.data, baselines, options, args.shots_from, prices, console=err)
+    teacher, size = _eval_teacher(args)
+    figures = evaluate(args.model, args.data, baselines, options, args.shots_from, prices, console=err,
+                       teacher=teacher, teacher_parameters=size)
     out.print(comparison_table(figures["task"], figures["results"],
                                f"{figures['model']} on {args.data} ({figures['n']} examples)"))
     print_verdict(figures)
     _save(figures, args.json, args.report, write_eval_report)
     return 0
+
+
+def _eval_teacher(args):
+    """(the teacher of --teacher-url, its --teacher-parameters) or (None, None)."""
+    import os
+
+    from tunesmith.evaluation.teacher import parse_parameters
+    from tunesmith.openai_client import Teacher
+
+    if not args.teacher_url and not args.teacher_model:
+        return None, None
+    if not (args.teacher_url and args.teacher_model):
+        raise TunesmithError("--teacher-url and --teacher-model go together: the API's base URL and the model id")
+    key = args.teacher_api_key or os.environ.get("OPENAI_API_KEY") or None
+    size = parse_parameters(args.teacher_parameters) if args.teacher_parameters else None
+    return Teacher(args.teacher_url, args.teacher_model, key), size
 
 
 def print_verdict(figures: dict) -> None:
@@ -287,6 +400,18 @@ def cmd_chat(args) -> int:
         if loaded.task != "classify":  # a classifier answers each text on its own
             history = [*messages[1 if loaded.system_prompt else 0:], {"role": "assistant", "content": answer}]
     return 0
+
+
+def cmd_review(args) -> int:
+    import shlex
+
+    from tunesmith.review import ReviewSession
+    from tunesmith.review_terminal import review_in_terminal
+
+    session = ReviewSession(args.prompts, args.out)  # file errors stop here, before a model is loaded
+    resume = shlex.join(["tunesmith", "review", args.model, "--prompts", str(args.prompts), "--out", str(args.out),
+                         *(["--max-tokens", str(args.max_tokens)] if args.max_tokens != 256 else [])])
+    return review_in_terminal(session, args.model, args.max_tokens, resume, out)
 
 
 def cmd_serve(args) -> int:

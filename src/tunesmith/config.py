@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tunesmith.errors import TunesmithError
 
-Task = Literal["auto", "chat", "completion", "text", "classify"]
+Task = Literal["auto", "chat", "completion", "text", "classify", "preference"]
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -42,10 +42,18 @@ class TrainConfig(BaseModel):
     task: Task = Field("auto", description="Data format; `auto` detects it from the file.")
     base: str = Field(
         "smollm2-135m",
-        description="Base model: a known name (see `tunesmith base list`) or a local Hugging Face "
-        "model folder.",
+        description="Model to start from: a known base name (see `tunesmith base list`), a local Hugging "
+        "Face model folder, or a registry fine-tune (NAME or NAME:VERSION) to build on; the manifest then "
+        "records the lineage.",
     )
-    method: Literal["lora", "full"] = Field("lora", description="LoRA adapters or full fine-tuning.")
+    method: Literal["lora", "full", "dpo"] = Field(
+        "lora", description="LoRA adapters, full fine-tuning, or DPO (preference pairs, trained as LoRA "
+        "adapters; the reference model is the same weights with the adapter switched off).",
+    )
+    beta: float = Field(
+        0.1, gt=0, le=10, description="DPO: strength of the pull towards the reference model (higher "
+        "stays closer). Only for method dpo.",
+    )
     name: str | None = Field(None, description="Registry name; defaults to the data file's stem.")
 
     epochs: int | None = Field(None, ge=1, le=100, description="Passes over the training data.")
@@ -129,7 +137,16 @@ class TrainConfig(BaseModel):
             raise ValueError("lora_rank/lora_alpha only apply to method 'lora'")
         if self.labels is not None and self.task not in ("auto", "classify"):
             raise ValueError(f"labels only apply to the classify task, not {self.task!r}")
+        if self.method == "dpo" and self.task not in ("auto", "preference"):
+            raise ValueError(f"method dpo trains on preference pairs, not task {self.task!r}")
+        if self.task == "preference" and self.method != "dpo":
+            raise ValueError("preference pairs train with method dpo (--method dpo)")
         return self
+
+    @property
+    def uses_adapter(self) -> bool:
+        """LoRA and DPO train adapters on frozen weights; full fine-tuning trains every weight."""
+        return self.method != "full"
 
     @property
     def accumulation_steps(self) -> int:

@@ -46,7 +46,7 @@ def print_data_report(report: DataReport, console: Console) -> None:
         console.print(text)
     if report.estimate_seconds is not None:
         console.print(f"estimated training time on this machine: ~{_duration(report.estimate_seconds)} "
-                      "per epoch (LoRA)")
+                      f"per epoch ({'DPO' if report.task == 'preference' else 'LoRA'})")
     verdict = "[green]usable[/]" if report.ok else f"[red]{len(report.errors)} error(s)[/]"
     console.print(f"{verdict}, {len(report.warnings)} warning(s)")
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from tunesmith.data.render import classify_prompt, render_prompt
-from tunesmith.errors import TunesmithError
 from tunesmith.models.base import EMBEDDED, is_model_folder, resolve_base
+from tunesmith.models.lineage import in_registry, load_start, version_start
 from tunesmith.models.load import load_adapter, load_model, load_tokenizer
 from tunesmith.registry import store
 
@@ -36,8 +36,11 @@ class LoadedModel:
         prompt unless the client sent one, and for a classifier every user text wrapped in the label
         instruction (a lone user turn gives exactly ``messages_for``; earlier pairs read as shots)."""
         if self.task == "classify":
-            messages = [{**m, "content": classify_prompt(m["content"], self.labels)} if m["role"] == "user"
-                        else m for m in messages]
+            # A client that already sends the instruction (`data generate` asking this model as a teacher)
+            # is not wrapped twice.
+            instruction = classify_prompt("", self.labels)
+            messages = [{**m, "content": classify_prompt(m["content"], self.labels)}
+                        if m["role"] == "user" and not m["content"].startswith(instruction) else m for m in messages]
         if self.system_prompt and not any(m["role"] == "system" for m in messages):
             messages = [{"role": "system", "content": self.system_prompt}, *messages]
         return messages
@@ -48,20 +51,10 @@ def load(ref: str, merge: bool = True) -> LoadedModel:
 
     A bare name in the registry wins over a folder of that name in the current directory: spell a
     folder as a path (``./NAME``) to load it."""
-    if ref not in EMBEDDED and (_in_registry(ref) or not is_model_folder(Path(ref).expanduser())):
+    if ref not in EMBEDDED and (in_registry(ref) or not is_model_folder(Path(ref).expanduser())):
         return load_version(store.get(ref), merge)
     base_path = resolve_base(ref)
     return LoadedModel(ref=ref, model=load_model(base_path).eval(), tokenizer=load_tokenizer(base_path))
-
-
-def _in_registry(ref: str) -> bool:
-    if "/" in ref or ref.startswith((".", "~")):
-        return False
-    try:
-        store.get(ref)
-        return True
-    except TunesmithError:
-        return False
 
 
 def load_version(version: store.ModelVersion, merge: bool = True) -> LoadedModel:
@@ -69,24 +62,23 @@ def load_version(version: store.ModelVersion, merge: bool = True) -> LoadedModel
     client's string as a folder path, which the API relies on."""
     manifest = version.manifest
     tokenizer = load_tokenizer(version.path)
-    if manifest["method"] == "lora":
-        base_path = _base_path(manifest)
-        model = load_adapter(load_model(base_path), version.path / "adapter")
+    if has_adapter(manifest):
+        # The base, with any earlier fine-tunes it builds on merged in (models.lineage), then its adapter.
+        model = load_adapter(load_start(version_start(manifest, version.path)), version.path / "adapter")
         if merge:
             model = model.merge_and_unload()  # plain weights: faster generation
     else:
         model = load_model(version.path / "model")
-    return LoadedModel(ref=version.ref, model=model.eval(), tokenizer=tokenizer, task=manifest["task"],
+    # A DPO model answers like the chat model it was trained from.
+    task = "chat" if manifest["task"] == "preference" else manifest["task"]
+    return LoadedModel(ref=version.ref, model=model.eval(), tokenizer=tokenizer, task=task,
                        labels=manifest.get("labels"), system_prompt=manifest.get("system_prompt"),
                        version=version)
 
 
-def _base_path(manifest: dict) -> Path:
-    base = manifest["base"]
-    try:
-        return resolve_base(base["name"])
-    except TunesmithError as err:
-        raise TunesmithError(f"the base model of this fine-tune is not available: {err}") from None
+def has_adapter(manifest: dict) -> bool:
+    """LoRA and DPO versions hold an adapter; full fine-tunes hold every weight."""
+    return manifest["method"] != "full"
 
 
 @torch.no_grad()

@@ -118,3 +118,12 @@ def test_template_that_is_not_prefix_stable_is_refused(tiny_model_dir):
     )
     with pytest.raises(TunesmithError, match="prefix-stable"):
         render_messages(tokenizer, [msg("user", "Hi"), msg("assistant", "Hello")])
+
+
+def test_a_classifier_wraps_user_text_in_its_instruction_once():
+    from tunesmith.inference import LoadedModel
+
+    loaded = LoadedModel("m:1", None, None, task="classify", labels=["negative", "positive"])
+    plain = loaded.conversation([{"role": "user", "content": "The soup was cold."}])
+    assert plain == [{"role": "user", "content": classify_prompt("The soup was cold.", ["negative", "positive"])}]
+    assert loaded.conversation(plain) == plain  # already wrapped (a distillation client): left as it is

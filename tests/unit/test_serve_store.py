@@ -174,8 +174,6 @@ def test_job_creation_checks_the_request(home, start_server):
     assert unknown["param"] == "model" and unknown["code"] == "model_not_found"
     (home / "registry" / "mine" / "1").mkdir(parents=True)
     (home / "registry" / "mine" / "1" / "manifest.json").write_text("{}")
-    again = refused(openai.BadRequestError, model="mine:1")  # a fine-tune as the base: not yet
-    assert again["param"] == "model" and "not supported yet" in again["message"]
     assert refused(openai.BadRequestError, hyperparameters={"n_epochs": 0})["param"] == "hyperparameters.n_epochs"
     assert refused(openai.BadRequestError, hyperparameters={"batch_size": 2.5})["param"] == "hyperparameters.batch_size"
     assert refused(openai.BadRequestError, method={"type": "supervised", "supervised": {"hyperparameters": {
@@ -184,6 +182,9 @@ def test_job_creation_checks_the_request(home, start_server):
     assert refused(openai.BadRequestError, suffix="../evil")["param"] == "suffix"
     assert refused(openai.BadRequestError, suffix="x" * 41)["param"] == "suffix"
     assert api.fine_tuning.jobs.list().data == []  # nothing was created
+    built_on = api.fine_tuning.jobs.create(model="mine:1", training_file=train.id)  # builds on a fine-tune
+    assert built_on.model == "mine:1" and built_on.status == "queued"
+    assert built_on.fine_tuned_model is None and api.fine_tuning.jobs.cancel(built_on.id).status == "cancelled"
 
     job = api.fine_tuning.jobs.create(model="smollm2-135m", training_file=train.id, suffix="reviews", seed=3,
                                       hyperparameters={"n_epochs": 2, "learning_rate_multiplier": "auto"})

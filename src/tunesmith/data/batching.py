@@ -45,6 +45,22 @@ class Row:
         return sum(1 for label in self.labels[1:] if label != IGNORE)
 
 
+@dataclass
+class PairRow:
+    """A preference pair for DPO: the prompt with the chosen answer and with the rejected one.
+    Its length (for length-grouped batches) is the longer of the two."""
+
+    chosen: Row
+    rejected: Row
+
+    def __len__(self) -> int:
+        return max(len(self.chosen), len(self.rejected))
+
+    @property
+    def n_target(self) -> int:
+        return min(self.chosen.n_target, self.rejected.n_target)
+
+
 def pack_documents(documents: list[list[int]], block_size: int) -> list[Row]:
     """Cut tokenized documents into pieces of at most ``block_size`` and pack them into rows.
 

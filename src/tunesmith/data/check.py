@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunesmith.data.formats import Issue, ParsedFile, read_file
-from tunesmith.data.render import Rendered, render_example, tokenize_document
+from tunesmith.data.render import Rendered, RenderedPair, render_example, tokenize_document
 
 MAX_LISTED = 5  # line numbers quoted per warning
 
@@ -25,8 +25,9 @@ class DataReport:
     task: str
     labels: list[str] | None
     issues: list[Issue]
-    rendered: list[Rendered] = field(default_factory=list)  # train examples (documents for text)
-    val_rendered: list[Rendered] = field(default_factory=list)
+    # train examples (documents for text, pairs for preference)
+    rendered: list[Rendered | RenderedPair] = field(default_factory=list)
+    val_rendered: list[Rendered | RenderedPair] = field(default_factory=list)
     max_length: int | None = None
     stats: dict = field(default_factory=dict)
     preview: list[tuple[str, bool]] = field(default_factory=list)  # (token text, carries loss)
@@ -104,7 +105,14 @@ def check_data(data: Path, task: str = "auto", tokenizer=None, max_length: int |
         report.issues += _truncation(report.train, report.rendered, report.max_length)
     report.preview = _preview(tokenizer, report.rendered[0], report.max_length) if report.rendered else []
     if n_params:
-        tokens = sum(min(n, report.max_length) for n in lengths) if report.task != "text" else sum(lengths)
+        if report.task == "text":
+            tokens = sum(lengths)
+        elif report.task == "preference":  # both answers of every pair, trained with DPO
+            tokens = sum(min(len(r.chosen.input_ids), report.max_length) +
+                         min(len(r.rejected.input_ids), report.max_length) for r in report.rendered)
+            method = "dpo"
+        else:
+            tokens = sum(min(n, report.max_length) for n in lengths)
         report.estimate_seconds = estimate_seconds(tokens, n_params, method)  # one epoch
     return report
 

@@ -10,6 +10,8 @@ Tasks and the line formats that feed them:
     completion  {"prompt", "completion"}  or Alpaca {"instruction", "input"?, "output"}
     classify    {"text", "label"}  (JSONL, or CSV with a text,label header)
     text        {"text"}  (JSONL, one document a line) or a .txt file (one document)
+    preference  {"prompt", "chosen", "rejected"}  prompt as text or as messages ending with a user
+                turn; trained with ``--method dpo``
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 Severity = Literal["error", "warning"]
-TASKS = ("chat", "completion", "text", "classify")
+TASKS = ("chat", "completion", "text", "classify", "preference")
 ROLES = ("system", "user", "assistant")
 
 # Line format -> (task, required keys, optional keys)
@@ -33,6 +35,7 @@ LINE_FORMATS: dict[str, tuple[str, frozenset[str], frozenset[str]]] = {
     "alpaca": ("completion", frozenset({"instruction", "output"}), frozenset({"input"})),
     "classify": ("classify", frozenset({"text", "label"}), frozenset()),
     "text": ("text", frozenset({"text"}), frozenset()),
+    "preference": ("preference", frozenset({"prompt", "chosen", "rejected"}), frozenset()),
 }
 MESSAGE_KEYS = frozenset({"role", "content", "weight"})
 
@@ -57,15 +60,19 @@ class Issue:
 
 @dataclass
 class Example:
-    """A record in a task-neutral shape: chat-like tasks as messages, raw text as ``text``."""
+    """A record in a task-neutral shape: chat-like tasks as messages, raw text as ``text``; a
+    preference pair as the prompt's messages (ending with a user turn) and two answers."""
 
     line: int
     messages: list[dict] = field(default_factory=list)  # {"role", "content", "weight"}
     text: str | None = None
     label: str | None = None
+    chosen: str | None = None
+    rejected: str | None = None
 
     def key(self) -> str:
-        """Identity used for duplicate and overlap detection."""
+        """Identity used for duplicate and overlap detection (a pair: its prompt, so that the same
+        question in training and validation counts as overlap whatever the answers)."""
         if self.text is not None:  # raw text and classification: the text itself
             return self.text.strip()
         return json.dumps([(m["role"], m["content"].strip()) for m in self.messages])
@@ -85,6 +92,8 @@ class ParsedFile:
 
 def detect_line_format(obj: dict) -> str | None:
     keys = set(obj)
+    if {"chosen", "rejected"} & keys:
+        return "preference"
     if "messages" in keys:
         return "chat"
     if {"prompt", "completion"} <= keys:
@@ -151,11 +160,14 @@ def _read_csv(path: Path, task: str) -> ParsedFile:
     return ParsedFile(path, "classify", examples, issues)
 
 
-def _read_jsonl(path: Path, task: str) -> ParsedFile:
+def read_json_objects(path: Path, issues: list[Issue]) -> list[tuple[int, dict]]:
+    """The JSON objects of a JSONL file with their 1-based line numbers; every bad line an error."""
     name = str(path)
-    issues: list[Issue] = []
+    if not path.is_file():
+        issues.append(Issue("error", name, None, None, "file not found", "check the path"))
+        return []
     text = _read_text(path, issues)
-    objects: list[tuple[int, dict, str | None]] = []
+    objects: list[tuple[int, dict]] = []
     # Split on "\n" only: str.splitlines() would also split at U+2028 etc., legal inside JSON strings.
     for number, raw in enumerate((text or "").split("\n"), start=1):
         if not raw.strip():
@@ -170,16 +182,22 @@ def _read_jsonl(path: Path, task: str) -> ParsedFile:
             issues.append(Issue("error", name, number, None, f"expected a JSON object, got {type(obj).__name__}",
                                 "each line must be one JSON object like {\"messages\": [...]}"))
             continue
-        objects.append((number, obj, detect_line_format(obj)))
+        objects.append((number, obj))
+    if text is not None and not objects and not issues:
+        issues.append(Issue("error", name, None, None, "the file has no records", "add one JSON object per line"))
+    return objects
 
+
+def _read_jsonl(path: Path, task: str) -> ParsedFile:
+    name = str(path)
+    issues: list[Issue] = []
+    objects = [(number, obj, detect_line_format(obj)) for number, obj in read_json_objects(path, issues)]
     file_task = task if task != "auto" else _majority_task(objects)
     examples: list[Example] = []
     for number, obj, line_format in objects:
         example = _parse_object(obj, number, line_format, file_task, name, issues)
         if example is not None:
             examples.append(example)
-    if text is not None and not objects and not issues:
-        issues.append(Issue("error", name, None, None, "the file has no records", "add one JSON object per line"))
     return ParsedFile(path, file_task, examples, issues)
 
 
@@ -207,6 +225,8 @@ def _parse_object(obj: dict, line: int, line_format: str | None, task: str, name
     for unknown in sorted(set(obj) - required - optional):
         issues.append(Issue("error", name, line, unknown, "unknown key",
                             f"allowed keys for {line_format}: {', '.join(sorted(required | optional))}"))
+    if line_format == "preference":
+        return _parse_preference(obj, line, name, issues)
     for key in sorted(required | (optional & set(obj))):
         if key != "messages" and not isinstance(obj[key], str):
             issues.append(Issue("error", name, line, key, f"must be a string, got {type(obj[key]).__name__}",
@@ -238,6 +258,69 @@ def _parse_object(obj: dict, line: int, line_format: str | None, task: str, name
             issues.append(Issue("error", name, line, key, "empty content", f"write the {key} or drop the line"))
             return None
     return Example(line=line, messages=messages)
+
+
+def _parse_preference(obj: dict, line: int, name: str, issues: list[Issue]) -> Example | None:
+    missing = sorted(LINE_FORMATS["preference"][1] - set(obj))
+    if missing:
+        issues.append(Issue("error", name, line, ", ".join(missing), "missing key(s)",
+                            'a preference line looks like {"prompt": ..., "chosen": ..., "rejected": ...}'))
+        return None
+    before = len(issues)
+    for key in ("chosen", "rejected"):
+        if not isinstance(obj[key], str):
+            issues.append(Issue("error", name, line, key, f"must be a string, got {type(obj[key]).__name__}",
+                                "give the answer's text"))
+        elif not obj[key].strip():
+            issues.append(Issue("error", name, line, key, "empty answer", f"write the {key} answer or drop the line"))
+    prompt = obj["prompt"]
+    messages = None
+    if isinstance(prompt, str):
+        if prompt.strip():
+            messages = [_msg("user", prompt)]
+        else:
+            issues.append(Issue("error", name, line, "prompt", "empty prompt", "write the prompt or drop the line"))
+    elif isinstance(prompt, list):
+        messages = check_prompt_messages(prompt, line, name, issues)
+    else:
+        issues.append(Issue("error", name, line, "prompt", f"must be a string or a list of messages, got "
+                            f"{type(prompt).__name__}", 'use "prompt": "..." or "prompt": [{"role": "user", ...}]'))
+    if len(issues) > before or messages is None:
+        return None
+    if obj["chosen"].strip() == obj["rejected"].strip():
+        issues.append(Issue("warning", name, line, "rejected", "chosen and rejected are the same answer",
+                            "a pair teaches nothing unless the answers differ; fix or drop the line"))
+    return Example(line=line, messages=messages, chosen=obj["chosen"], rejected=obj["rejected"])
+
+
+def check_prompt_messages(messages: object, line: int, name: str, issues: list[Issue],
+                          field: str = "prompt") -> list[dict] | None:
+    """A conversation that waits for the assistant's answer (a preference prompt, a reviewed prompt):
+    the chat rules, ending with a user turn. ``field`` names the key it came from in errors."""
+    if not isinstance(messages, list) or not messages:
+        issues.append(Issue("error", name, line, field, "must be a non-empty list of messages",
+                            'use [{"role": "user", "content": "..."}]'))
+        return None
+    last = messages[-1].get("role") if isinstance(messages[-1], dict) else None
+    if last in ROLES and last != "user":
+        issues.append(Issue("error", name, line, field, "the conversation must end with a user turn",
+                            "the answer is the assistant's reply to the last user message; drop what follows it"))
+        return None
+    # The chat check wants an assistant turn to learn from: lend it the answer slot, then drop it
+    # (and anything it says about that borrowed turn).
+    probe = [*messages, {"role": "assistant", "content": "-"}]
+    shadow: list[Issue] = []
+    checked = _check_messages(probe, line, name, shadow)
+    borrowed = f"messages[{len(messages)}]"
+    before = len(issues)
+    for issue in shadow:
+        if not (issue.field or "").startswith(borrowed):
+            issues.append(Issue(issue.severity, name, line, (issue.field or field).replace("messages", field, 1),
+                                issue.message, issue.hint))
+    if checked is None and len(issues) == before:  # only the borrowed turn was objected to
+        issues.append(Issue("error", name, line, field, "the conversation must end with a user turn",
+                            "the answer is the assistant's reply to the last user message"))
+    return None if checked is None else [_msg(m["role"], m["content"]) for m in checked[:-1]]
 
 
 def _msg(role: str, content: str, weight: int = 1) -> dict:

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
-from tunesmith.data.batching import Row, pack_documents
+from tunesmith.data.batching import PairRow, Row, pack_documents
 from tunesmith.data.check import DataReport
 from tunesmith.data.formats import Example
-from tunesmith.data.render import Rendered
+from tunesmith.data.render import Rendered, RenderedPair
 
 
 @dataclass
@@ -55,6 +55,12 @@ def build_rows(task: str, splits: Splits, max_length: int, fraction: float, seed
     return _rows(splits.train_rendered, max_length), _rows(splits.val_rendered, max_length)
 
 
-def _rows(rendered: list[Rendered], max_length: int) -> list[Row]:
-    rows = [Row.from_segments([r.truncated(max_length)]) for r in rendered]
+def _rows(rendered: list[Rendered | RenderedPair], max_length: int) -> list[Row | PairRow]:
+    rows = [_row(r.truncated(max_length)) for r in rendered]
     return [row for row in rows if row.n_target > 0]  # nothing left to learn after truncation
+
+
+def _row(rendered: Rendered | RenderedPair) -> Row | PairRow:
+    if isinstance(rendered, RenderedPair):
+        return PairRow(Row.from_segments([rendered.chosen]), Row.from_segments([rendered.rejected]))
+    return Row.from_segments([rendered])

@@ -33,14 +33,43 @@ class Rendered:
         return Rendered(self.input_ids[:max_length], self.labels[:max_length])
 
 
+@dataclass
+class RenderedPair:
+    """A preference pair: the prompt answered with the chosen and with the rejected answer.
+
+    It reads like one ``Rendered`` where the data check wants a length and a preview (the longer
+    answer's) or a target count (both answers')."""
+
+    chosen: Rendered
+    rejected: Rendered
+
+    @property
+    def input_ids(self) -> list[int]:
+        return max(self.chosen, self.rejected, key=lambda r: len(r.input_ids)).input_ids
+
+    @property
+    def labels(self) -> list[int]:
+        return max(self.chosen, self.rejected, key=lambda r: len(r.input_ids)).labels
+
+    @property
+    def n_target(self) -> int:
+        return self.chosen.n_target + self.rejected.n_target
+
+    def truncated(self, max_length: int) -> RenderedPair:
+        return RenderedPair(self.chosen.truncated(max_length), self.rejected.truncated(max_length))
+
+
 def classify_prompt(text: str, labels: list[str]) -> str:
     return CLASSIFY_TEMPLATE.format(labels=", ".join(labels), text=text)
 
 
 def example_messages(example: Example, labels: list[str] | None = None,
                      system_prompt: str | None = None) -> list[dict]:
-    """The conversation an example stands for (classification becomes question -> label)."""
-    if example.label is not None:
+    """The conversation an example stands for (classification becomes question -> label, a
+    preference pair the prompt answered with the chosen answer)."""
+    if example.chosen is not None:
+        messages = [*example.messages, {"role": "assistant", "content": example.chosen, "weight": 1}]
+    elif example.label is not None:
         if labels is None:
             raise ValueError("classification examples need the label set")
         messages = [
@@ -91,8 +120,17 @@ def render_messages(tokenizer, messages: list[dict]) -> Rendered:
 
 
 def render_example(tokenizer, example: Example, labels: list[str] | None = None,
-                   system_prompt: str | None = None) -> Rendered:
-    return render_messages(tokenizer, example_messages(example, labels, system_prompt))
+                   system_prompt: str | None = None) -> Rendered | RenderedPair:
+    messages = example_messages(example, labels, system_prompt)
+    if example.rejected is None:
+        return render_messages(tokenizer, messages)
+    return RenderedPair(render_messages(tokenizer, messages),
+                        render_messages(tokenizer, with_answer(messages, example.rejected)))
+
+
+def with_answer(messages: list[dict], answer: str) -> list[dict]:
+    """The conversation with its last (assistant) turn replaced by ``answer``."""
+    return [*messages[:-1], {**messages[-1], "content": answer}]
 
 
 def tokenize_document(tokenizer, text: str) -> list[int]:

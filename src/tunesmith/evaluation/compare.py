@@ -8,11 +8,17 @@ from tunesmith.evaluation.systems import display_name
 
 # Which metric decides "did it help", and whether higher is better.
 PRIMARY = {"classify": ("accuracy", True), "chat": ("rouge_l", True),
-           "completion": ("rouge_l", True), "text": ("perplexity", False)}
-HIGHER_IS_BETTER = {"accuracy", "macro_f1", "rouge_l", "chrf", "exact_match", "tokens_per_s"}
-TABLE_METRICS = ("accuracy", "macro_f1", "ece", "rouge_l", "chrf", "exact_match", "loss", "perplexity",
-                 "bits_per_byte", "prompt_tokens_mean", "latency_ms_p50", "latency_ms_p90", "tokens_per_s")
-PERCENT = {"accuracy", "macro_f1", "rouge_l", "exact_match"}
+           "completion": ("rouge_l", True), "text": ("perplexity", False),
+           "preference": ("preference_accuracy", True)}
+HIGHER_IS_BETTER = {"accuracy", "macro_f1", "rouge_l", "chrf", "exact_match", "tokens_per_s",
+                    "preference_accuracy", "preference_margin"}
+TABLE_METRICS = ("accuracy", "macro_f1", "ece", "preference_accuracy", "preference_margin",
+                 "rouge_l", "chrf", "exact_match", "loss", "perplexity",
+                 "bits_per_byte", "prompt_tokens_mean", "latency_ms_p50", "latency_ms_p90", "tokens_per_s",
+                 "parameters")
+PERCENT = {"accuracy", "macro_f1", "rouge_l", "exact_match", "preference_accuracy"}
+# Systems shown for reference (distillation's teacher), not baselines the fine-tune has to beat.
+REFERENCES = {"teacher"}
 
 
 def comparison_table(task: str, results: dict[str, dict], title: str) -> Table:
@@ -43,6 +49,9 @@ def format_value(metric: str, value: float) -> str:
         return f"{value:.0f} ms"
     if metric == "perplexity":
         return f"{value:.2f}"
+    if metric == "parameters":
+        return next(f"{value / scale:.3g}{unit}" for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K"), (1, ""))
+                    if value >= scale or scale == 1)
     return f"{value:.3f}"
 
 
@@ -54,7 +63,8 @@ def helped(task: str, results: dict[str, dict]) -> bool | None:
     """Whether the fine-tuned model beats every baseline on the primary metric (None: nothing to compare)."""
     primary = PRIMARY[task][0]
     tuned = results.get("fine_tuned", {}).get(primary)
-    baselines = [m[primary] for name, m in results.items() if name != "fine_tuned" and primary in m]
+    baselines = [m[primary] for name, m in results.items()
+                 if name != "fine_tuned" and name not in REFERENCES and primary in m]
     if tuned is None or not baselines:
         return None
     return all(better(primary, tuned, value) for value in baselines)

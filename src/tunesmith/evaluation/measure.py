@@ -5,6 +5,8 @@
     chat / completion   batched greedy generation -> ROUGE-L, chrF, exact match (short answers);
                         teacher-forced answer loss and perplexity
     text                perplexity and bits per byte of the held-out text
+    preference          preference accuracy: how often the chosen answer gets the higher summed
+                        log-likelihood than the rejected one; the mean margin between them (nats)
     cost                prompt tokens, and latency of single requests (generation, batch of one)
 """
 
@@ -20,9 +22,9 @@ import torch
 
 from tunesmith.data.batching import Row, pack_documents
 from tunesmith.data.formats import Example
-from tunesmith.data.render import IGNORE, render_messages, render_prompt, tokenize_document
+from tunesmith.data.render import IGNORE, render_messages, render_prompt, tokenize_document, with_answer
 from tunesmith.evaluation.label_scoring import score_candidates
-from tunesmith.evaluation.metrics import answer_loss
+from tunesmith.evaluation.metrics import answer_loss, sequence_log_likelihoods
 from tunesmith.evaluation.scores import bits_per_byte, classification_scores, generation_scores, latency_summary
 from tunesmith.evaluation.systems import System, conversation, split_answer
 from tunesmith.generation import generate_batch
@@ -65,6 +67,8 @@ def measure(system: System, tokenizer, task: str, examples: list[Example], label
             measured, prompts, new_tokens = _classify(system, tokenizer, examples, labels, system_prompt)
         elif task == "text":
             measured, prompts, new_tokens = _text(system.model, tokenizer, examples, max_length, text_rows), [], 0
+        elif task == "preference":
+            measured, prompts, new_tokens = _preference(system, tokenizer, examples, system_prompt)
         else:
             measured, prompts, new_tokens = _generation(system, tokenizer, examples, system_prompt, options)
         measured.metrics["eval_seconds"] = round(time.perf_counter() - started, 3)
@@ -109,7 +113,7 @@ def _generation(system, tokenizer, examples, system_prompt, options):
         before, reference = split_answer(messages)
         prompts.append(_prompt_ids(tokenizer, before))
         references.append(reference)
-    max_new = options.max_new_tokens or _auto_max_new_tokens(tokenizer, references)
+    max_new = options.max_new_tokens or auto_max_new_tokens(tokenizer, references)
     generated = generate_batch(system.model, tokenizer, prompts, max_new, options.batch_size)
     outputs = [g.text for g in generated]
     scores = generation_scores(outputs, references)
@@ -118,6 +122,24 @@ def _generation(system, tokenizer, examples, system_prompt, options):
         metrics["exact_match"] = scores["exact_match"]
     per_example = [item["rouge_l"] for item in scores["per_example"]]
     return Measured(metrics, outputs, per_example), prompts, max_new
+
+
+def _preference(system, tokenizer, examples, system_prompt):
+    rows = []
+    for example in examples:
+        chosen = conversation(example, None, system_prompt, system.shots)
+        for messages in (chosen, with_answer(chosen, example.rejected)):
+            rendered = render_messages(tokenizer, messages)  # not cut: shots make the prompt long
+            rows.append(Row(rendered.input_ids, rendered.labels, list(range(len(rendered.input_ids)))))
+    log_likelihoods = sequence_log_likelihoods(system.model, rows, tokenizer.pad_token_id)
+    margins = (log_likelihoods[0::2] - log_likelihoods[1::2]).tolist()
+    preferred = [float(margin > 0) for margin in margins]
+    metrics = {"preference_accuracy": statistics.fmean(preferred), "preference_margin": statistics.fmean(margins),
+               "n": len(examples)}
+    measured = Measured(metrics, ["chosen" if p else "rejected" for p in preferred], preferred)
+    prompts = [_prompt_ids(tokenizer, split_answer(conversation(e, None, system_prompt, system.shots))[0])
+               for e in examples]
+    return measured, prompts, auto_max_new_tokens(tokenizer, [e.chosen for e in examples])
 
 
 def _text(model, tokenizer, examples, max_length, rows=None):
@@ -134,7 +156,7 @@ def _prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
     return tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
 
 
-def _auto_max_new_tokens(tokenizer, references: list[str]) -> int:
+def auto_max_new_tokens(tokenizer, references: list[str]) -> int:
     longest = max(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in references)
     return min(MAX_NEW_TOKENS, int(longest * 1.5) + 8)
 

@@ -63,3 +63,16 @@ def answer_loss(model, rows: list[Row], pad_id: int, batch_size: int = 8) -> dic
     model.train(was_training)
     loss = total / max(count, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "target_tokens": count}
+
+
+@torch.no_grad()
+def sequence_log_likelihoods(model, rows: list[Row], pad_id: int, batch_size: int = 8) -> torch.Tensor:
+    """Summed log-likelihood of each row's target tokens, in the order given."""
+    device = next(model.parameters()).device
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths together
+    result = torch.zeros(len(rows), dtype=torch.float64)
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in collate([rows[i] for i in index], pad_id).items()}
+        result[index] = -token_loss_sums(model, batch).double().cpu()
+    return result

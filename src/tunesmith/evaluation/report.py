@@ -12,17 +12,19 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-from tunesmith.evaluation.compare import HIGHER_IS_BETTER, PERCENT
+from tunesmith.evaluation.compare import HIGHER_IS_BETTER, PERCENT, REFERENCES
 from tunesmith.evaluation.systems import DISPLAY, display_name
 
 # key: (row label, decimals). The order is the comparison table's row order. Which metrics are rates
 # and which direction is better come from compare.py, as in the terminal table.
 METRICS = {
-    "accuracy": ("accuracy", 1), "macro_f1": ("macro F1", 1), "ece": ("ECE", 3), "exact_match": ("exact match", 1),
+    "accuracy": ("accuracy", 1), "macro_f1": ("macro F1", 1), "ece": ("ECE", 3),
+    "preference_accuracy": ("preference accuracy", 1), "preference_margin": ("preference margin (nats)", 2),
+    "exact_match": ("exact match", 1),
     "rouge_l": ("ROUGE-L", 1), "chrf": ("chrF", 1), "loss": ("loss", 3), "perplexity": ("perplexity", 2),
     "bits_per_byte": ("bits per byte", 3), "prompt_tokens_mean": ("prompt tokens (mean)", 1),
     "latency_ms_p50": ("latency p50 (ms)", 0), "latency_ms_p90": ("latency p90 (ms)", 0),
-    "tokens_per_s": ("tokens / s", 1), "eval_seconds": ("eval time (s)", 1)}
+    "tokens_per_s": ("tokens / s", 1), "parameters": ("parameters", 0), "eval_seconds": ("eval time (s)", 1)}
 # Metrics on a 0..1 scale: "one point" of them is one percentage point, not 1% relative.
 RATES = PERCENT
 COLORS = defaultdict(lambda: "#a78bfa", base="#9ca3af", few_shot="#60a5fa", fine_tuned="#f59e0b")
@@ -95,7 +97,8 @@ def _page(title: str, source: dict, fields: list[str], body: list[str]) -> str:
 def _comparison(figures: dict, results: dict, names: dict) -> str:
     """The verdict, the metrics table and the primary metric's bar chart."""
     primary, higher_primary, out, rows = figures.get("primary"), figures.get("higher_is_better", True), [], []
-    baselines = [results[s][primary] for s in names if s != "fine_tuned" and _num(results[s].get(primary))]
+    baselines = [results[s][primary] for s in names
+                 if s != "fine_tuned" and s not in REFERENCES and _num(results[s].get(primary))]
     if figures.get("helped") is not None:
         text = "Fine-tuning helped" if figures["helped"] else "Fine-tuning did not help"
         if _num(tuned := results.get("fine_tuned", {}).get(primary)) and baselines:

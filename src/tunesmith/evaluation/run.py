@@ -16,15 +16,18 @@ from rich.console import Console
 
 from tunesmith.data.check import check_data
 from tunesmith.data.formats import Example, read_file
+from tunesmith.data.render import example_messages
 from tunesmith.errors import DataError, TunesmithError
-from tunesmith.evaluation.compare import PRIMARY, diffs, helped, per_example
+from tunesmith.evaluation.compare import PRIMARY, REFERENCES, diffs, helped, per_example
 from tunesmith.evaluation.measure import EvalOptions, Measured, measure
 from tunesmith.evaluation.scores import break_even
+from tunesmith.evaluation.teacher import measure_teacher
 from tunesmith.evaluation.systems import (POOL_FILE, SYSTEM_ORDER, System, load_pool, same_model_systems,
                                         pick_shots, split_answer)
-from tunesmith.inference import LoadedModel, load
+from tunesmith.inference import LoadedModel, has_adapter, load
 from tunesmith.models.base import resolve_base
 from tunesmith.models.load import load_model
+from tunesmith.openai_client import Teacher
 
 BASELINES = ("base", "few_shot")
 MAX_DIFFS = 200  # kept in the figures (the worst first); the totals count them all
@@ -33,8 +36,10 @@ DEFAULT_MAX_LENGTH = 1024
 
 def evaluate(ref: str, data: Path, baselines: tuple[str, ...] = BASELINES, options: EvalOptions | None = None,
              shots_from: Path | None = None, prices: dict | None = None,
-             console: Console | None = None) -> dict:
-    """Every figure of ``ref`` (and, for a fine-tune, its baselines) on ``data``, in one stable shape."""
+             console: Console | None = None, teacher: Teacher | None = None,
+             teacher_parameters: int | None = None) -> dict:
+    """Every figure of ``ref`` (and, for a fine-tune, its baselines) on ``data``, in one stable shape.
+    ``teacher``: a model behind an OpenAI-compatible URL, measured as the system "teacher" (a reference)."""
     options = options or EvalOptions()
     console = console or Console(stderr=True, soft_wrap=True)
     unknown = set(baselines) - set(BASELINES)
@@ -46,12 +51,23 @@ def evaluate(ref: str, data: Path, baselines: tuple[str, ...] = BASELINES, optio
     loaded = load(ref, merge=False)
     manifest = loaded.version.manifest if loaded.version else None
     max_length = manifest["config"]["max_length"] if manifest else DEFAULT_MAX_LENGTH
-    report = check_data(Path(data), loaded.task if manifest else "auto", loaded.tokenizer, max_length,
+    # Classifiers and text models are measured on their own task; a chat-like model (chat,
+    # completion, DPO) on any chat-like data, preference pairs included.
+    expected = loaded.task if manifest and loaded.task in ("classify", "text") else "auto"
+    report = check_data(Path(data), expected, loaded.tokenizer, max_length,
                         labels=loaded.labels, system_prompt=loaded.system_prompt)
     if not report.ok:
         raise DataError("the evaluation data has errors:\n" + "\n".join(map(str, report.errors)), report)
     task, labels, examples = report.task, report.labels, report.train.examples
+    if manifest and expected == "auto" and task in ("classify", "text"):
+        raise TunesmithError(f"{data} is {task} data, but {loaded.ref} is a chat model; evaluate it on chat, "
+                             "completion or preference data")
 
+    reference = None
+    if teacher is not None:  # first: a wrong URL or model name fails before minutes of local measuring
+        with console.status(f"evaluating the teacher {teacher.model} on {len(examples)} examples"):
+            reference = measure_teacher(teacher, loaded.tokenizer, task, examples, labels, loaded.system_prompt,
+                                        options, teacher_parameters)
     pool = _shot_pool(loaded, shots_from) if "few_shot" in baselines and task != "text" else []
     shots = pick_shots(pool, options.shots, options.seed)
     systems = _systems(loaded, manifest, shots, baselines)
@@ -60,12 +76,15 @@ def evaluate(ref: str, data: Path, baselines: tuple[str, ...] = BASELINES, optio
         with console.status(f"evaluating {name} on {len(examples)} examples"):
             measured[name] = measure(system, loaded.tokenizer, task, examples, labels, loaded.system_prompt,
                                      options, max_length)
+        measured[name].metrics["parameters"] = _parameters(system.model)
+    if reference is not None:
+        measured["teacher"] = reference
     results = {name: m.metrics for name, m in measured.items()}
 
     primary, higher_is_better = PRIMARY[task]
     examples_out = [] if task == "text" else per_example(
         *_inputs_and_references(examples, task), [e.line for e in examples], measured)
-    differences = diffs(examples_out, measured)
+    differences = diffs(examples_out, {name: m for name, m in measured.items() if name not in REFERENCES})
     return {
         "model": loaded.ref, "task": task, "data": str(data), "n": len(examples), "labels": labels,
         "primary": primary, "higher_is_better": higher_is_better, "systems": list(results),
@@ -78,6 +97,11 @@ def evaluate(ref: str, data: Path, baselines: tuple[str, ...] = BASELINES, optio
     }
 
 
+def _parameters(model) -> int:
+    """The size of the model as served: LoRA weights are merged into the base weights, not added."""
+    return sum(p.numel() for name, p in model.named_parameters() if "lora_" not in name)
+
+
 def _systems(loaded: LoadedModel, manifest: dict | None, shots: list[Example],
              baselines: tuple[str, ...]) -> dict[str, System]:
     if manifest is None:  # a model on its own
@@ -85,15 +109,19 @@ def _systems(loaded: LoadedModel, manifest: dict | None, shots: list[Example],
         if shots:
             systems["few_shot"] = System("few_shot", loaded.model, shots=shots)
         return systems
-    if manifest["method"] == "lora":
-        systems = same_model_systems(loaded.model, shots)
+    parent = manifest["lineage"][-1]["ref"] if manifest.get("lineage") else None
+    if has_adapter(manifest):
+        systems = same_model_systems(loaded.model, [] if parent else shots, parent=parent)
+        if parent and baselines:  # adapter-off is the parent; the base is loaded beside it
+            base = load_model(resolve_base(manifest["base"]["name"])).eval()
+            systems.update(base=System("base", base), few_shot=System("few_shot", base, shots=shots))
     elif baselines:  # a full fine-tune: the baselines need the base weights loaded beside it
         base = load_model(resolve_base(manifest["base"]["name"])).eval()
         systems = {"base": System("base", base), "few_shot": System("few_shot", base, shots=shots),
                    "fine_tuned": System("fine_tuned", loaded.model)}
     else:
         systems = {"fine_tuned": System("fine_tuned", loaded.model)}
-    keep = set(baselines) | {"fine_tuned"}
+    keep = set(baselines) | {"fine_tuned", "parent"}
     return {name: systems[name] for name in SYSTEM_ORDER
             if name in systems and name in keep and (name != "few_shot" or shots)}
 
@@ -119,7 +147,7 @@ def _inputs_and_references(examples: list[Example], task: str) -> tuple[list[str
         return [e.text or "" for e in examples], [e.label or "" for e in examples]
     inputs, references = [], []
     for example in examples:
-        before, reference = split_answer(example.messages)
+        before, reference = split_answer(example_messages(example))
         users = [m["content"] for m in before if m["role"] == "user"]
         inputs.append(users[-1] if users else "")
         references.append(reference)

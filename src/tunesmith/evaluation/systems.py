@@ -2,10 +2,15 @@
 
     base        the base model, zero-shot, with the same instruction the fine-tune was trained on
     few_shot    the base model with K training examples shown as earlier turns of the conversation
+    parent      for a fine-tune built on an earlier one (e.g. DPO on a supervised model): that
+                earlier fine-tune, the model it started from
     fine_tuned  the fine-tuned model, zero-shot
+    teacher     a model behind an OpenAI-compatible URL (``eval --teacher-url``), measured over HTTP as a
+                reference, not a baseline to beat (evaluation/teacher.py)
 
-With LoRA all three are one set of weights: the adapter switched off for the baselines and merged
-(reversibly) for the fine-tuned model, so its latency is that of the merged model users serve.
+With LoRA these are one set of weights: the adapter switched off for the baselines (for a model
+with a parent, adapter-off *is* the parent) and merged (reversibly) for the fine-tuned model, so
+its latency is that of the merged model users serve.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ from pathlib import Path
 from tunesmith.data.formats import Example
 from tunesmith.data.render import example_messages
 
-SYSTEM_ORDER = ("base", "few_shot", "fine_tuned")
-DISPLAY = {"base": "base (zero-shot)", "few_shot": "base + {shots}-shot prompt", "fine_tuned": "fine-tuned"}
+SYSTEM_ORDER = ("base", "few_shot", "parent", "fine_tuned", "teacher")
+DISPLAY = {"base": "base (zero-shot)", "few_shot": "base + {shots}-shot prompt", "parent": "starting fine-tune",
+           "fine_tuned": "fine-tuned", "teacher": "teacher"}
 POOL_FILE = "fewshot.jsonl"
 POOL_SIZE = 64  # training examples kept with a version for few-shot baselines
 
@@ -55,13 +61,16 @@ def adapter_merged(model):
         model.unmerge_adapter()
 
 
-def same_model_systems(model, shots: list[Example], lora: bool = True) -> dict[str, System]:
+def same_model_systems(model, shots: list[Example], lora: bool = True,
+                       parent: str | None = None) -> dict[str, System]:
     """base / few_shot / fine_tuned on one model. With LoRA the adapter is switched off for the
     baselines and merged for the fine-tuned model; without it (a full fine-tune, in training) the
-    baselines are measured before training and the fine-tuned model after."""
+    baselines are measured before training and the fine-tuned model after. Given a ``parent`` (the
+    fine-tune the weights started from) the adapter-off system is that parent, not the base."""
     off = (lambda: adapter_off(model)) if lora else nullcontext
     merged = (lambda: adapter_merged(model)) if lora else nullcontext
-    systems = {"base": System("base", model, off)}
+    start = "parent" if parent else "base"
+    systems = {start: System(start, model, off)}
     if shots:
         systems["few_shot"] = System("few_shot", model, off, shots)
     systems["fine_tuned"] = System("fine_tuned", model, merged)
@@ -117,8 +126,9 @@ def load_pool(path: Path) -> list[Example]:
     examples = []
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
         record = json.loads(line)
-        examples.append(Example(line=number, messages=record.get("messages", []), text=record.get("text"),
-                                label=record.get("label")))
+        messages = record.get("messages") or record.get("prompt") or []
+        examples.append(Example(line=number, messages=messages, text=record.get("text"), label=record.get("label"),
+                                chosen=record.get("chosen"), rejected=record.get("rejected")))
     return examples
 
 
@@ -126,6 +136,9 @@ def example_record(example: Example) -> dict:
     """An example as a line of the canonical JSONL format of its task."""
     if example.label is not None:
         return {"text": example.text, "label": example.label}
+    if example.chosen is not None:
+        prompt = [{key: m[key] for key in ("role", "content")} for m in example.messages]
+        return {"prompt": prompt, "chosen": example.chosen, "rejected": example.rejected}
     if not example.messages:
         return {"text": example.text}
     return {"messages": [{key: m[key] for key in ("role", "content", "weight") if key in m}

@@ -2,13 +2,15 @@
 
 A version folder holds:
 
-    adapter/           LoRA adapter in PEFT format (method lora)   or
+    adapter/           LoRA adapter in PEFT format (methods lora and dpo)   or
     model/             all weights as safetensors + config (method full)
+    lineage/N/         copies of the adapters of earlier fine-tunes it builds on (models.lineage)
     tokenizer files    tokenizer.json, tokenizer_config.json, chat_template.jinja
     config.yaml        the resolved training config
-    manifest.json      base model and its hash, data hashes and counts, labels, prompt template,
-                       library versions, seed, metrics, training time, provenance (who started the
-                       run: null from the CLI, {"job": ID, ...} from a `tunesmith serve` job)
+    manifest.json      base model and its hash, lineage (earlier fine-tunes it builds on, oldest
+                       first), data hashes and counts, labels, prompt template, library versions,
+                       seed, metrics, training time, provenance (who started the run: null from
+                       the CLI, {"job": ID, ...} from a `tunesmith serve` job)
     metrics.jsonl      the training history, one line per step
     loss.png           training and validation loss
     fewshot.jsonl      a seeded, label-balanced sample of training examples for the few-shot baseline
@@ -31,6 +33,7 @@ from tunesmith.data.check import DataReport
 from tunesmith.data.render import CLASSIFY_TEMPLATE
 from tunesmith.evaluation.systems import POOL_FILE, pool_records
 from tunesmith.models.base import EMBEDDED, weights_hash
+from tunesmith.models.lineage import StartingPoint
 from tunesmith.registry import store
 
 
@@ -52,13 +55,15 @@ def library_versions() -> dict:
     return versions
 
 
-def write_version(name: str, model, tokenizer, config: TrainConfig, report: DataReport, base_path: Path,
+def write_version(name: str, model, tokenizer, config: TrainConfig, report: DataReport, start: StartingPoint,
                   loop, comparison: dict, wall_seconds: float, run_dir: Path,
                   shot_pool: list | None = None, provenance: dict | None = None) -> store.ModelVersion:
     staging = store.staging_dir()
     try:
-        weights = staging / ("adapter" if config.method == "lora" else "model")
+        weights = staging / ("adapter" if config.uses_adapter else "model")
         model.save_pretrained(weights)
+        lineage = _copy_lineage(start, staging) if config.uses_adapter else [
+            ancestor.manifest_entry(None) for ancestor in start.lineage]  # all weights are in model/
         tokenizer.save_pretrained(staging)
         (staging / "config.yaml").write_text(config.to_yaml())
         shutil.copy(run_dir / "metrics.jsonl", staging / "metrics.jsonl")
@@ -73,11 +78,12 @@ def write_version(name: str, model, tokenizer, config: TrainConfig, report: Data
             "task": config.task,
             "method": config.method,
             "base": {
-                "name": config.base,
-                "path": str(base_path),
-                "sha256": weights_hash(base_path),
-                "embedded": config.base in EMBEDDED,
+                "name": start.base_name,
+                "path": str(start.weights),
+                "sha256": weights_hash(start.weights),
+                "embedded": start.base_name in EMBEDDED,
             },
+            "lineage": lineage,
             "data": {
                 "train": _data_entry(config.data, len(report.train.examples)),
                 "val": _data_entry(config.val_data, len(report.val.examples)) if report.val else None,
@@ -108,6 +114,19 @@ def write_version(name: str, model, tokenizer, config: TrainConfig, report: Data
         return store.publish(name, staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone after a successful rename anyway
+
+
+def _copy_lineage(start: StartingPoint, staging: Path) -> list[dict]:
+    """Manifest entries for the ancestors, with a copy of each adapter the new one sits on."""
+    needed = set(start.adapters)
+    entries = []
+    for index, ancestor in enumerate(start.lineage):
+        copied = None
+        if ancestor.adapter in needed:
+            copied = f"lineage/{index}"
+            shutil.copytree(ancestor.adapter, staging / copied)
+        entries.append(ancestor.manifest_entry(copied))
+    return entries
 
 
 def _data_entry(path: Path | None, rows: int) -> dict | None:

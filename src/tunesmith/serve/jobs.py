@@ -55,7 +55,8 @@ class Method(BaseModel):
 class JobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="Base model to fine-tune (see `tunesmith base list`).")
+    model: str = Field(description="Model to fine-tune: a base model (see `tunesmith base list`) or a "
+                       "fine-tuned model of this server (NAME:VERSION), to build on.")
     training_file: str = Field(description="Id of an uploaded file with purpose fine-tune.")
     validation_file: str | None = Field(None, description="Id of an uploaded file; else a split is held out.")
     hyperparameters: Hyperparameters | None = None
@@ -81,7 +82,8 @@ def create_job(request: Request, body: JobRequest) -> dict:
             raise not_found("file", file_id, param=param)
     job_id = new_id("ftjob")
     tag = job_id.split("-", 1)[1][:8]
-    registry_name = f"{body.suffix}-{tag}" if body.suffix else f"{body.model}-ft-{tag}"
+    # NAME:VERSION of a registry model -> NAME (a registry name has no ":"), cut to leave room for the tag.
+    registry_name = f"{body.suffix}-{tag}" if body.suffix else f"{body.model.split(':')[0][:48]}-ft-{tag}"
     seed = body.seed if body.seed is not None else random.randrange(2**31)
     store.create_job(job_id, body.model, body.training_file, body.validation_file, body.suffix, seed,
                      hyperparameters, registry_name, body.metadata)
@@ -177,13 +179,12 @@ def _check_model(model: str) -> None:
             raise APIError(400, str(problem), param="model") from None
         return
     try:
-        fine_tuned = bool(registry.versions(registry.parse_ref(model)[0]))
+        registry.get(model)
+        return  # a registry fine-tune: the job builds on it, and the new version records the lineage
     except TunesmithError:
-        fine_tuned = False
-    if fine_tuned:
-        raise APIError(400, f"{model!r} is a fine-tuned model; fine-tuning it again is not supported yet. "
-                       f"Fine-tune a base model: {', '.join(EMBEDDED)}", param="model")
-    raise APIError(404, f"The model {model!r} does not exist or cannot be fine-tuned here; base models: "
+        pass
+    raise APIError(404, f"The model {model!r} does not exist or cannot be fine-tuned here; give a fine-tuned model "
+                   "from GET /v1/models or a base model: "
                    f"{', '.join(EMBEDDED)}", param="model", code="model_not_found")
 
 

@@ -73,6 +73,8 @@ def _fused_forward(module):
     lora_a, lora_b, scaling = module.lora_A[name].weight, module.lora_B[name].weight, module.scaling[name]
 
     def forward(x, *args, **kwargs):
+        if module.disable_adapters:  # switched off while patched: DPO's reference model
+            return base(x)
         return _LoraLinearFunction.apply(x, base.weight, base.bias, lora_a, lora_b, scaling)
 
     return forward

@@ -1,9 +1,9 @@
 """The training loop: explicit and readable, one optimizer step at a time.
 
     for each epoch:        rows in a seeded, length-grouped order (batching.epoch_order)
-      for each step:       micro-batches, gradients summed, loss normalised by the step's
-                           target-token count (so accumulation equals one big batch)
-                           clip, AdamW, warm-up + cosine schedule
+      for each step:       the objective's micro-batches, gradients summed (supervised: loss
+                           normalised by the step's target-token count, so accumulation equals one
+                           big batch; DPO: training.dpo), clip, AdamW, warm-up + cosine schedule
         every eval_every:  validation loss; keep the best weights; early stopping
         every checkpoint_every (and on Ctrl-C): an atomic checkpoint
 
@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -94,6 +95,26 @@ def train_step(model, rows: list[Row], micro_batch_size: int, pad_id: int) -> tu
     return total / n_target, sum(len(row) for row in rows)
 
 
+class Objective(Protocol):
+    """What the loop optimises: one step's gradients, and the figures of a validation pass."""
+
+    def step(self, model, rows: list, micro_batch_size: int, pad_id: int) -> tuple[float, int, dict]:
+        """Accumulate the step's gradients; (loss, tokens processed, extra figures to log)."""
+
+    def validate(self, model, rows: list, pad_id: int, batch_size: int) -> dict:
+        """Figures on the validation rows; ``val_loss`` decides the best weights and early stopping."""
+
+
+class SupervisedObjective:
+    """Next-token loss on the answer tokens (LoRA and full fine-tuning)."""
+
+    def step(self, model, rows: list[Row], micro_batch_size: int, pad_id: int) -> tuple[float, int, dict]:
+        return (*train_step(model, rows, micro_batch_size, pad_id), {})
+
+    def validate(self, model, rows: list[Row], pad_id: int, batch_size: int) -> dict:
+        return {"val_loss": answer_loss(model, rows, pad_id, batch_size)["loss"]}
+
+
 class _StopFlag:
     """First Ctrl-C asks the loop to checkpoint and stop after the current step; a second one aborts."""
 
@@ -113,9 +134,12 @@ class _StopFlag:
         signal.signal(signal.SIGINT, self._previous)
 
 
-def train_loop(model, config: TrainConfig, train_rows: list[Row], val_rows: list[Row], pad_id: int,
-               run_dir: Path, resume: bool = False, log=print, hooks: TrainHooks | None = None) -> LoopResult:
+def train_loop(model, config: TrainConfig, train_rows: list, val_rows: list, pad_id: int,
+               run_dir: Path, resume: bool = False, log=print, hooks: TrainHooks | None = None,
+               objective: Objective | None = None) -> LoopResult:
+    """``objective``: supervised by default; rows are whatever it takes (``Row``, or ``PairRow`` for DPO)."""
     hooks = hooks or TrainHooks()
+    objective = objective or SupervisedObjective()
     per_epoch = steps_per_epoch(len(train_rows), config.batch_size)
     total_steps = per_epoch * config.epochs
     # Rounded up, so the fourth pass of an epoch lands on its last step rather than one step before it.
@@ -163,7 +187,7 @@ def train_loop(model, config: TrainConfig, train_rows: list[Row], val_rows: list
                     break
                 started = time.perf_counter()
                 rows = [train_rows[i] for i in order[state["step_in_epoch"]]]
-                loss, tokens = train_step(model, rows, config.micro_batch_size, pad_id)
+                loss, tokens, figures = objective.step(model, rows, config.micro_batch_size, pad_id)
                 grad_norm = None
                 if config.grad_clip:
                     grad_norm = torch.nn.utils.clip_grad_norm_(
@@ -179,15 +203,17 @@ def train_loop(model, config: TrainConfig, train_rows: list[Row], val_rows: list
                 state["tokens"] += tokens
                 step = state["global_step"]
                 entry = {"step": step, "epoch": state["epoch"] + state["step_in_epoch"] / len(order),
-                         "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens / seconds}
+                         "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens / seconds, **figures}
                 if val_rows and (step % eval_every == 0 or step == total_steps):
-                    entry["val_loss"] = answer_loss(model, val_rows, pad_id, config.micro_batch_size)["loss"]
+                    entry.update(objective.validate(model, val_rows, pad_id, config.micro_batch_size))
                     best = _track_best(state, entry["val_loss"], step, model, best)
                     if config.early_stopping_patience and state["bad_evals"] >= config.early_stopping_patience:
                         state["stopped_early"] = True
                 record(entry)
                 progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / seconds:.0f}",
-                                     **({"val": f"{entry['val_loss']:.4f}"} if "val_loss" in entry else {}))
+                                     **({"val": f"{entry['val_loss']:.4f}"} if "val_loss" in entry else {}),
+                                     **({"pref_acc": f"{entry['val_preference_accuracy']:.2f}"}
+                                        if "val_preference_accuracy" in entry else {}))
                 progress.update(1)
                 if step % config.checkpoint_every == 0 or state["stopped_early"]:
                     save()

@@ -1,9 +1,10 @@
 """``tunesmith train``: check the data, fine-tune, compare with the base model, publish a version.
 
     data check (structure)  -> refuse bad data before any model is loaded
-    base model + tokenizer  -> full data check (render, lengths, truncation), defaults resolved
+    starting model          -> a base, or a registry fine-tune to build on (models.lineage)
+      + tokenizer           -> full data check (render, lengths, truncation), defaults resolved
     split + rows            -> base model evaluated on the validation split
-    training loop           -> checkpoints in $TUNESMITH_HOME/runs/NAME (resumable)
+    training loop           -> supervised or DPO objective; checkpoints in $TUNESMITH_HOME/runs/NAME
     fine-tuned evaluated    -> comparison printed, version published atomically to the registry
 """
 
@@ -27,13 +28,14 @@ from tunesmith.errors import DataError, TunesmithError
 from tunesmith.evaluation.compare import comparison_table, helped
 from tunesmith.evaluation.measure import EvalOptions, measure
 from tunesmith.evaluation.systems import System, pick_shots, same_model_systems
-from tunesmith.models.base import resolve_base
-from tunesmith.models.load import add_lora, count_parameters, load_model, load_tokenizer
+from tunesmith.models.lineage import load_start, resolve_start
+from tunesmith.models.load import add_lora, count_parameters, load_tokenizer
 from tunesmith.registry import store
 from tunesmith.registry.publish import file_sha256, write_version
 from tunesmith.training import defaults
 from tunesmith.training.checkpoint import atomic_write_text, latest_checkpoint
-from tunesmith.training.loop import LoopResult, TrainHooks, train_loop
+from tunesmith.training.dpo import DPOObjective
+from tunesmith.training.loop import LoopResult, SupervisedObjective, TrainHooks, train_loop
 
 
 @dataclass
@@ -76,8 +78,10 @@ def train(config: TrainConfig | None = None, resume: str | None = None, console:
         raise TunesmithError(f"{config.data} changed since the run started; resuming would not give the "
                              "same model. Restore the file, or delete the run folder and train again")
 
-    base_path = resolve_base(config.base)
-    tokenizer = load_tokenizer(base_path)
+    _check_method(config, structure.task)
+    start = resolve_start(config.base)
+    config = config.model_copy(update={"base": start.spec})  # NAME -> NAME:VERSION: a resume builds on the same
+    tokenizer = load_tokenizer(start.tokenizer)
     report = check_data(config.data, config.task, tokenizer, config.max_length, config.val_data,
                         config.labels, config.system_prompt)
     if not report.ok:
@@ -101,21 +105,23 @@ def train(config: TrainConfig | None = None, resume: str | None = None, console:
     torch.manual_seed(config.seed)
     # bf16 weights only where nothing is learnt in them: the frozen base under LoRA. Full
     # fine-tuning keeps fp32 masters and computes in bf16 under autocast (training.kernels).
-    bf16_weights = config.precision == "bf16" and config.method == "lora"
-    model = load_model(base_path, dtype=torch.bfloat16 if bf16_weights else torch.float32)
-    if config.method == "lora":
+    bf16_weights = config.precision == "bf16" and config.uses_adapter
+    model = load_start(start, dtype=torch.bfloat16 if bf16_weights else torch.float32)
+    if config.uses_adapter:
         model = add_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_targets)
     trainable, total = count_parameters(model)
+    built_on = f" on {start.parent}" if start.parent else ""
     console.print(f"[bold]{name}[/]: {report.task} · {len(train_rows)} train / {len(val_rows)} validation rows · "
-                  f"{config.method} ({trainable / 1e6:.2f}M of {total / 1e6:.1f}M parameters trained) · "
+                  f"{config.method}{built_on} ({trainable / 1e6:.2f}M of {total / 1e6:.1f}M parameters trained) · "
                   f"{config.epochs} epoch(s), lr {config.lr:g}, batch {config.batch_size}, "
                   f"max_length {config.max_length}, {config.precision}")
 
-    evaluation = _ValidationComparison(model, tokenizer, config, splits, val_rows)
+    evaluation = _ValidationComparison(model, tokenizer, config, splits, val_rows, start.parent)
     baselines = evaluation.baselines(run_dir)
     started = time.time()
+    objective = DPOObjective(config.beta) if config.method == "dpo" else SupervisedObjective()
     loop = train_loop(model, config, train_rows, val_rows, tokenizer.pad_token_id, run_dir,
-                      resume=resume is not None, log=console.print, hooks=hooks)
+                      resume=resume is not None, log=console.print, hooks=hooks, objective=objective)
     if loop.interrupted:
         console.print(f"[yellow]Stopped at step {loop.steps}/{loop.total_steps}; checkpoint saved. "
                       f"Continue with:  tunesmith train --resume {name}[/]")
@@ -125,13 +131,22 @@ def train(config: TrainConfig | None = None, resume: str | None = None, console:
     if len(results) > 1:
         console.print(comparison_table(config.task, results, f"{name} on {len(val_rows)} validation rows"))
     comparison = {**results, "helped": helped(config.task, results)}
-    version = write_version(name, model, tokenizer, config, report, base_path, loop, comparison,
+    version = write_version(name, model, tokenizer, config, report, start, loop, comparison,
                             wall_seconds=time.time() - started, run_dir=run_dir,
                             shot_pool=splits.train_examples, provenance=provenance)
     shutil.rmtree(run_dir, ignore_errors=True)
     console.print(f"Saved [bold]{version.ref}[/] to {version.path}")
     return TrainResult(version, loop, results.get("base", {}), results.get("fine_tuned", {}), run_dir,
                        comparison)
+
+
+def _check_method(config: TrainConfig, task: str) -> None:
+    if config.method == "dpo" and task != "preference":
+        raise TunesmithError(f"{config.data}: --method dpo trains on preference pairs "
+                             '{"prompt": ..., "chosen": ..., "rejected": ...}; this file is ' + f"{task} data")
+    if task == "preference" and config.method != "dpo":
+        raise TunesmithError(f"{config.data} holds preference pairs: train them with --method dpo "
+                             "(optionally --base an earlier fine-tune to improve)")
 
 
 def _config_for_resume(name: str) -> TrainConfig:
@@ -148,16 +163,18 @@ class _ValidationComparison:
     LATENCY_SAMPLES = 4  # a rough median that keeps the closing comparison short; `tunesmith eval` times 16
     MAX_NEW_TOKENS = 64
 
-    def __init__(self, model, tokenizer, config: TrainConfig, splits, val_rows):
+    def __init__(self, model, tokenizer, config: TrainConfig, splits, val_rows, parent: str | None = None):
         self.tokenizer, self.config, self.val_rows = tokenizer, config, val_rows
         self.examples = splits.val_examples
         # Generation is capped so the closing comparison stays short on a CPU; `tunesmith eval` generates
         # up to 1.5x the longest reference.
         self.options = EvalOptions(latency_samples=self.LATENCY_SAMPLES, max_new_tokens=self.MAX_NEW_TOKENS,
                                    seed=config.seed)
-        self.shots = [] if config.task == "text" else pick_shots(splits.train_examples, self.options.shots,
-                                                                 config.seed)
-        self.systems = same_model_systems(model, self.shots, lora=config.method == "lora")
+        # Few-shot stands for prompt engineering a base model; built on a fine-tune, the adapter-off
+        # model is that fine-tune (the "parent"), not a base to prompt.
+        no_shots = config.task == "text" or parent is not None
+        self.shots = [] if no_shots else pick_shots(splits.train_examples, self.options.shots, config.seed)
+        self.systems = same_model_systems(model, self.shots, lora=config.uses_adapter, parent=parent)
 
     def baselines(self, run_dir: Path) -> dict:
         cached = run_dir / "baselines.json"
