@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from tunesmith.data.render import classify_prompt, render_prompt
+from tunesmith.data.render import CLASSIFY_TEMPLATE, classify_prompt, render_prompt
 from tunesmith.models.base import EMBEDDED, is_model_folder, resolve_base
 from tunesmith.models.lineage import in_registry, load_start, version_start
 from tunesmith.models.load import load_adapter, load_model, load_tokenizer
@@ -38,7 +38,7 @@ class LoadedModel:
         if self.task == "classify":
             # A client that already sends the instruction (`data generate` asking this model as a teacher)
             # is not wrapped twice.
-            instruction = classify_prompt("", self.labels)
+            instruction = CLASSIFY_TEMPLATE.split("{labels}")[0]  # whatever the order of the labels sent
             messages = [{**m, "content": classify_prompt(m["content"], self.labels)}
                         if m["role"] == "user" and not m["content"].startswith(instruction) else m for m in messages]
         if self.system_prompt and not any(m["role"] == "system" for m in messages):

@@ -127,3 +127,5 @@ def test_a_classifier_wraps_user_text_in_its_instruction_once():
     plain = loaded.conversation([{"role": "user", "content": "The soup was cold."}])
     assert plain == [{"role": "user", "content": classify_prompt("The soup was cold.", ["negative", "positive"])}]
     assert loaded.conversation(plain) == plain  # already wrapped (a distillation client): left as it is
+    other_order = [{"role": "user", "content": classify_prompt("The soup was cold.", ["positive", "negative"])}]
+    assert loaded.conversation(other_order) == other_order
