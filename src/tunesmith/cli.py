@@ -358,10 +358,10 @@ def cmd_curve(args) -> int:
 
 def _save(figures: dict, json_path: Path | None, report_path: Path | None, write_report) -> None:
     """--json (written atomically) and --report."""
+    from tunesmith.durable import atomic_write_text
+
     if json_path:
-        tmp = json_path.with_name(json_path.name + ".tmp")
-        tmp.write_text(json.dumps(figures, indent=2))
-        tmp.replace(json_path)
+        atomic_write_text(json_path, json.dumps(figures, indent=2))
     if report_path:
         write_report(figures, report_path)
         err.print(f"report: {report_path}")

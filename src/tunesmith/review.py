@@ -14,13 +14,13 @@ its file:line, since appending to a file ``data from-corrections`` will refuse h
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.data.corrections import (Correction, Prompt, Verdict, fsync_dir, parse_correction, parse_prompt,
-                                        prompt_key, prompt_messages)
+from tunesmith.data.corrections import (Correction, Prompt, Verdict, parse_correction, parse_prompt, prompt_key,
+                                        prompt_messages)
 from tunesmith.data.formats import Issue, read_json_objects
+from tunesmith.durable import append_line, repair_tail
 from tunesmith.errors import DataError, TunesmithError
 
 PROMPT_LINE_SHAPE = '{"prompt": "..."} or {"messages": [..., {"role": "user", "content": "..."}]}'
@@ -141,51 +141,14 @@ def reviewed_keys(path: Path, warnings: list[Issue]) -> set[str]:
     return keys
 
 
-def append_line(path: Path, text: str) -> None:
-    """Append ``text`` and a newline as one write, then flush it to disk. A crash can at worst leave
-    this line incomplete at the end of the file, which ``_repair_tail`` drops on the next start."""
-    data = (text + "\n").encode("utf-8")
-    created = not path.exists()
-    if created:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        view = memoryview(data)
-        while view:  # a regular file takes it in one write; loop in case it does not
-            view = view[os.write(descriptor, view):]
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-    if created:  # the new file's name must survive a power cut too
-        fsync_dir(path.parent)
-
-
 def _repair_tail(path: Path, warnings: list[Issue]) -> None:
-    """A file that does not end with a newline: an incomplete last line (a crash mid-write) is cut
-    off with a warning; a complete one (saved by an editor without the final newline) gets its newline
-    so the next review starts on a line of its own."""
-    data = path.read_bytes()
-    if not data or data.endswith(b"\n"):
-        return
-    start = data.rfind(b"\n") + 1
-    tail = data[start:]
-    try:
-        json.loads(tail.decode("utf-8"))
-        complete = True
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        complete = False
-    if complete:
-        append_line(path, "")
-        return
-    line = data[:start].count(b"\n") + 1
-    preview = tail[:60].decode("utf-8", errors="replace")
-    with open(path, "r+b") as handle:
-        handle.truncate(start)
-        handle.flush()
-        os.fsync(handle.fileno())
-    warnings.append(Issue("warning", str(path), line, None,
-                          f"dropped an incomplete last line ({len(tail)} bytes: {preview!r}...)",
-                          "an earlier review was interrupted while writing; that prompt will be asked again"))
+    dropped = repair_tail(path)
+    if dropped is not None:
+        line, tail = dropped
+        preview = tail[:60].decode("utf-8", errors="replace")
+        warnings.append(Issue("warning", str(path), line, None,
+                              f"dropped an incomplete last line ({len(tail)} bytes: {preview!r}...)",
+                              "an earlier review was interrupted while writing; that prompt will be asked again"))
 
 
 def _raise_errors(path: Path, issues: list[Issue], hint: str) -> None:

@@ -23,12 +23,12 @@ review never records a line that ``data from-corrections`` would refuse.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Union
 
 from tunesmith.data.formats import Issue, check_prompt_messages, read_json_objects
+from tunesmith.durable import atomic_write_text, fsync_dir
 from tunesmith.errors import DataError
 
 Verdict = Literal["good", "bad"]
@@ -256,44 +256,18 @@ def preference_pair(record: Correction) -> dict:
 
 def write_outputs(result: CorrectionsResult, out_dir: Path) -> dict[Path, int]:
     """Write ``sft.jsonl`` and (when there are bad answers) ``pairs.jsonl`` into ``out_dir``; returns
-    {path: rows}. Both are written to temporary files first and renamed only when both are complete,
-    so a crash or a full disk leaves the previous outputs (or none), never half of one."""
+    {path: rows}. Each is written to a temporary file and renamed into place, so a crash or a full
+    disk leaves the previous output (or none), never half of one."""
     if result.errors:
         raise DataError(f"{result.path} has {len(result.errors)} error(s); nothing written")
     outputs = {out_dir / SFT_FILE: result.sft}
     if result.pairs:
         outputs[out_dir / PAIRS_FILE] = result.pairs
     out_dir.mkdir(parents=True, exist_ok=True)
-    staged: list[tuple[Path, Path]] = []
-    try:
-        for path, rows in outputs.items():
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            staged.append((tmp, path))
-            with open(tmp, "w", encoding="utf-8") as handle:
-                handle.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-                handle.flush()
-                os.fsync(handle.fileno())
-        for tmp, path in staged:
-            os.replace(tmp, path)
-    finally:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
+    for path, rows in outputs.items():
+        atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     fsync_dir(out_dir)
     return {path: len(rows) for path, rows in outputs.items()}
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make renames in ``folder`` durable (POSIX; Windows cannot open a directory)."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 def summary(result: CorrectionsResult, written: dict[Path, int], out_dir: Path) -> list[str]:

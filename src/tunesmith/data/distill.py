@@ -13,7 +13,6 @@ The teacher is any OpenAI-compatible chat API (tunesmith.openai_client).
 from __future__ import annotations
 
 import json
-import os
 import queue
 import threading
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from tunesmith.data.formats import Issue, check_prompt_messages
 from tunesmith.data.render import classify_prompt
+from tunesmith.durable import append_line, repair_tail
 from tunesmith.errors import DataError, TunesmithError
 from tunesmith.openai_client import Reply, Teacher, TeacherUnavailable
 
@@ -236,6 +236,8 @@ def _ask_all(pending: list[Input], teacher: Teacher, task: str, labels: list[str
             try:
                 answers.put((item, teacher.chat(item.messages), None))
             except Exception as error:  # noqa: BLE001 - the main thread reports every failure
+                if not isinstance(error, TeacherUnavailable):
+                    teacher.stopped.set()  # a refusal: the next input would get one too; ask no more
                 answers.put((item, None, error))
 
     # Daemon threads: on Ctrl-C the process exits without waiting for requests already on the wire.
@@ -293,15 +295,7 @@ def _keep(item: Input, reply: Reply, task: str, labels: list[str] | None, summar
 
 
 def _append(path: Path, record: dict) -> None:
-    """One line in one write, synced: a crash leaves whole lines, at most a torn last one."""
-    data = (json.dumps(record, ensure_ascii=False) + "\n").encode()
-    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        while data:
-            data = data[os.write(descriptor, data):]
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    append_line(path, json.dumps(record, ensure_ascii=False))  # whole lines only, synced (tunesmith.durable)
 
 
 def done_keys(path: Path, console=None) -> set[str]:
@@ -309,21 +303,10 @@ def done_keys(path: Path, console=None) -> set[str]:
     cut off when it is not complete JSON (a crash mid-write), so the next append starts a fresh line."""
     if not Path(path).is_file():
         return set()
+    if repair_tail(path) is not None and console is not None:
+        console.print(f"warning: {path}: dropped a torn last line (a run stopped mid-write); "
+                      "that input is asked again", style="yellow", highlight=False, markup=False)
     data = Path(path).read_bytes()
-    cut = data.rfind(b"\n") + 1
-    if data[cut:].strip():
-        try:
-            json.loads(data[cut:])
-            ending = b"\n"  # complete, only its newline missing (a file written by hand)
-        except ValueError:
-            ending, data = b"", data[:cut]
-            with open(path, "r+b") as handle:
-                handle.truncate(cut)
-            if console is not None:
-                console.print(f"warning: {path}: dropped a torn last line (a run stopped mid-write); "
-                              "that input is asked again", style="yellow", highlight=False, markup=False)
-        with open(path, "ab") as handle:
-            handle.write(ending)
     keys = set()
     for number, raw in enumerate(data.decode("utf-8", "replace").split("\n"), start=1):
         if raw.strip():

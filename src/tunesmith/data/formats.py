@@ -71,11 +71,14 @@ class Example:
     rejected: str | None = None
 
     def key(self) -> str:
-        """Identity used for duplicate and overlap detection (a pair: its prompt, so that the same
-        question in training and validation counts as overlap whatever the answers)."""
+        """Identity used for duplicate and overlap detection (a pair: its prompt and both answers, since
+        one prompt with several reviewed answers is normal)."""
         if self.text is not None:  # raw text and classification: the text itself
             return self.text.strip()
-        return json.dumps([(m["role"], m["content"].strip()) for m in self.messages])
+        turns = [(m["role"], m["content"].strip()) for m in self.messages]
+        if self.chosen is not None:
+            turns += [("chosen", self.chosen.strip()), ("rejected", (self.rejected or "").strip())]
+        return json.dumps(turns)
 
 
 @dataclass

@@ -125,20 +125,19 @@ def _generation(system, tokenizer, examples, system_prompt, options):
 
 
 def _preference(system, tokenizer, examples, system_prompt):
-    rows = []
+    rows, prompts = [], []
     for example in examples:
         chosen = conversation(example, None, system_prompt, system.shots)
         for messages in (chosen, with_answer(chosen, example.rejected)):
             rendered = render_messages(tokenizer, messages)  # not cut: shots make the prompt long
             rows.append(Row(rendered.input_ids, rendered.labels, list(range(len(rendered.input_ids)))))
+        prompts.append(_prompt_ids(tokenizer, chosen[:-1]))
     log_likelihoods = sequence_log_likelihoods(system.model, rows, tokenizer.pad_token_id)
     margins = (log_likelihoods[0::2] - log_likelihoods[1::2]).tolist()
     preferred = [float(margin > 0) for margin in margins]
     metrics = {"preference_accuracy": statistics.fmean(preferred), "preference_margin": statistics.fmean(margins),
                "n": len(examples)}
     measured = Measured(metrics, ["chosen" if p else "rejected" for p in preferred], preferred)
-    prompts = [_prompt_ids(tokenizer, split_answer(conversation(e, None, system_prompt, system.shots))[0])
-               for e in examples]
     return measured, prompts, auto_max_new_tokens(tokenizer, [e.chosen for e in examples])
 
 

@@ -8,10 +8,10 @@ import base64
 import html
 import io
 import math
-import os
 from collections import defaultdict
 from pathlib import Path
 
+from tunesmith.durable import atomic_write_text
 from tunesmith.evaluation.compare import HIGHER_IS_BETTER, PERCENT, REFERENCES
 from tunesmith.evaluation.systems import DISPLAY, display_name
 
@@ -289,10 +289,8 @@ def render_curve_report(curve: dict) -> str:
 
 def _write(text: str, path: Path) -> None:
     # Write then rename, so a reader (or a browser auto-refresh) never sees a half-written page.
-    tmp = Path(path).with_suffix(".html.tmp")
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(path), text)
 
 
 def write_eval_report(figures: dict, path: Path) -> None:

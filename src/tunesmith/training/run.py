@@ -24,6 +24,7 @@ from tunesmith import paths
 from tunesmith.config import TrainConfig, load_config
 from tunesmith.data.check import DataReport, check_data, check_structure
 from tunesmith.data.prepare import build_rows, split
+from tunesmith.durable import atomic_write_text
 from tunesmith.errors import DataError, TunesmithError
 from tunesmith.evaluation.compare import comparison_table, helped
 from tunesmith.evaluation.measure import EvalOptions, measure
@@ -33,7 +34,7 @@ from tunesmith.models.load import add_lora, count_parameters, load_tokenizer
 from tunesmith.registry import store
 from tunesmith.registry.publish import file_sha256, write_version
 from tunesmith.training import defaults
-from tunesmith.training.checkpoint import atomic_write_text, latest_checkpoint
+from tunesmith.training.checkpoint import latest_checkpoint
 from tunesmith.training.dpo import DPOObjective
 from tunesmith.training.loop import LoopResult, SupervisedObjective, TrainHooks, train_loop
 
