@@ -65,8 +65,8 @@ def main() -> None:
     write_section("eval-quality", f"""
 ## Fine-tuning against the baselines on real data (`bench/eval_quality.py`)
 
-Command: `python bench/eval_quality.py` · embedded smollm2-135m, default settings (data-chosen defaults) ·
-{machine()} · one run each.
+Command: `python bench/eval_quality.py` · embedded smollm2-135m, default settings (data-chosen defaults;
+trained in {config['precision']}, evaluated in {sentiment['precision']}) · {machine()} · one run each.
 
 **sentiment-movie** (train 1000 → {config['epochs']} epochs, lr {config['lr']}, LoRA rank {config['lora_rank']},
 batch {config['batch_size']}, {sentiment_manifest['training']['steps']} steps, best step

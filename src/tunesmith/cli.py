@@ -37,6 +37,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _precision_option(parser: argparse.ArgumentParser, training: bool = False) -> None:
+    default = ("bf16 on a GPU with bf16 or a CPU with AMX, else fp32" if training else
+               "bf16 on a GPU with bf16, else fp32; on a CPU with AMX, bf16 makes eval faster but moves scores "
+               "slightly")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                        help=f"compute precision (default auto: {default})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tunesmith", description=(
         "Fine-tune small language models on your own data, on your own machine, and prove that it helped."))
@@ -101,8 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int)
     train.add_argument("--max-length", type=int)
     train.add_argument("--lora-rank", type=int)
-    train.add_argument("--precision", choices=["auto", "fp32", "bf16"],
-                       help="compute precision (default auto: bf16 where the hardware has it natively)")
+    _precision_option(train, training=True)
     train.add_argument("--seed", type=int)
     train.add_argument("-c", "--config", type=Path, help="YAML config; flags override its keys")
     train.add_argument("--resume", metavar="NAME", help="continue an interrupted run")
@@ -123,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="generation cap for chat/completion (default: 1.5x the longest reference)")
     evaluate.add_argument("--prices", type=Path, metavar="FILE",
                           help="YAML/JSON price overrides for break-even (cpu_core_hour_usd, gpu_hour_usd)")
+    _precision_option(evaluate)
     evaluate.add_argument("--json", type=Path, metavar="OUT", help="write every figure as JSON")
     evaluate.add_argument("--report", type=Path, metavar="OUT.html", help="write a self-contained HTML report")
     evaluate.add_argument("--teacher-url", metavar="URL", help="also measure a teacher behind this OpenAI-compatible "
@@ -153,12 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("prompt")
     generate.add_argument("--max-tokens", type=int, default=128)
     generate.add_argument("--temperature", type=float, default=0.0)
+    _precision_option(generate)
     generate.set_defaults(handler=cmd_generate)
 
     chat = commands.add_parser("chat", help="talk to a model interactively")
     chat.add_argument("model")
     chat.add_argument("--max-tokens", type=int, default=256)
     chat.add_argument("--temperature", type=float, default=0.0)
+    _precision_option(chat)
     chat.set_defaults(handler=cmd_chat)
 
     from tunesmith.review_terminal import HELP as REVIEW_KEYS
@@ -196,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-upload-mb", type=float, default=100, help="largest accepted upload (default 100)")
     serve.add_argument("--model-memory-gb", type=float, default=3,
                        help="memory for loaded models; the least recently used is evicted beyond it (default 3)")
+    _precision_option(serve)
     serve.add_argument("--no-worker", action="store_true",
                        help="serve only: queue fine-tuning jobs without running them here")
     serve.set_defaults(handler=cmd_serve)
@@ -290,7 +301,7 @@ def cmd_eval(args) -> int:
 
     baselines = tuple(b.strip().replace("-", "_") for b in args.baselines.split(",") if b.strip() != "none")
     options = EvalOptions(shots=args.shots, latency_samples=args.latency_samples,
-                          max_new_tokens=args.max_new_tokens)
+                          max_new_tokens=args.max_new_tokens, precision=args.precision or "auto")
     prices = load_prices(args.prices) if args.prices else None
     teacher, size = _eval_teacher(args)
     figures = evaluate(args.model, args.data, baselines, options, args.shots_from, prices, console=err,
@@ -370,7 +381,7 @@ def _save(figures: dict, json_path: Path | None, report_path: Path | None, write
 def cmd_generate(args) -> int:
     from tunesmith.inference import generate, load
 
-    loaded = load(args.model)
+    loaded = load(args.model, precision=args.precision or "auto")
     print(generate(loaded, args.prompt, max_tokens=args.max_tokens, temperature=args.temperature))
     return 0
 
@@ -380,7 +391,7 @@ def cmd_chat(args) -> int:
 
     from tunesmith.inference import generate, load
 
-    loaded = load(args.model)
+    loaded = load(args.model, precision=args.precision or "auto")
     err.print(f"Chatting with {loaded.ref} ({loaded.task}). Empty line or Ctrl-D to quit, /reset to clear.")
     history: list[dict] = []
     streamer = TextStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -422,7 +433,8 @@ def cmd_serve(args) -> int:
 
     settings = ServeSettings(api_key=args.api_key or os.environ.get("TUNESMITH_API_KEY") or None,
                              max_upload_bytes=int(args.max_upload_mb * 2**20),
-                             model_memory_bytes=int(args.model_memory_gb * 2**30))
+                             model_memory_bytes=int(args.model_memory_gb * 2**30),
+                             precision=args.precision or "auto")
     serve(args.host, args.port, settings, worker_enabled=not args.no_worker)
     return 0
 

@@ -10,7 +10,7 @@ import torch
 from tunesmith.data.render import CLASSIFY_TEMPLATE, classify_prompt, render_prompt
 from tunesmith.models.base import EMBEDDED, is_model_folder, resolve_base
 from tunesmith.models.lineage import in_registry, load_start, version_start
-from tunesmith.models.load import load_adapter, load_model, load_tokenizer
+from tunesmith.models.load import load_adapter, load_model, load_tokenizer, precision_dtype
 from tunesmith.registry import store
 
 
@@ -46,29 +46,32 @@ class LoadedModel:
         return messages
 
 
-def load(ref: str, merge: bool = True) -> LoadedModel:
-    """A registry model (NAME or NAME:VERSION), a base model name, or a local model folder.
+def load(ref: str, merge: bool = True, precision: str = "auto") -> LoadedModel:
+    """A registry model (NAME or NAME:VERSION), a base model name, or a local model folder, with its
+    weights in ``precision`` (models.load.precision_dtype).
 
     A bare name in the registry wins over a folder of that name in the current directory: spell a
     folder as a path (``./NAME``) to load it."""
     if ref not in EMBEDDED and (in_registry(ref) or not is_model_folder(Path(ref).expanduser())):
-        return load_version(store.get(ref), merge)
+        return load_version(store.get(ref), merge, precision)
     base_path = resolve_base(ref)
-    return LoadedModel(ref=ref, model=load_model(base_path).eval(), tokenizer=load_tokenizer(base_path))
+    model = load_model(base_path, precision_dtype(precision)).eval()
+    return LoadedModel(ref=ref, model=model, tokenizer=load_tokenizer(base_path))
 
 
-def load_version(version: store.ModelVersion, merge: bool = True) -> LoadedModel:
+def load_version(version: store.ModelVersion, merge: bool = True, precision: str = "auto") -> LoadedModel:
     """One registry version with the base its manifest names. Unlike ``load`` nothing here reads a
     client's string as a folder path, which the API relies on."""
     manifest = version.manifest
     tokenizer = load_tokenizer(version.path)
+    dtype = precision_dtype(precision)
     if has_adapter(manifest):
         # The base, with any earlier fine-tunes it builds on merged in (models.lineage), then its adapter.
-        model = load_adapter(load_start(version_start(manifest, version.path)), version.path / "adapter")
+        model = load_adapter(load_start(version_start(manifest, version.path), dtype), version.path / "adapter")
         if merge:
             model = model.merge_and_unload()  # plain weights: faster generation
     else:
-        model = load_model(version.path / "model")
+        model = load_model(version.path / "model", dtype)
     # A DPO model answers like the chat model it was trained from.
     task = "chat" if manifest["task"] == "preference" else manifest["task"]
     return LoadedModel(ref=version.ref, model=model.eval(), tokenizer=tokenizer, task=task,

@@ -219,3 +219,20 @@ def test_precision_auto_resolves_from_the_hardware(monkeypatch):
 def test_precision_rejects_unknown_values():
     with pytest.raises(ValidationError):
         TrainConfig(data="x.jsonl", precision="fp16")
+
+
+def test_inference_precision_is_bf16_only_on_a_gpu_that_has_it(monkeypatch):
+    # (an AMX CPU, where training's auto is bf16, does not make inference bf16: only torch.cuda is asked)
+    import torch
+
+    from tunesmith.errors import TunesmithError
+    from tunesmith.models import load
+
+    for cuda, bf16, expected in ((True, True, torch.bfloat16), (True, False, torch.float32),
+                                 (False, False, torch.float32)):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda bf16=bf16: bf16)
+        assert load.precision_dtype("auto") == load.precision_dtype() == expected
+        assert load.precision_dtype("fp32") == torch.float32 and load.precision_dtype("bf16") == torch.bfloat16
+    with pytest.raises(TunesmithError, match="unknown precision 'fp16'"):
+        load.precision_dtype("fp16")

@@ -121,6 +121,17 @@ def test_eval_classify_shape(figures, tinycls):
     json.dumps(figures)  # the --json shape: plain JSON
 
 
+def test_eval_records_and_honours_its_precision(figures, tinycls, files):
+    from tunesmith.models.load import precision_dtype
+
+    assert figures["precision"] == ("bf16" if precision_dtype("auto") == torch.bfloat16 else "fp32")
+    bf16 = evaluate("tinycls", files["test"], baselines=(), options=EvalOptions(latency_samples=0, precision="bf16"))
+    assert bf16["precision"] == "bf16" and list(bf16["results"]) == ["fine_tuned"]
+    # the tiny classifier is confident: both precisions give it the same answers
+    assert [e["outputs"]["fine_tuned"] for e in bf16["examples"]] == [e["outputs"]["fine_tuned"]
+                                                                       for e in figures["examples"]]
+
+
 def test_eval_examples_and_diffs_agree(figures, files):
     examples = figures["examples"]
     test_rows = [json.loads(line) for line in files["test"].read_text().splitlines()]

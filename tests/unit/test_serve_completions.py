@@ -332,6 +332,14 @@ def test_pool_keeps_the_most_recently_used_within_its_bytes(served, tiny_model_d
     assert ModelPool(10 * size).get("tiny:1").ref == "tiny:1"
 
 
+def test_served_weights_are_in_the_precision_the_server_was_started_with(served):
+    from tunesmith.serve.app import ServeSettings, create_app
+
+    fp32, bf16 = (create_app(ServeSettings(precision=p)).state.pool.get("tiny:1").model for p in ("fp32", "bf16"))
+    assert fp32.dtype == torch.float32 and bf16.dtype == torch.bfloat16
+    assert model_bytes(bf16) < 0.55 * model_bytes(fp32)  # the pool's memory bound counts what is loaded
+
+
 def test_generation_thread_runs_jobs_in_order_and_cancels_a_closed_stream():
     thread = generation_thread.GenerationThread("test-generate")
     cancelled_seen = threading.Event()

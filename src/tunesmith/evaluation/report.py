@@ -235,7 +235,8 @@ def render_eval_report(figures: dict) -> str:
     names = {s: system_name(s, shots) for s in systems}  # ordered: the table's columns
     body = [_comparison(figures, results, names), _task_figures(figures, results, names),
             _cost(figures, results, names), _diffs(figures, names)]
-    return _page(f"Evaluation of {figures.get('model', 'model')}", figures, ["data", "n", "task", "created"], body)
+    return _page(f"Evaluation of {figures.get('model', 'model')}", figures,
+                 ["data", "n", "task", "precision", "created"], body)
 
 
 def plateau_size(points: list[dict], metric: str, higher_is_better: bool = True):

@@ -26,7 +26,7 @@ from tunesmith.evaluation.systems import (POOL_FILE, SYSTEM_ORDER, System, load_
                                         pick_shots, split_answer)
 from tunesmith.inference import LoadedModel, has_adapter, load
 from tunesmith.models.base import resolve_base
-from tunesmith.models.load import load_model
+from tunesmith.models.load import load_model, precision_dtype
 from tunesmith.openai_client import Teacher
 
 BASELINES = ("base", "few_shot")
@@ -48,7 +48,7 @@ def evaluate(ref: str, data: Path, baselines: tuple[str, ...] = BASELINES, optio
         raise TunesmithError(f"unknown baseline {sorted(unknown)[0].replace('_', '-')!r}; choose from {choices}, "
                              "or none")
     started = time.perf_counter()
-    loaded = load(ref, merge=False)
+    loaded = load(ref, merge=False, precision=options.precision)
     manifest = loaded.version.manifest if loaded.version else None
     max_length = manifest["config"]["max_length"] if manifest else DEFAULT_MAX_LENGTH
     # Classifiers and text models are measured on their own task; a chat-like model (chat,
@@ -70,7 +70,8 @@ def evaluate(ref: str, data: Path, baselines: tuple[str, ...] = BASELINES, optio
                                         options, teacher_parameters)
     pool = _shot_pool(loaded, shots_from) if "few_shot" in baselines and task != "text" else []
     shots = pick_shots(pool, options.shots, options.seed)
-    systems = _systems(loaded, manifest, shots, baselines)
+    dtype = precision_dtype(options.precision)
+    systems = _systems(loaded, manifest, shots, baselines, dtype)
     measured: dict[str, Measured] = {}
     for name, system in systems.items():
         with console.status(f"evaluating {name} on {len(examples)} examples"):
@@ -87,6 +88,7 @@ def evaluate(ref: str, data: Path, baselines: tuple[str, ...] = BASELINES, optio
     differences = diffs(examples_out, {name: m for name, m in measured.items() if name not in REFERENCES})
     return {
         "model": loaded.ref, "task": task, "data": str(data), "n": len(examples), "labels": labels,
+        "precision": "bf16" if dtype == torch.bfloat16 else "fp32",
         "primary": primary, "higher_is_better": higher_is_better, "systems": list(results),
         "results": results, "helped": helped(task, results),
         "break_even": _break_even(manifest, results, prices),
@@ -103,7 +105,7 @@ def _parameters(model) -> int:
 
 
 def _systems(loaded: LoadedModel, manifest: dict | None, shots: list[Example],
-             baselines: tuple[str, ...]) -> dict[str, System]:
+             baselines: tuple[str, ...], dtype: torch.dtype) -> dict[str, System]:
     if manifest is None:  # a model on its own
         systems = {"base": System("base", loaded.model)}
         if shots:
@@ -113,10 +115,10 @@ def _systems(loaded: LoadedModel, manifest: dict | None, shots: list[Example],
     if has_adapter(manifest):
         systems = same_model_systems(loaded.model, [] if parent else shots, parent=parent)
         if parent and baselines:  # adapter-off is the parent; the base is loaded beside it
-            base = load_model(resolve_base(manifest["base"]["name"])).eval()
+            base = load_model(resolve_base(manifest["base"]["name"]), dtype).eval()
             systems.update(base=System("base", base), few_shot=System("few_shot", base, shots=shots))
     elif baselines:  # a full fine-tune: the baselines need the base weights loaded beside it
-        base = load_model(resolve_base(manifest["base"]["name"])).eval()
+        base = load_model(resolve_base(manifest["base"]["name"]), dtype).eval()
         systems = {"base": System("base", base), "few_shot": System("few_shot", base, shots=shots),
                    "fine_tuned": System("fine_tuned", loaded.model)}
     else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunesmith import paths
 from tunesmith.errors import TunesmithError
-from tunesmith.serve import completions, files, jobs
+from tunesmith.serve import catalog, completions, files, jobs
 from tunesmith.serve.model_pool import ModelPool
 from tunesmith.serve.protocol import (APIError, api_error_response, error_body, require_api_key,
                                       validation_error_response)
@@ -36,6 +37,7 @@ class ServeSettings:
     api_key: str | None = None  # required on every /v1 call when set
     max_upload_bytes: int = 100 * 2**20  # uploads above this are refused with 413
     model_memory_bytes: int = 3 * 2**30  # loaded models beyond this are evicted, least recently used first
+    precision: str = "auto"  # of the served weights (models.load.precision_dtype)
 
 
 def create_app(settings: ServeSettings | None = None) -> FastAPI:
@@ -43,7 +45,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     app = FastAPI(title="tunesmith", version=_version(),
                   description="OpenAI-compatible API for using and fine-tuning small language models locally.")
     app.state.settings = settings
-    app.state.pool = ModelPool(settings.model_memory_bytes)
+    app.state.pool = ModelPool(settings.model_memory_bytes, partial(catalog.load, precision=settings.precision))
     app.state.store = JobStore(paths.serve_db())
 
     app.add_exception_handler(APIError, api_error_response)

@@ -30,11 +30,11 @@ def resolve(name: str) -> str:
         raise not_found("model", name, param="model") from None
 
 
-def load(key: str) -> inference.LoadedModel:
+def load(key: str, precision: str = "auto") -> inference.LoadedModel:
     """A resolved key, loaded with its adapter merged (the pool's loader)."""
     if key in EMBEDDED:
-        return inference.load(key)
-    return inference.load_version(store.get(key))
+        return inference.load(key, precision=precision)
+    return inference.load_version(store.get(key), precision=precision)
 
 
 def model_objects() -> list[dict]:
