@@ -41,7 +41,8 @@ def _precision_option(parser: argparse.ArgumentParser, training: bool = False) -
     default = ("bf16 on a GPU with bf16 or a CPU with AMX, else fp32" if training else
                "bf16 on a GPU with bf16, else fp32; on a CPU with AMX, bf16 makes eval faster but moves scores "
                "slightly")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+    # train leaves it unset (None) so a config file's value stands; the others use it as given
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None if training else "auto",
                         help=f"compute precision (default auto: {default})")
 
 
@@ -301,7 +302,7 @@ def cmd_eval(args) -> int:
 
     baselines = tuple(b.strip().replace("-", "_") for b in args.baselines.split(",") if b.strip() != "none")
     options = EvalOptions(shots=args.shots, latency_samples=args.latency_samples,
-                          max_new_tokens=args.max_new_tokens, precision=args.precision or "auto")
+                          max_new_tokens=args.max_new_tokens, precision=args.precision)
     prices = load_prices(args.prices) if args.prices else None
     teacher, size = _eval_teacher(args)
     figures = evaluate(args.model, args.data, baselines, options, args.shots_from, prices, console=err,
@@ -381,7 +382,7 @@ def _save(figures: dict, json_path: Path | None, report_path: Path | None, write
 def cmd_generate(args) -> int:
     from tunesmith.inference import generate, load
 
-    loaded = load(args.model, precision=args.precision or "auto")
+    loaded = load(args.model, precision=args.precision)
     print(generate(loaded, args.prompt, max_tokens=args.max_tokens, temperature=args.temperature))
     return 0
 
@@ -391,7 +392,7 @@ def cmd_chat(args) -> int:
 
     from tunesmith.inference import generate, load
 
-    loaded = load(args.model, precision=args.precision or "auto")
+    loaded = load(args.model, precision=args.precision)
     err.print(f"Chatting with {loaded.ref} ({loaded.task}). Empty line or Ctrl-D to quit, /reset to clear.")
     history: list[dict] = []
     streamer = TextStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -434,7 +435,7 @@ def cmd_serve(args) -> int:
     settings = ServeSettings(api_key=args.api_key or os.environ.get("TUNESMITH_API_KEY") or None,
                              max_upload_bytes=int(args.max_upload_mb * 2**20),
                              model_memory_bytes=int(args.model_memory_gb * 2**30),
-                             precision=args.precision or "auto")
+                             precision=args.precision)
     serve(args.host, args.port, settings, worker_enabled=not args.no_worker)
     return 0
 
