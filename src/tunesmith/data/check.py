@@ -12,14 +12,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunesmith.data.formats import Issue, ParsedFile, read_file
+from tunesmith.data.formats import Findings, Issue, ParsedFile, read_file
 from tunesmith.data.render import Rendered, RenderedPair, render_example, tokenize_document
 
 MAX_LISTED = 5  # line numbers quoted per warning
 
 
 @dataclass
-class DataReport:
+class DataReport(Findings):
     train: ParsedFile
     val: ParsedFile | None
     task: str
@@ -32,14 +32,6 @@ class DataReport:
     stats: dict = field(default_factory=dict)
     preview: list[tuple[str, bool]] = field(default_factory=list)  # (token text, carries loss)
     estimate_seconds: float | None = None
-
-    @property
-    def errors(self) -> list[Issue]:
-        return [issue for issue in self.issues if issue.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Issue]:
-        return [issue for issue in self.issues if issue.severity == "warning"]
 
     @property
     def ok(self) -> bool:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Union
 
-from tunesmith.data.formats import Issue, check_prompt_messages, read_json_objects
+from tunesmith.data.formats import Findings, Issue, check_prompt_messages, read_json_objects
 from tunesmith.durable import atomic_write_text, fsync_dir
 from tunesmith.errors import DataError
 
@@ -74,7 +74,7 @@ class Conflict:
 
 
 @dataclass
-class CorrectionsResult:
+class CorrectionsResult(Findings):
     path: Path
     issues: list[Issue]
     kept: list[Correction] = field(default_factory=list)  # after duplicates and conflicts
@@ -82,14 +82,6 @@ class CorrectionsResult:
     pairs: list[dict] = field(default_factory=list)
     duplicates: int = 0
     conflicts: list[Conflict] = field(default_factory=list)
-
-    @property
-    def errors(self) -> list[Issue]:
-        return [issue for issue in self.issues if issue.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Issue]:
-        return [issue for issue in self.issues if issue.severity == "warning"]
 
     @property
     def good(self) -> int:

@@ -58,6 +58,18 @@ class Issue:
         return f"{where}: {self.severity}: {what}{self.message}{hint}"
 
 
+class Findings:
+    """``errors`` and ``warnings`` of a result that holds ``issues: list[Issue]``."""
+
+    @property
+    def errors(self) -> list[Issue]:
+        return [issue for issue in self.issues if issue.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Issue]:
+        return [issue for issue in self.issues if issue.severity == "warning"]
+
+
 @dataclass
 class Example:
     """A record in a task-neutral shape: chat-like tasks as messages, raw text as ``text``; a
@@ -82,15 +94,11 @@ class Example:
 
 
 @dataclass
-class ParsedFile:
+class ParsedFile(Findings):
     path: Path
     task: str
     examples: list[Example]
     issues: list[Issue]
-
-    @property
-    def errors(self) -> list[Issue]:
-        return [issue for issue in self.issues if issue.severity == "error"]
 
 
 def detect_line_format(obj: dict) -> str | None:

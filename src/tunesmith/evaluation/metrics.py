@@ -18,12 +18,19 @@ from tunesmith.data.render import IGNORE
 PLAIN_HEAD_MODELS = {"llama", "mistral", "qwen2", "qwen3", "smollm3", "phi3", "olmo2"}
 
 
+def output_head(model) -> torch.nn.Module | None:
+    """The output projection of a plain-head model (logits = head(last hidden state)), else None."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return causal_lm.get_output_embeddings() if causal_lm.config.model_type in PLAIN_HEAD_MODELS else None
+
+
 def hidden_and_head(model, **inputs) -> tuple[torch.Tensor, torch.nn.Module | None]:
     """(last hidden states, output head) for plain-head models, so callers can apply the 49k-vocabulary
     projection only where they need logits; (logits, None) for other architectures."""
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if causal_lm.config.model_type in PLAIN_HEAD_MODELS:
-        return causal_lm.get_decoder()(**inputs).last_hidden_state, causal_lm.get_output_embeddings()
+    head = output_head(model)
+    if head is not None:
+        causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+        return causal_lm.get_decoder()(**inputs).last_hidden_state, head
     return model(**inputs).logits, None
 
 
