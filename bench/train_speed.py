@@ -4,6 +4,9 @@ Run by hand (not in CI), from the repository root after `make install`, with ../
 
     .venv/bin/python bench/train_speed.py                 # ~40 min on 2 cores
     .venv/bin/python bench/train_speed.py --trl-runs 3    # 3 runs of TRL best too: ~55 min
+    .venv/bin/python bench/train_speed.py --only-full     # the full fine-tuning pair alone: ~15 min
+
+LoRA goes to the section train-speed of bench/RESULTS.md, full fine-tuning to train-speed-full.
 
 What runs, each as its own process (so the time is the whole command and the peak memory its own):
   tunesmith       `tunesmith train train.jsonl -c config.yaml` as a user runs it: data check, model
@@ -66,6 +69,8 @@ def main() -> None:
                         help="timed runs of TRL best (LoRA); each takes ~7 min, 3 would pass 45 min in all")
     parser.add_argument("--default-runs", type=int, default=1, help="timed runs of TRL with its defaults")
     parser.add_argument("--no-full", action="store_true", help="skip full fine-tuning")
+    parser.add_argument("--only-full", action="store_true",
+                        help="only the full fine-tuning pair (~15 min); rewrites only its section")
     parser.add_argument("--limit", type=int, help="smoke test: the first N train/test examples; RESULTS.md untouched")
     parser.add_argument("--worker", choices=["trl", "merge"], help=argparse.SUPPRESS)
     parser.add_argument("--args", help=argparse.SUPPRESS)
@@ -98,8 +103,8 @@ def run_benchmark(args) -> None:
     rows_file, useful_tokens, n_rows, n_params = prepare(work, env, data["train"])
     print(f"{n_rows} training rows, {useful_tokens} useful tokens per epoch; work folder {work}", flush=True)
 
-    plan = [("tunesmith", "lora", args.runs), ("TRL best", "lora", args.trl_runs),
-            ("TRL defaults", "lora", args.default_runs)]
+    plan = [] if args.only_full else [("tunesmith", "lora", args.runs), ("TRL best", "lora", args.trl_runs),
+                                      ("TRL defaults", "lora", args.default_runs)]
     if not args.no_full:
         plan += [("tunesmith", "full", 1), ("TRL best", "full", 1)]
     measured: dict[tuple[str, str], list[dict]] = {}
@@ -113,12 +118,19 @@ def run_benchmark(args) -> None:
         results[0]["accuracy"] = test_accuracy(results[0], env, data["test"])
         print(f"{system} {method}: test accuracy {results[0]['accuracy']:.4f}", flush=True)
 
-    markdown = report(measured, peaks, useful_tokens, n_rows, n_params, args, time.time() - started, machine(), table)
-    if args.limit:
-        print(markdown)
-        return
-    write_section("train-speed", markdown)
-    print(f"wrote bench/RESULTS.md (section train-speed) in {(time.time() - started) / 60:.1f} min")
+    sections = []
+    for method, section in (("lora", "train-speed"), ("full", "train-speed-full")):
+        subset = {key: results for key, results in measured.items() if key[1] == method}
+        if subset:
+            markdown = report(subset, peaks, useful_tokens, n_rows, n_params, args, time.time() - started,
+                              machine(), table)
+            if args.limit:
+                print(markdown)
+            else:
+                write_section(section, markdown)
+            sections.append(section)
+    if not args.limit:
+        print(f"wrote bench/RESULTS.md (sections {', '.join(sections)}) in {(time.time() - started) / 60:.1f} min")
 
 
 def prepare(work: Path, env: dict, train_file: Path) -> tuple[Path, int, int, int]:
@@ -227,10 +239,13 @@ def report(measured, peaks, useful_tokens, n_rows, n_params, args, seconds, mach
                      f"{100 * flops / peaks['bf16']:.0f}%", ratio("TRL defaults"), ratio("TRL best")])
         for i, r in enumerate(results):
             raw.append([system, method, i + 1, r["wall_s"], r["loop_s"], r["peak_rss_mb"]])
-    return f"""## Training speed: tunesmith against TRL (`bench/train_speed.py`)
+    full = all(method == "full" for _, method in measured)
+    title = "Full fine-tuning speed" if full else "Training speed"
+    flags = "--only-full" if args.only_full else (f"--runs {args.runs} --trl-runs {args.trl_runs} "
+                                                   f"--default-runs {args.default_runs}" + " --no-full" * args.no_full)
+    return f"""## {title}: tunesmith against TRL (`bench/train_speed.py`)
 
-Command: `.venv/bin/python bench/train_speed.py --runs {args.runs} --trl-runs {args.trl_runs} --default-runs {args.default_runs}`
-({seconds / 60:.0f} min). Machine: {machine_line}; {versions}.
+Command: `.venv/bin/python bench/train_speed.py {flags}` ({seconds / 60:.0f} min for the whole run). Machine: {machine_line}; {versions}.
 Measured matmul peak in this run: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s (1024^3).
 Data: sentiment-movie, the {n_rows} training rows `tunesmith train` keeps of train.jsonl (100 held out),
 {useful_tokens} useful (non-padding) tokens per epoch; settings: {json.dumps(SETTINGS)}; LoRA {json.dumps(LORA)} on all

@@ -1,4 +1,4 @@
-"""The training kernels (fused LoRA, fp32 attention, autocast) equal the plain computation."""
+"""The training kernels (fused LoRA, CPU training attention, autocast) equal the plain computation."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tunesmith.data.render import IGNORE, Rendered
 from tunesmith.evaluation.metrics import hidden_and_head, token_loss_sums
 from tunesmith.models.load import add_lora, load_model
 from tunesmith.training import kernels
-from tunesmith.training.kernels import FP32_ATTENTION, fp32_attention, fused_lora, training_kernels
+from tunesmith.training.kernels import CPU_ATTENTION, cpu_training_attention, fused_lora, training_kernels
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -194,8 +194,17 @@ def attention_dtypes(monkeypatch) -> list[tuple[torch.dtype, torch.dtype]]:
     return seen
 
 
+@pytest.fixture(params=["matmul", "sdpa-fp32"])
+def attention_path(request, monkeypatch) -> str:
+    """Each test using it runs with short rows taking the matmul path, then with every row over the
+    size limit, so SDPA in fp32 (the path for long rows) is checked the same way."""
+    if request.param == "sdpa-fp32":
+        monkeypatch.setattr(kernels, "MATMUL_ATTENTION_MAX_SCORES", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_fp32_attention(tiny_model_dir, monkeypatch, dtype):
+def test_cpu_training_attention_equals_sdpa(tiny_model_dir, monkeypatch, dtype, attention_path):
     model = make_model(tiny_model_dir, dtype=dtype, lora=False, sharp=True).eval()
     batch = packed_batch(model)
     inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
@@ -205,26 +214,55 @@ def test_fp32_attention(tiny_model_dir, monkeypatch, dtype):
         outside = model(**inputs).logits
         assert seen and {s for s in seen} == {(dtype, dtype)}
         seen.clear()
-        with fp32_attention(model) as active:
-            assert active is True and model.config._attn_implementation == FP32_ATTENTION
+        with cpu_training_attention(model) as active:
+            assert active is True and model.config._attn_implementation == CPU_ATTENTION
             inside = model(**inputs).logits
         assert model.config._attn_implementation == "sdpa"
-    assert seen and set(seen) == {(torch.float32, torch.float32)}
-    assert inside.dtype == dtype
-    if dtype == torch.float32:
-        torch.testing.assert_close(inside, outside, rtol=0, atol=1e-6)
+    if attention_path == "matmul":
+        assert seen == []
     else:
-        scale = outside.float().abs().max().item()
-        torch.testing.assert_close(inside.float(), outside.float(), rtol=0, atol=3e-2 * scale)
+        assert seen and set(seen) == {(torch.float32, torch.float32)}
+    assert inside.dtype == dtype
+    scale = outside.float().abs().max().item()
+    tolerance = (1e-5 if dtype == torch.float32 else 3e-2) * scale
+    torch.testing.assert_close(inside.float(), outside.float(), rtol=0, atol=tolerance)
 
 
-def test_fp32_attention_only_for_sdpa(tiny_model_dir):
+def test_cpu_training_attention_gradients_equal_sdpa(tiny_model_dir, attention_path):
+    # In fp32 both paths compute what SDPA does, so the backward pass is checked to float tolerance.
+    model = make_model(tiny_model_dir, sharp=True)
+    batch = packed_batch(model)
+    plain_loss, plain_grads = loss_and_grads(model, batch)
+    with cpu_training_attention(model):
+        loss, grads = loss_and_grads(model, batch)
+    torch.testing.assert_close(loss, plain_loss, rtol=1e-5, atol=0)
+    assert_grads_close(grads, plain_grads, rel=1e-4)
+
+
+def test_cpu_training_attention_without_mask_is_causal(tiny_model_dir):
+    # One unpadded row: transformers passes no mask (causal implied), and the matmul path builds it.
+    model = make_model(tiny_model_dir, lora=False, sharp=True).eval()
+    ids = torch.randint(3, model.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(2))
+    masks = []
+    layer = model.model.layers[0].self_attn
+    handle = layer.register_forward_pre_hook(lambda m, args, kwargs: masks.append(kwargs.get("attention_mask")),
+                                             with_kwargs=True)
+    with torch.no_grad():
+        plain = model(input_ids=ids, use_cache=False).logits
+        with cpu_training_attention(model):
+            inside = model(input_ids=ids, use_cache=False).logits
+    handle.remove()
+    assert masks[-1] is None
+    torch.testing.assert_close(inside, plain, rtol=0, atol=1e-5 * plain.abs().max().item())
+
+
+def test_cpu_training_attention_only_for_sdpa(tiny_model_dir):
     model = make_model(tiny_model_dir, lora=True)  # a PeftModel: the base model's config is the one switched
-    with fp32_attention(model) as active:
-        assert active is True and model.get_base_model().config._attn_implementation == FP32_ATTENTION
+    with cpu_training_attention(model) as active:
+        assert active is True and model.get_base_model().config._attn_implementation == CPU_ATTENTION
     assert model.get_base_model().config._attn_implementation == "sdpa"
     model.get_base_model().set_attn_implementation("eager")
-    with fp32_attention(model) as active:
+    with cpu_training_attention(model) as active:
         assert active is False and model.get_base_model().config._attn_implementation == "eager"
     assert model.get_base_model().config._attn_implementation == "eager"
 
@@ -236,7 +274,7 @@ def segment_logits(model, batch) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
-def test_packed_segments_stay_isolated_under_kernels(tiny_model_dir, bf16):
+def test_packed_segments_stay_isolated_under_kernels(tiny_model_dir, bf16, attention_path):
     model = make_model(tiny_model_dir, dtype=torch.bfloat16 if bf16 else torch.float32, sharp=True)
     a, b, _ = segments(model.config.vocab_size)
     pad_id = model.config.pad_token_id
@@ -245,7 +283,7 @@ def test_packed_segments_stay_isolated_under_kernels(tiny_model_dir, bf16):
     n_a, n_b = len(a.input_ids), len(b.input_ids)
     with torch.no_grad():
         with training_kernels(model, bf16=bf16):
-            assert model.get_base_model().config._attn_implementation == (FP32_ATTENTION if bf16 else "sdpa")
+            assert model.get_base_model().config._attn_implementation == (CPU_ATTENTION if bf16 else "sdpa")
             assert "forward" in lora_linears(model)[0].__dict__
             in_pack = segment_logits(model, packed)[0, n_a:]
             on_its_own = segment_logits(model, alone)[0]
@@ -262,7 +300,7 @@ def test_packed_segments_stay_isolated_under_kernels(tiny_model_dir, bf16):
     torch.testing.assert_close(on_its_own, plain, rtol=0, atol=(5e-2 if bf16 else 1e-5) * scale)
 
 
-def test_training_kernels_bf16_autocast_for_fp32_full_model(tiny_model_dir, monkeypatch):
+def test_training_kernels_bf16_autocast_for_fp32_full_model(tiny_model_dir, monkeypatch, attention_path):
     model = make_model(tiny_model_dir, lora=False, sharp=True)
     batch = packed_batch(model)
     reference_loss, reference_grads = loss_and_grads(model, batch)
@@ -272,7 +310,7 @@ def test_training_kernels_bf16_autocast_for_fp32_full_model(tiny_model_dir, monk
     calls = count_fused_calls(monkeypatch)
     try:
         with training_kernels(model, bf16=True):
-            assert model.config._attn_implementation == FP32_ATTENTION
+            assert model.config._attn_implementation == CPU_ATTENTION
             loss, grads = loss_and_grads(model, batch)  # backward inside, as train_step does
     finally:
         handle.remove()
@@ -288,13 +326,18 @@ def test_training_kernels_bf16_autocast_for_fp32_full_model(tiny_model_dir, monk
         assert error < 0.1, (name, error.item())
 
 
-def test_fp32_attention_under_autocast_runs_in_fp32(tiny_model_dir, monkeypatch):
+def test_attention_under_autocast_runs_in_fp32(tiny_model_dir, monkeypatch, attention_path):
     model = make_model(tiny_model_dir, lora=False)
     batch = packed_batch(model)
     seen = attention_dtypes(monkeypatch)
+    matmuls, bmm = [], torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda a, b: matmuls.append((a.dtype, b.dtype)) or bmm(a, b))
     with training_kernels(model, bf16=True):
         loss_and_grads(model, batch)
-    assert seen and all(out == torch.float32 for _, out in seen), seen
+    if attention_path == "matmul":
+        assert seen == [] and matmuls and set(matmuls) == {(torch.float32, torch.float32)}
+    else:
+        assert matmuls == [] and seen and all(out == torch.float32 for _, out in seen), seen
 
 
 def test_training_kernels_bf16_on_fp32_lora_model(tiny_model_dir):
@@ -306,3 +349,21 @@ def test_training_kernels_bf16_on_fp32_lora_model(tiny_model_dir):
         loss, grads = loss_and_grads(model, batch)
     torch.testing.assert_close(loss, reference_loss, rtol=2e-2, atol=0)
     assert all(grad.dtype == torch.float32 for grad in grads.values())
+
+
+def test_full_fine_tuning_forward_sees_every_optimizer_step(tiny_model_dir, attention_path):
+    # The loop runs inside one training_kernels: autocast's cache of bf16 weight copies would keep
+    # serving the weights of the first step after the optimizer has changed the fp32 masters.
+    model = make_model(tiny_model_dir, lora=False, sharp=True)
+    batch = packed_batch(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    with training_kernels(model, bf16=True):
+        for _ in range(2):
+            loss = token_loss_sums(model, batch).sum()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        inside = token_loss_sums(model, batch).sum().item()
+    with training_kernels(model, bf16=True):  # a fresh context: the current weights, cast anew
+        fresh = token_loss_sums(model, batch).sum().item()
+    assert inside == pytest.approx(fresh, rel=1e-3)
