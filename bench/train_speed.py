@@ -68,9 +68,10 @@ def main() -> None:
     parser.add_argument("--trl-runs", type=int, default=1,
                         help="timed runs of TRL best (LoRA); each takes ~7 min, 3 would pass 45 min in all")
     parser.add_argument("--default-runs", type=int, default=1, help="timed runs of TRL with its defaults")
-    parser.add_argument("--no-full", action="store_true", help="skip full fine-tuning")
-    parser.add_argument("--only-full", action="store_true",
-                        help="only the full fine-tuning pair (~15 min); rewrites only its section")
+    full = parser.add_mutually_exclusive_group()
+    full.add_argument("--no-full", action="store_true", help="skip full fine-tuning")
+    full.add_argument("--only-full", action="store_true",
+                      help="only the full fine-tuning pair (~15 min); rewrites only its section")
     parser.add_argument("--limit", type=int, help="smoke test: the first N train/test examples; RESULTS.md untouched")
     parser.add_argument("--worker", choices=["trl", "merge"], help=argparse.SUPPRESS)
     parser.add_argument("--args", help=argparse.SUPPRESS)

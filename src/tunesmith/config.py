@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -28,6 +28,10 @@ def check_name(name: str) -> str:
             "starting with a letter or digit"
         )
     return name
+
+
+Precision = Literal["auto", "fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)  # also models.load.precision_dtype's choices
 
 
 class TrainConfig(BaseModel):
@@ -74,7 +78,7 @@ class TrainConfig(BaseModel):
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine decay ends at lr * min_lr_ratio.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     grad_clip: float | None = Field(1.0, gt=0, description="Clip the gradient norm; null disables.")
-    precision: Literal["auto", "fp32", "bf16"] = Field(
+    precision: Precision = Field(
         "auto", description="Compute precision. `auto`: bf16 where the hardware multiplies it natively "
         "(CUDA, CPUs with AMX), else fp32. Trained weights stay fp32 either way: LoRA adapters, and the "
         "master weights of full fine-tuning (which then runs under autocast).",

@@ -9,14 +9,12 @@ from pathlib import Path
 
 import torch
 
+from tunesmith.config import PRECISIONS
 from tunesmith.errors import TunesmithError
 
 
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def precision_dtype(precision: str = "auto") -> torch.dtype:
