@@ -92,6 +92,18 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(params=["matmul", "sdpa-fp32"])
+def attention_path(request, monkeypatch) -> str:
+    """The CPU training attention (training.kernels) on both its paths: each test using it runs with
+    short rows taking the matmul path, then with every row over the size limit, so SDPA in fp32 (the
+    path for long rows) is checked the same way."""
+    from tunesmith.training import kernels
+
+    if request.param == "sdpa-fp32":
+        monkeypatch.setattr(kernels, "MATMUL_ATTENTION_MAX_SCORES", 0)
+    return request.param
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
     """A fresh TUNESMITH_HOME per test; the base-model cache is shared across the session."""

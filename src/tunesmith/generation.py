@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-MIN_SHARED_PREFIX = 16  # below this, running the prefix separately is not worth a second pass
+from tunesmith.data.batching import MIN_SHARED_PREFIX, common_prefix_length
 
 
 @dataclass
@@ -23,16 +23,6 @@ class Generated:
     text: str
     new_tokens: int
     seconds: float  # wall time of the batch it was in, divided among its prompts
-
-
-def common_prefix_length(sequences: list[list[int]]) -> int:
-    if not sequences:
-        return 0
-    first, shortest = sequences[0], min(len(s) for s in sequences)
-    for index in range(shortest):
-        if any(s[index] != first[index] for s in sequences[1:]):
-            return index
-    return shortest
 
 
 def prefix_cache(model, prefix_ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:

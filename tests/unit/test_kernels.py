@@ -194,15 +194,6 @@ def attention_dtypes(monkeypatch) -> list[tuple[torch.dtype, torch.dtype]]:
     return seen
 
 
-@pytest.fixture(params=["matmul", "sdpa-fp32"])
-def attention_path(request, monkeypatch) -> str:
-    """Each test using it runs with short rows taking the matmul path, then with every row over the
-    size limit, so SDPA in fp32 (the path for long rows) is checked the same way."""
-    if request.param == "sdpa-fp32":
-        monkeypatch.setattr(kernels, "MATMUL_ATTENTION_MAX_SCORES", 0)
-    return request.param
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_cpu_training_attention_equals_sdpa(tiny_model_dir, monkeypatch, dtype, attention_path):
     model = make_model(tiny_model_dir, dtype=dtype, lora=False, sharp=True).eval()
@@ -283,7 +274,7 @@ def test_packed_segments_stay_isolated_under_kernels(tiny_model_dir, bf16, atten
     n_a, n_b = len(a.input_ids), len(b.input_ids)
     with torch.no_grad():
         with training_kernels(model, bf16=bf16):
-            assert model.get_base_model().config._attn_implementation == (CPU_ATTENTION if bf16 else "sdpa")
+            assert model.get_base_model().config._attn_implementation == CPU_ATTENTION
             assert "forward" in lora_linears(model)[0].__dict__
             in_pack = segment_logits(model, packed)[0, n_a:]
             on_its_own = segment_logits(model, alone)[0]

@@ -5,6 +5,12 @@ Position ids restart at 0 at each segment and no attention mask is passed, so tr
 a block-diagonal causal mask: a token never attends across segments, padding included (padding is
 one more segment, with no loss). The label of a segment's first token is masked so that no loss
 crosses a boundary either.
+
+Rows that all begin with the same tokens (a system prompt, an instruction: 46 of the 80 tokens of a
+sentiment row) can be laid out as one row instead: the shared prefix once, then each row's own
+tokens, with a :class:`SharedPrefixLayout` saying which keys each token may attend to (the prefix
+and its own row). The training attention (``training.kernels``) reads that layout; the loss and
+its gradients equal those of the padded rows (tested), at a fraction of the tokens.
 """
 
 from __future__ import annotations
@@ -14,6 +20,10 @@ from dataclasses import dataclass
 import torch
 
 from tunesmith.data.render import IGNORE, Rendered
+
+# Below this many common tokens, sharing a prefix saves too little to pay for laying it out apart
+# (a second forward pass when generating, the attention layout when training).
+MIN_SHARED_PREFIX = 16
 
 
 @dataclass
@@ -119,4 +129,84 @@ def collate(rows: list[Row], pad_id: int) -> dict[str, torch.Tensor]:
         "input_ids": torch.tensor(ids),
         "labels": torch.tensor(labels),
         "position_ids": torch.tensor(positions),
+    }
+
+
+def common_prefix_length(sequences: list[list[int]]) -> int:
+    if not sequences:
+        return 0
+    first, shortest = sequences[0], min(len(s) for s in sequences)
+    for index in range(shortest):
+        if any(s[index] != first[index] for s in sequences[1:]):
+            return index
+    return shortest
+
+
+def shared_prefix_length(rows: list[Row]) -> int:
+    """How many leading tokens every row has in common before any loss looks at them (0 when that
+    is fewer than MIN_SHARED_PREFIX, when there are fewer than two rows, or when a row is packed:
+    its later segments could not see the prefix)."""
+    if len(rows) < 2 or any(row.position_ids != list(range(len(row))) for row in rows):
+        return 0
+    # Token k's label is predicted at k - 1: the prefix may end just before the first target's predictor.
+    first_targets = (next((k for k in range(1, len(row)) if row.labels[k] != IGNORE), len(row)) for row in rows)
+    shared = min(common_prefix_length([row.input_ids for row in rows]), min(first_targets) - 1)
+    return shared if shared >= MIN_SHARED_PREFIX else 0
+
+
+@dataclass
+class SharedPrefixLayout:
+    """Which keys each token of a shared-prefix row attends to, as attention *groups*: group 0 is
+    the prefix (causal in itself), group i the i-th row's own tokens, which see the whole prefix
+    and themselves (causal). Groups are padded to a common number of query and key slots."""
+
+    query_index: torch.Tensor  # [groups, query slots]: the token in each slot (padding slots: token 0)
+    key_index: torch.Tensor  # [groups, key slots]
+    mask: torch.Tensor  # [groups, 1, query slots, key slots], True = attend (padding query slots: all)
+    token_slot: torch.Tensor  # [tokens]: the flattened (group, query slot) of each token
+    rows: int
+
+    @classmethod
+    def build(cls, prefix: int, lengths: list[int]) -> SharedPrefixLayout:
+        """``lengths``: each row's token count after the prefix, in the order laid out."""
+        groups = [(list(range(prefix)), 0)]  # (the group's own tokens, prefix tokens it also sees)
+        start = prefix
+        for length in lengths:
+            groups.append((list(range(start, start + length)), prefix))
+            start += length
+        queries = max(len(own) for own, _ in groups)
+        keys = max(seen + len(own) for own, seen in groups)
+        query_index = torch.zeros(len(groups), queries, dtype=torch.long)
+        key_index = torch.zeros(len(groups), keys, dtype=torch.long)
+        mask = torch.ones(len(groups), queries, keys, dtype=torch.bool)
+        token_slot = torch.zeros(start, dtype=torch.long)
+        for group, (own, seen) in enumerate(groups):
+            query_index[group, : len(own)] = torch.tensor(own, dtype=torch.long)
+            key_index[group, : seen + len(own)] = torch.tensor(list(range(seen)) + own, dtype=torch.long)
+            # Query i sees the prefix (key slots < seen) and its own tokens up to itself (slots seen..seen+i).
+            mask[group, : len(own)] = torch.arange(keys)[None, :] <= seen + torch.arange(len(own))[:, None]
+            token_slot[own] = group * queries + torch.arange(len(own))
+        return cls(query_index, key_index, mask[:, None], token_slot, len(lengths))
+
+    def to(self, device) -> SharedPrefixLayout:
+        return SharedPrefixLayout(self.query_index.to(device), self.key_index.to(device), self.mask.to(device),
+                                  self.token_slot.to(device), self.rows)
+
+
+def collate_shared_prefix(rows: list[Row], prefix: int) -> dict:
+    """The rows as one row: the ``prefix`` tokens they share (shared_prefix_length) once, then each
+    row's remaining tokens, positions continuing from the prefix; ``row_index`` says whose each
+    token is (-1: the prefix), ``segments`` the attention layout. No padding at all."""
+    ids, labels, positions, owner = list(rows[0].input_ids[:prefix]), [IGNORE] * prefix, list(range(prefix)), [-1] * prefix
+    for index, row in enumerate(rows):
+        ids += row.input_ids[prefix:]
+        labels += row.labels[prefix:]  # the first is IGNORE (shared_prefix_length): no loss across rows
+        positions += row.position_ids[prefix:]
+        owner += [index] * (len(row) - prefix)
+    return {
+        "input_ids": torch.tensor([ids]),
+        "labels": torch.tensor([labels]),
+        "position_ids": torch.tensor([positions]),
+        "row_index": torch.tensor([owner]),
+        "segments": SharedPrefixLayout.build(prefix, [len(row) - prefix for row in rows]),
     }

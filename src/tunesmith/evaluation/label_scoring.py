@@ -21,9 +21,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from tunesmith.data.batching import common_prefix_length
 from tunesmith.data.render import IGNORE, Rendered
 from tunesmith.evaluation.metrics import hidden_and_head, output_head
-from tunesmith.generation import common_prefix_length, expanded_cache, prefix_cache
+from tunesmith.generation import expanded_cache, prefix_cache
 
 ROW_TOKENS = 4096  # tokens per forward pass (rows x row length): bounds activation memory
 MIN_PACK = 256  # tokens per packed row at least; at most about the prefix length more (see score_candidates)

@@ -10,8 +10,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from tunesmith.data.batching import Row, collate
+from tunesmith.data.batching import Row, collate, collate_shared_prefix, shared_prefix_length
 from tunesmith.data.render import IGNORE
+from tunesmith.training.kernels import lays_out_shared_prefix
 
 
 # Architectures whose logits are exactly output_embeddings(decoder(x)): no soft-capping or scaling.
@@ -43,13 +44,27 @@ def token_loss_sums(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """
     targets = batch["labels"][:, 1:]
     mask = targets != IGNORE
+    shared = {"segments": batch["segments"]} if "segments" in batch else {}  # one row: collate_shared_prefix
     hidden, head = hidden_and_head(model, input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                                   use_cache=False)
+                                   use_cache=False, **shared)
     picked = hidden[:, :-1][mask]
     logits = (head(picked) if head is not None else picked).float()
     losses = F.cross_entropy(logits, targets[mask], reduction="none")
-    rows = mask.nonzero()[:, 0]
-    return torch.zeros(targets.shape[0], dtype=losses.dtype, device=losses.device).index_add(0, rows, losses)
+    if shared:
+        rows, n_rows = batch["row_index"][:, 1:][mask], batch["segments"].rows
+    else:
+        rows, n_rows = mask.nonzero()[:, 0], targets.shape[0]
+    return torch.zeros(n_rows, dtype=losses.dtype, device=losses.device).index_add(0, rows, losses)
+
+
+def loss_batch(model, rows: list[Row], pad_id: int) -> dict:
+    """``rows`` as tensors on the model's device for token_loss_sums: right-padded rows, or, where the
+    training attention reads the layout (training.kernels) and the rows share a prefix, one row with
+    the prefix once (data.batching.collate_shared_prefix)."""
+    prefix = shared_prefix_length(rows) if lays_out_shared_prefix(model) else 0
+    batch = collate_shared_prefix(rows, prefix) if prefix else collate(rows, pad_id)
+    device = next(model.parameters()).device
+    return {key: value.to(device) for key, value in batch.items()}
 
 
 @torch.no_grad()
@@ -59,13 +74,11 @@ def answer_loss(model, rows: list[Row], pad_id: int, batch_size: int = 8) -> dic
         return {}
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
     total, count = 0.0, 0
     ordered = sorted(rows, key=len)  # similar lengths together: less padding
     for start in range(0, len(ordered), batch_size):
         chunk = ordered[start : start + batch_size]
-        batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
-        total += token_loss_sums(model, batch).sum().item()
+        total += token_loss_sums(model, loss_batch(model, chunk, pad_id)).sum().item()
         count += sum(row.n_target for row in chunk)
     model.train(was_training)
     loss = total / max(count, 1)
@@ -75,11 +88,10 @@ def answer_loss(model, rows: list[Row], pad_id: int, batch_size: int = 8) -> dic
 @torch.no_grad()
 def sequence_log_likelihoods(model, rows: list[Row], pad_id: int, batch_size: int = 8) -> torch.Tensor:
     """Summed log-likelihood of each row's target tokens, in the order given."""
-    device = next(model.parameters()).device
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths together
     result = torch.zeros(len(rows), dtype=torch.float64)
     for start in range(0, len(order), batch_size):
         index = order[start : start + batch_size]
-        batch = {k: v.to(device) for k, v in collate([rows[i] for i in index], pad_id).items()}
+        batch = loss_batch(model, [rows[i] for i in index], pad_id)
         result[index] = -token_loss_sums(model, batch).double().cpu()
     return result

@@ -22,8 +22,8 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from tunesmith.data.batching import PairRow, collate
-from tunesmith.evaluation.metrics import token_loss_sums
+from tunesmith.data.batching import PairRow
+from tunesmith.evaluation.metrics import loss_batch, token_loss_sums
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
@@ -43,9 +43,7 @@ def reference_model(model):
 
 def pair_log_likelihoods(model, pairs: list[PairRow], pad_id: int, reference: bool = False):
     """(chosen, rejected) summed answer log-likelihoods, one forward pass over both answers."""
-    device = next(model.parameters()).device
-    rows = [pair.chosen for pair in pairs] + [pair.rejected for pair in pairs]
-    batch = {key: value.to(device) for key, value in collate(rows, pad_id).items()}
+    batch = loss_batch(model, [pair.chosen for pair in pairs] + [pair.rejected for pair in pairs], pad_id)
     if reference:
         with torch.no_grad(), reference_model(model):
             log_likelihoods = -token_loss_sums(model, batch)

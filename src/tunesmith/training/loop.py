@@ -30,8 +30,8 @@ import torch
 from tqdm.auto import tqdm
 
 from tunesmith.config import TrainConfig
-from tunesmith.data.batching import Row, collate, epoch_order
-from tunesmith.evaluation.metrics import answer_loss, token_loss_sums
+from tunesmith.data.batching import Row, epoch_order
+from tunesmith.evaluation.metrics import answer_loss, loss_batch, token_loss_sums
 from tunesmith.training import checkpoint as ckpt
 from tunesmith.training.defaults import steps_per_epoch
 from tunesmith.training.kernels import training_kernels
@@ -84,12 +84,10 @@ def make_scheduler(optimizer, total_steps: int, config: TrainConfig):
 
 def train_step(model, rows: list[Row], micro_batch_size: int, pad_id: int) -> tuple[float, int]:
     """Forward/backward over micro-batches; returns (mean target-token loss, non-padding tokens)."""
-    device = next(model.parameters()).device
     n_target = max(1, sum(row.n_target for row in rows))
     total = 0.0
     for start in range(0, len(rows), micro_batch_size):
-        batch = {k: v.to(device) for k, v in collate(rows[start : start + micro_batch_size], pad_id).items()}
-        loss_sum = token_loss_sums(model, batch).sum()
+        loss_sum = token_loss_sums(model, loss_batch(model, rows[start : start + micro_batch_size], pad_id)).sum()
         (loss_sum / n_target).backward()
         total += loss_sum.item()
     return total / n_target, sum(len(row) for row in rows)
