@@ -197,7 +197,8 @@ def collate_shared_prefix(rows: list[Row], prefix: int) -> dict:
     """The rows as one row: the ``prefix`` tokens they share (shared_prefix_length) once, then each
     row's remaining tokens, positions continuing from the prefix; ``row_index`` says whose each
     token is (-1: the prefix), ``segments`` the attention layout. No padding at all."""
-    ids, labels, positions, owner = list(rows[0].input_ids[:prefix]), [IGNORE] * prefix, list(range(prefix)), [-1] * prefix
+    ids, labels = list(rows[0].input_ids[:prefix]), [IGNORE] * prefix
+    positions, owner = list(range(prefix)), [-1] * prefix
     for index, row in enumerate(rows):
         ids += row.input_ids[prefix:]
         labels += row.labels[prefix:]  # the first is IGNORE (shared_prefix_length): no loss across rows
