@@ -164,7 +164,10 @@ class SharedPrefixLayout:
     key_index: torch.Tensor  # [groups, key slots]
     mask: torch.Tensor  # [groups, 1, query slots, key slots], True = attend (padding query slots: all)
     token_slot: torch.Tensor  # [tokens]: the flattened (group, query slot) of each token
-    rows: int
+
+    @property
+    def rows(self) -> int:
+        return self.query_index.shape[0] - 1  # every group but the prefix's
 
     @classmethod
     def build(cls, prefix: int, lengths: list[int]) -> SharedPrefixLayout:
@@ -186,11 +189,11 @@ class SharedPrefixLayout:
             # Query i sees the prefix (key slots < seen) and its own tokens up to itself (slots seen..seen+i).
             mask[group, : len(own)] = torch.arange(keys)[None, :] <= seen + torch.arange(len(own))[:, None]
             token_slot[own] = group * queries + torch.arange(len(own))
-        return cls(query_index, key_index, mask[:, None], token_slot, len(lengths))
+        return cls(query_index, key_index, mask[:, None], token_slot)
 
     def to(self, device) -> SharedPrefixLayout:
         return SharedPrefixLayout(self.query_index.to(device), self.key_index.to(device), self.mask.to(device),
-                                  self.token_slot.to(device), self.rows)
+                                  self.token_slot.to(device))
 
 
 def collate_shared_prefix(rows: list[Row], prefix: int) -> dict:
