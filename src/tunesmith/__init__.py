@@ -98,10 +98,11 @@ def get_model(ref: str) -> dict:
     return store.get(ref).manifest
 
 
-def remove_model(ref: str) -> list[str]:
+def remove_model(ref: str, force: bool = False) -> list[str]:
+    """Delete NAME (every version) or NAME:VERSION; ``force`` also when other versions are built on it."""
     from tunesmith.registry import store
 
-    return [version.ref for version in store.remove(ref)]
+    return [version.ref for version in store.remove(ref, force)]
 
 
 def list_bases() -> list[dict]:

@@ -195,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(handler=cmd_models_show)
     remove = models.add_parser("rm", help="delete NAME (all versions) or NAME:VERSION")
     remove.add_argument("name")
+    remove.add_argument("--force", action="store_true",
+                        help="remove it even if other versions are built on it (a full fine-tune they start from)")
     remove.set_defaults(handler=cmd_models_rm)
 
     serve = commands.add_parser("serve", help="OpenAI-compatible API: chat with models, upload files, run "
@@ -469,7 +471,7 @@ def cmd_models_show(args) -> int:
 def cmd_models_rm(args) -> int:
     from tunesmith.registry import store
 
-    for version in store.remove(args.name):
+    for version in store.remove(args.name, force=args.force):
         out.print(f"removed {version.ref}")
     return 0
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from tunesmith.data.render import CLASSIFY_TEMPLATE, classify_prompt, render_prompt
+from tunesmith.generation import answer_cache
 from tunesmith.models.base import EMBEDDED, is_model_folder, resolve_base
 from tunesmith.models.lineage import in_registry, load_start, version_start
 from tunesmith.models.load import load_adapter, load_model, load_tokenizer, precision_dtype
@@ -98,7 +99,8 @@ def generate(loaded: LoadedModel, prompt: str | None = None, messages: list[dict
     inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(device)
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 \
         else {"do_sample": False}
-    output = model.generate(**inputs, max_new_tokens=max_tokens, eos_token_id=tokenizer.eos_token_id,
+    output = model.generate(**inputs, past_key_values=answer_cache(model, inputs["input_ids"].shape[1], max_tokens),
+                            max_new_tokens=max_tokens, eos_token_id=tokenizer.eos_token_id,
                             pad_token_id=tokenizer.pad_token_id, streamer=streamer, **sampling)
     new_tokens = output[0, inputs["input_ids"].shape[1]:]
     return tokenizer.decode(new_tokens, skip_special_tokens=True)

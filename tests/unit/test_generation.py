@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from tunesmith.generation import MIN_SHARED_PREFIX, common_prefix_length, generate_batch
+from tunesmith.generation import MIN_SHARED_PREFIX, common_prefix_length, expanded_cache, generate_batch
 from tunesmith.models.load import load_model
 
 SYSTEM = "You are a helpful assistant. Answer in a few words. The quick brown fox jumps over the lazy dog."
@@ -150,3 +150,36 @@ def test_training_mode_is_restored(model, tiny_tokenizer, chat_prompts):
         assert model.training
     finally:
         model.eval()
+
+
+def test_the_cache_appends_in_place_and_holds_what_concatenation_would():
+    # A prefix of 5 for 3 rows, then a 4-token prompt and single decode steps: past the reserved room
+    # (12) the buffer doubles; a crop keeps writing after the cropped length; a replaced tensor (beam
+    # reordering) is copied before the next write. Against plain concatenation at every point.
+    generator = torch.Generator().manual_seed(0)
+    states = lambda length, batch=3: torch.randn(batch, 2, length, 4, generator=generator)  # noqa: E731
+    prefix = [(states(5, 1), states(5, 1))]
+    cache = expanded_cache(prefix, 3, room=12)
+    layer = cache.layers[0]
+    expected_keys, expected_values = prefix[0][0].expand(3, -1, -1, -1), prefix[0][1].expand(3, -1, -1, -1)
+    buffers = []
+    for length in (4, 1, 1, 1, 1, 1, 1):
+        keys, values = states(length), states(length)
+        got_keys, got_values = cache.update(keys, values, 0)
+        expected_keys = torch.cat([expected_keys, keys], dim=-2)
+        expected_values = torch.cat([expected_values, values], dim=-2)
+        assert torch.equal(got_keys, expected_keys) and torch.equal(got_values, expected_values)
+        buffers.append(got_keys.data_ptr())
+    assert prefix[0][0].shape == (1, 2, 5, 4)  # the prefix itself is untouched
+    assert buffers[:4] == [buffers[0]] * 4  # written in place while within the room (5 + 4 + 3 = 12)
+    assert buffers[4] != buffers[0] and buffers[4:] == [buffers[4]] * 3  # then one doubling
+    assert cache.get_seq_length() == 15
+    layer.crop(-2)  # drop the last 2 tokens
+    keys, values = states(1), states(1)
+    got_keys, _ = cache.update(keys, values, 0)
+    assert torch.equal(got_keys, torch.cat([expected_keys[..., :13, :], keys], dim=-2))
+    layer.reorder_cache(torch.tensor([2, 0, 1]))
+    reordered = got_keys[[2, 0, 1]]
+    keys, values = states(1), states(1)
+    got_keys, _ = cache.update(keys, values, 0)
+    assert torch.equal(got_keys, torch.cat([reordered, keys], dim=-2))

@@ -10,16 +10,17 @@ import pytest
 import torch
 
 from tunesmith import paths
+from tunesmith.cli import main
 from tunesmith.errors import TunesmithError
 from tunesmith.models.load import add_lora, load_model
 from tunesmith.registry import store
 from tunesmith.training import checkpoint as ckpt
 
 
-def staged(task: str = "chat", base: str = "tiny"):
+def staged(task: str = "chat", base: str = "tiny", method: str = "lora", lineage: list | None = None):
     folder = store.staging_dir()
-    manifest = {"name": None, "version": None, "task": task, "method": "lora", "base": {"name": base},
-                "created": "2024-01-01T00:00:00+00:00", "metrics": {}}
+    manifest = {"name": None, "version": None, "task": task, "method": method, "base": {"name": base},
+                "created": "2024-01-01T00:00:00+00:00", "metrics": {}, "lineage": lineage or []}
     (folder / store.MANIFEST).write_text(json.dumps(manifest))
     (folder / "weights.bin").write_bytes(b"\x00" * 16)
     return folder
@@ -108,6 +109,31 @@ def test_removed_version_number_is_not_reused(home):
     store.publish("demo", staged(task="chat"))
     store.remove("demo:2")
     assert store.publish("demo", staged(task="completion")).version == 3
+
+
+def test_a_full_fine_tune_others_start_from_is_kept_unless_forced(home, capsys):
+    store.publish("full", staged(method="full"))
+    store.publish("sft", staged())  # a LoRA model: its children carry a copy of its adapter
+    on_full = [{"ref": "full:1", "method": "full", "task": "chat", "adapter": None}]
+    on_sft = [{"ref": "sft:1", "method": "lora", "task": "chat", "adapter": "lineage/0"}]
+    store.publish("child", staged(lineage=on_full))
+    store.publish("grandchild", staged(lineage=[*on_full, {"ref": "child:1", "method": "lora", "task": "chat",
+                                                           "adapter": "lineage/1"}]))
+    store.publish("dpo", staged(lineage=on_sft))
+    with pytest.raises(TunesmithError, match=r"nothing removed: full:1 is the starting point of child:1, "
+                                             r"grandchild:1 .*--force"):
+        store.remove("full")
+    assert main(["models", "rm", "full:1"]) == 1
+    assert "child:1, grandchild:1" in capsys.readouterr().err
+    assert [v.ref for v in store.list_models()] == ["child:1", "dpo:1", "full:1", "grandchild:1", "sft:1"]
+    assert [v.ref for v in store.remove("sft")] == ["sft:1"]  # its adapter lives on in dpo:1
+    assert [v.ref for v in store.remove("child")] == ["child:1"]  # built on full:1, not a full fine-tune itself
+    store.remove("grandchild")
+    assert [v.ref for v in store.remove("full")] == ["full:1"]  # nothing left that needs it
+    store.publish("full", staged(method="full"))
+    store.publish("child", staged(lineage=[{"ref": "full:2", "method": "full", "task": "chat", "adapter": None}]))
+    assert main(["models", "rm", "full", "--force"]) == 0
+    assert store.versions("full") == [] and [v.ref for v in store.list_models()] == ["child:2", "dpo:1"]
 
 
 def test_remove_unknown_version(home):

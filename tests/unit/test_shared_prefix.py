@@ -9,7 +9,8 @@ from test_kernels import assert_grads_close, make_model
 
 from tunesmith.data.batching import MIN_SHARED_PREFIX, Row, collate, shared_prefix_length
 from tunesmith.data.render import IGNORE, Rendered
-from tunesmith.evaluation.metrics import answer_loss, loss_batch, token_loss_sums
+from tunesmith.evaluation import metrics
+from tunesmith.evaluation.metrics import answer_loss, loss_batch, sequence_log_likelihoods, token_loss_sums
 from tunesmith.training.kernels import cpu_training_attention, training_kernels
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -53,6 +54,29 @@ def test_loss_batch_lays_out_the_prefix_only_under_the_training_attention(tiny_m
     # The prefix once, then each row's own tokens: no padding.
     assert batch["input_ids"].shape == (1, PREFIX + sum(len(r) - PREFIX for r in rows))
 
+
+
+def test_evaluation_runs_the_shared_prefix_once_into_a_cache(tiny_model_dir, monkeypatch):
+    # Outside the training attention (eval, the closing comparison): the prefix goes through the model
+    # once, each batch reads its cache, and every row's figures equal the padded rows'.
+    model = make_model(tiny_model_dir).eval()
+    rows = rows_with_prefix(model.config.vocab_size, suffix_lengths=(9, 4, 13, 6, 11))
+    pad = model.config.pad_token_id
+    with torch.no_grad():
+        padded = token_loss_sums(model, collate(rows, pad))
+    prefixes = []
+    real_prefix_cache = metrics.prefix_cache
+    monkeypatch.setattr(metrics, "prefix_cache", lambda m, ids: prefixes.append(len(ids)) or real_prefix_cache(m, ids))
+    log_likelihoods = sequence_log_likelihoods(model, rows, pad, batch_size=2)
+    loss = answer_loss(model, rows, pad, batch_size=2)
+    assert prefixes == [PREFIX, PREFIX]  # once per call, not once per batch of 2
+    torch.testing.assert_close(log_likelihoods.float(), -padded, rtol=1e-5, atol=1e-5)
+    assert loss["loss"] == pytest.approx(padded.sum().item() / sum(r.n_target for r in rows), rel=1e-5)
+    # Rows that share less than MIN_SHARED_PREFIX tokens run padded, without a cache.
+    prefixes.clear()
+    short = rows_with_prefix(model.config.vocab_size, prefix=MIN_SHARED_PREFIX - 1)
+    sequence_log_likelihoods(model, short, pad, batch_size=2)
+    assert prefixes == []
 
 def loss_sums_and_grads(model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     model.zero_grad(set_to_none=True)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from tunesmith.data.batching import Row, collate, collate_shared_prefix, shared_prefix_length
 from tunesmith.data.render import IGNORE
+from tunesmith.generation import expanded_cache, prefix_cache
 from tunesmith.training.kernels import lays_out_shared_prefix
 
 
@@ -44,13 +45,14 @@ def token_loss_sums(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """
     targets = batch["labels"][:, 1:]
     mask = targets != IGNORE
-    shared = {"segments": batch["segments"]} if "segments" in batch else {}  # one row: collate_shared_prefix
+    # One row with the prefix once (collate_shared_prefix), or rows after a prefix in a key/value cache.
+    layout = {key: batch[key] for key in ("segments", "past_key_values") if key in batch}
     hidden, head = hidden_and_head(model, input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                                   use_cache=False, **shared)
+                                   use_cache="past_key_values" in batch, **layout)
     picked = hidden[:, :-1][mask]
     logits = (head(picked) if head is not None else picked).float()
     losses = F.cross_entropy(logits, targets[mask], reduction="none")
-    if shared:
+    if "segments" in batch:
         rows, n_rows = batch["row_index"][:, 1:][mask], batch["segments"].rows
     else:
         rows, n_rows = mask.nonzero()[:, 0], targets.shape[0]
@@ -67,6 +69,30 @@ def loss_batch(model, rows: list[Row], pad_id: int) -> dict:
     return {key: value.to(device) for key, value in batch.items()}
 
 
+def loss_sums_in_batches(model, rows: list[Row], pad_id: int, batch_size: int = 8):
+    """Yields (indices into ``rows``, each row's summed target loss) batch by batch, rows of similar
+    lengths together.
+
+    Outside the training attention, a prefix every row shares (a system prompt, few-shot turns) is run
+    once into a key/value cache that each batch reads: with 8 shots that is most of every row, which
+    the padded rows would otherwise compute once per row (the training attention lays out a shared
+    prefix per batch itself, see loss_batch)."""
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths together: less padding
+    prefix = 0 if lays_out_shared_prefix(model) else shared_prefix_length(rows)
+    cache = prefix_cache(model, rows[0].input_ids[:prefix]) if prefix else None
+    device = next(model.parameters()).device
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        chunk = [rows[i] for i in index]
+        if cache is None:
+            batch = loss_batch(model, chunk, pad_id)
+        else:
+            tails = [Row(row.input_ids[prefix:], row.labels[prefix:], row.position_ids[prefix:]) for row in chunk]
+            batch = {key: value.to(device) for key, value in collate(tails, pad_id).items()}
+            batch["past_key_values"] = expanded_cache(cache, len(chunk))
+        yield index, token_loss_sums(model, batch)
+
+
 @torch.no_grad()
 def answer_loss(model, rows: list[Row], pad_id: int, batch_size: int = 8) -> dict:
     """Mean loss per target token over ``rows`` and its perplexity."""
@@ -74,12 +100,8 @@ def answer_loss(model, rows: list[Row], pad_id: int, batch_size: int = 8) -> dic
         return {}
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
-    ordered = sorted(rows, key=len)  # similar lengths together: less padding
-    for start in range(0, len(ordered), batch_size):
-        chunk = ordered[start : start + batch_size]
-        total += token_loss_sums(model, loss_batch(model, chunk, pad_id)).sum().item()
-        count += sum(row.n_target for row in chunk)
+    total = sum(sums.sum().item() for _, sums in loss_sums_in_batches(model, rows, pad_id, batch_size))
+    count = sum(row.n_target for row in rows)
     model.train(was_training)
     loss = total / max(count, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "target_tokens": count}
@@ -88,10 +110,7 @@ def answer_loss(model, rows: list[Row], pad_id: int, batch_size: int = 8) -> dic
 @torch.no_grad()
 def sequence_log_likelihoods(model, rows: list[Row], pad_id: int, batch_size: int = 8) -> torch.Tensor:
     """Summed log-likelihood of each row's target tokens, in the order given."""
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths together
     result = torch.zeros(len(rows), dtype=torch.float64)
-    for start in range(0, len(order), batch_size):
-        index = order[start : start + batch_size]
-        batch = loss_batch(model, [rows[i] for i in index], pad_id)
-        result[index] = -token_loss_sums(model, batch).double().cpu()
+    for index, sums in loss_sums_in_batches(model, rows, pad_id, batch_size):
+        result[index] = -sums.double().cpu()
     return result

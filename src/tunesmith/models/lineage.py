@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from tunesmith.errors import TunesmithError
-from tunesmith.models.base import EMBEDDED, is_model_folder, resolve_base
+from tunesmith.models.base import EMBEDDED, resolve_base
 from tunesmith.registry import store
 
 

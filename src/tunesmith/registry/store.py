@@ -138,12 +138,34 @@ def get(ref: str) -> ModelVersion:
                          f"{', '.join(str(v.version) for v in available)}")
 
 
-def remove(ref: str) -> list[ModelVersion]:
-    """Delete one version (NAME:VERSION) or every version of a name (NAME)."""
+def dependents(refs: set[str]) -> dict[str, list[str]]:
+    """Versions outside ``refs`` built on a full fine-tune in ``refs``: {full fine-tune: [versions]}.
+
+    A LoRA ancestor's adapter is copied into each descendant (models.lineage), so removing it loses
+    nothing; a full fine-tune's weights are only referred to, so its descendants stop loading."""
+    found: dict[str, list[str]] = {}
+    for version in list_models():
+        if version.ref in refs:
+            continue
+        for ancestor in version.manifest.get("lineage", []):
+            if ancestor.get("adapter") is None and ancestor.get("ref") in refs:
+                found.setdefault(ancestor["ref"], []).append(version.ref)
+    return found
+
+
+def remove(ref: str, force: bool = False) -> list[ModelVersion]:
+    """Delete one version (NAME:VERSION) or every version of a name (NAME). Refused, unless ``force``,
+    when another version is built on a full fine-tune being removed (see ``dependents``)."""
     name, version = parse_ref(ref)
     doomed = [get(ref)] if version is not None else versions(name)
     if not doomed:
         get(ref)  # raises the not-found message
+    blocked = {} if force else dependents({entry.ref for entry in doomed})
+    if blocked:
+        listed = "; ".join(f"{full} is the starting point of {', '.join(refs)}" for full, refs in blocked.items())
+        raise TunesmithError(f"nothing removed: {listed} (a full fine-tune's weights are not copied into the "
+                             f"models built on it, so they would no longer load). Remove those first, or pass "
+                             f"--force to remove {ref} anyway")
     for entry in doomed:
         (entry.path.parent / f".removed-{entry.version}").touch()  # the number is never reused
         # Rename first so a crash mid-delete never leaves a half-version that looks valid.

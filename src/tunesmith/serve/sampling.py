@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
+from tunesmith.generation import answer_cache
 from tunesmith.inference import LoadedModel
 
 OnText = Callable[[int, str], None]  # (choice index, text that is final)
@@ -151,6 +152,7 @@ def generate_choice(loaded: LoadedModel, prompt_ids: list[int], sampling: Sampli
     device = next(model.parameters()).device
     input_ids = torch.tensor([prompt_ids], device=device)
     model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                   past_key_values=answer_cache(model, len(prompt_ids), sampling.max_tokens),
                    max_new_tokens=sampling.max_tokens, do_sample=False, logits_processor=processors,
                    stopping_criteria=StoppingCriteriaList([watcher]), eos_token_id=tokenizer.eos_token_id,
                    pad_token_id=tokenizer.pad_token_id)
