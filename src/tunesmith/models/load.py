@@ -19,8 +19,8 @@ def device() -> torch.device:
 
 def precision_dtype(precision: str = "auto") -> torch.dtype:
     """The weights' dtype for using a model (eval, generate, chat, serve). ``auto``: bf16 on a GPU that
-    has it, else fp32. On a CPU with AMX bf16 is opt-in: measured there it scores labels 3.9x and
-    generates batches 1.4x faster, but decodes a single stream 15-25% slower, and it moved the
+    has it, else fp32. On a CPU with AMX bf16 is opt-in: measured there it scores labels 3.3-3.9x and
+    generates batches 1.4-1.5x faster, but decodes a single stream 8-25% slower, and it moved the
     fine-tuned demo classifier from 95% to 93% accuracy (bench/RESULTS.md)."""
     if precision not in PRECISIONS:
         raise TunesmithError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
