@@ -55,7 +55,6 @@ def test_loss_batch_lays_out_the_prefix_only_under_the_training_attention(tiny_m
     assert batch["input_ids"].shape == (1, PREFIX + sum(len(r) - PREFIX for r in rows))
 
 
-
 def test_evaluation_runs_the_shared_prefix_once_into_a_cache(tiny_model_dir, monkeypatch):
     # Outside the training attention (eval, the closing comparison): the prefix goes through the model
     # once, each batch reads its cache, and every row's figures equal the padded rows'.
@@ -77,6 +76,7 @@ def test_evaluation_runs_the_shared_prefix_once_into_a_cache(tiny_model_dir, mon
     short = rows_with_prefix(model.config.vocab_size, prefix=MIN_SHARED_PREFIX - 1)
     sequence_log_likelihoods(model, short, pad, batch_size=2)
     assert prefixes == []
+
 
 def loss_sums_and_grads(model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     model.zero_grad(set_to_none=True)
