@@ -80,15 +80,14 @@ def loss_sums_in_batches(model, rows: list[Row], pad_id: int, batch_size: int = 
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths together: less padding
     prefix = 0 if lays_out_shared_prefix(model) else shared_prefix_length(rows)
     cache = prefix_cache(model, rows[0].input_ids[:prefix]) if prefix else None
-    device = next(model.parameters()).device
     for start in range(0, len(order), batch_size):
         index = order[start : start + batch_size]
         chunk = [rows[i] for i in index]
         if cache is None:
             batch = loss_batch(model, chunk, pad_id)
-        else:
-            tails = [Row(row.input_ids[prefix:], row.labels[prefix:], row.position_ids[prefix:]) for row in chunk]
-            batch = {key: value.to(device) for key, value in collate(tails, pad_id).items()}
+        else:  # the rows after the prefix, padded (no layout: this is not the training attention)
+            batch = loss_batch(model, [Row(row.input_ids[prefix:], row.labels[prefix:], row.position_ids[prefix:])
+                                       for row in chunk], pad_id)
             batch["past_key_values"] = expanded_cache(cache, len(chunk))
         yield index, token_loss_sums(model, batch)
 
