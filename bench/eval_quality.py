@@ -36,6 +36,22 @@ def run(name: str, train_file: Path, test_file: Path, out: Path) -> tuple[dict, 
     return figures, train_seconds, result.version.manifest
 
 
+def _span(interval: list[float] | None, fmt: str) -> str:
+    return "–" if interval is None else f"{fmt.format(interval[0])} – {fmt.format(interval[1])}"
+
+
+def _differences(figures: dict) -> str:
+    """``fine-tuned - base zero-shot: +19.8 points (95% interval +15.2 to +24.4); ...``"""
+    from tunesmith.evaluation.compare import format_difference, sample_size
+    from tunesmith.evaluation.systems import display_name
+
+    shots = figures["results"].get("few_shot", {}).get("shots", 0)
+    return "; ".join(f"fine-tuned − {display_name(name, shots)}: {format_difference(d['metric'], d['difference'])} "
+                     f"(95% interval {format_difference(d['metric'], d['low'], unit=False)} to "
+                     f"{format_difference(d['metric'], d['high'], unit=False)}, {sample_size({name: d})})"
+                     for name, d in figures["significance"].items())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "tunesmith-eval-quality")
@@ -58,10 +74,13 @@ def main() -> None:
                         ("prompt_tokens_mean", "{:.0f}"), ("latency_ms_p50", "{:.0f} ms"),
                         ("latency_ms_p90", "{:.0f} ms"), ("eval_seconds", "{:.1f} s")):
         rows.append([metric, *(fmt.format(sentiment["results"][s][metric]) for s in systems)])
+    rows.append(["95% interval of accuracy", *(_span(sentiment["intervals"].get(s), "{:.1%}") for s in systems)])
     even = sentiment["break_even"]
     config = sentiment_manifest["config"]
     text_rows = [[metric, *(f"{austen['results'][s][metric]:.3f}" for s in austen["systems"])]
                  for metric in ("perplexity", "bits_per_byte", "loss")]
+    text_rows.append(["95% interval of perplexity",
+                      *(_span(austen["intervals"].get(s), "{:.3f}") for s in austen["systems"])])
     write_section("eval-quality", f"""
 ## Fine-tuning against the baselines on real data (`bench/eval_quality.py`)
 
@@ -75,7 +94,9 @@ test reviews; the 8-shot prompt uses label-balanced training examples:
 
 {table(["metric", *(names[s] for s in systems)], rows)}
 
-Fine-tuning helped (beats both baselines on accuracy): **{sentiment['helped']}**. Break-even against the 8-shot
+Fine-tuning helped (beats both baselines on accuracy): **{sentiment['helped']}**; beyond the noise of 500 reviews
+(every 95% interval of the difference excludes zero): **{sentiment['helped_clearly']}**
+({_differences(sentiment)}). Break-even against the 8-shot
 prompt: training cost {even['training_cpu_seconds']:.0f} CPU-seconds (${even['training_cost_usd']:.4f} at
 ${even['prices']['cpu_core_hour_usd']}/core-hour); each request saves {even['saved_cpu_seconds_per_request']:.3f}
 CPU-seconds, so it pays back after **{even['requests']}** requests.
@@ -85,7 +106,8 @@ CPU-seconds, so it pays back after **{even['requests']}** requests.
 
 {table(["metric", *(names[s] for s in austen["systems"])], text_rows)}
 
-Fine-tuning lowered the held-out perplexity: **{austen['helped']}**.
+Fine-tuning lowered the held-out perplexity: **{austen['helped']}**; beyond the noise of the held-out blocks:
+**{austen['helped_clearly']}** ({_differences(austen)}).
 """)
     print(f"sentiment helped={sentiment['helped']} austen helped={austen['helped']}; reports in {args.out}")
 

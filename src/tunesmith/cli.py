@@ -333,9 +333,10 @@ def _eval_teacher(args):
 
 
 def print_verdict(figures: dict) -> None:
-    if figures["helped"] is not None:
-        out.print("[green]fine-tuning helped[/]" if figures["helped"] else
-                  f"[red]fine-tuning did not beat every baseline on {figures['primary']}[/]")
+    from tunesmith.evaluation.compare import verdict
+
+    for line in verdict(figures["task"], figures["results"], figures["helped"], figures.get("significance") or {}):
+        out.print(line, soft_wrap=True)
     even = figures.get("break_even")
     if even:
         if even["requests"] is None:

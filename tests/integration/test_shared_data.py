@@ -49,6 +49,8 @@ def test_fine_tuned_beats_zero_shot_and_8_shot_on_movie_sentiment(home, tmp_path
     assert tuned > results["base"]["accuracy"], results
     assert tuned > results["few_shot"]["accuracy"], results
     assert figures["helped"] is True
+    # and by more than 500 reviews' noise: the paired bootstrap's intervals exclude zero
+    assert figures["helped_clearly"] is True, figures["significance"]
     # the short prompt is the point: the fine-tuned model reads far fewer tokens per request than 8 shots
     assert results["fine_tuned"]["prompt_tokens_mean"] * 3 < results["few_shot"]["prompt_tokens_mean"]
     html = report.read_text()
@@ -74,3 +76,7 @@ def test_continued_pretraining_lowers_perplexity_on_a_novel(home, tmp_path):
     assert results["fine_tuned"]["perplexity"] < results["base"]["perplexity"]
     assert results["fine_tuned"]["bits_per_byte"] < results["base"]["bits_per_byte"]
     assert figures["helped"] is True
+    # the bootstrap over held-out blocks agrees with the reported perplexities
+    tested = figures["significance"]["base"]
+    assert tested["metric"] == "perplexity" and tested["low"] <= tested["difference"] <= tested["high"]
+    assert tested["difference"] == pytest.approx(results["fine_tuned"]["perplexity"] - results["base"]["perplexity"])

@@ -121,6 +121,19 @@ def test_eval_classify_shape(figures, tinycls):
     json.dumps(figures)  # the --json shape: plain JSON
 
 
+def test_eval_intervals_come_from_the_same_examples(figures):
+    # The bootstrap's point estimates are the reported metrics: it resampled the examples that were scored.
+    results, tested = figures["results"], figures["significance"]
+    assert set(tested) == {"base", "few_shot"} and set(figures["intervals"]) == set(SYSTEMS)
+    for baseline, d in tested.items():
+        assert d["metric"] == "accuracy" and d["n"] == 12
+        assert d["difference"] == pytest.approx(results["fine_tuned"]["accuracy"] - results[baseline]["accuracy"])
+        assert d["low"] <= d["high"] and d["clear"] == (d["low"] > 0)
+    for name, (low, high) in figures["intervals"].items():
+        assert 0 <= low <= high <= 1
+    assert figures["helped_clearly"] == (figures["helped"] and all(d["clear"] for d in tested.values()))
+
+
 def test_eval_records_and_honours_its_precision(figures, tinycls, files):
     from tunesmith.models.load import precision_dtype
 
@@ -181,6 +194,9 @@ def test_cli_eval_writes_json_and_report(tinycls, files, tmp_path, capsys):
     assert "data:image/png;base64," in page and "http" not in page
     printed = capsys.readouterr().out
     assert "fine-tuned" in printed and "base + 2-shot prompt" in printed
+    # the verdict: one line per baseline with the difference and its interval, in the report too
+    assert "accuracy against base (zero-shot):" in printed and "95% interval" in printed
+    assert "fine-tuned against" in page and "Paired bootstrap over 12 examples" in page
 
 
 def test_cli_eval_baselines(tinycls, files, tmp_path, capsys):
@@ -226,6 +242,8 @@ def test_eval_a_chat_model(shared_home, files, tiny_model_dir):
     for name in SYSTEMS:  # ROUGE-L is the mean of the per-example scores
         assert figures["results"][name]["rouge_l"] == pytest.approx(
             statistics.fmean(e["scores"][name] for e in figures["examples"]))
+    assert figures["significance"]["base"]["difference"] == pytest.approx(
+        figures["results"]["fine_tuned"]["rouge_l"] - figures["results"]["base"]["rouge_l"])
 
 
 def test_learning_curve(home, files, tiny_model_dir, tmp_path):
@@ -237,6 +255,7 @@ def test_learning_curve(home, files, tiny_model_dir, tmp_path):
     assert curve["task"] == "classify" and curve["metric"] == "accuracy" and curve["higher_is_better"] is True
     assert [(p["n"], p["model"]) for p in curve["points"]] == [(8, "tc-n8:1"), (16, "tc-n16:1")]
     assert all(0 <= p["value"] <= 1 and p["train_seconds"] > 0 for p in curve["points"])
+    assert all(0 <= p["interval"][0] <= p["interval"][1] <= 1 for p in curve["points"])
     assert set(curve["baselines"]) == {"base", "few_shot"} and curve["shots"] == 2
     small, large = store.get("tc-n8:1"), store.get("tc-n16:1")
     assert small.manifest["data"]["train"]["rows"] == 8 and large.manifest["data"]["train"]["rows"] == 16

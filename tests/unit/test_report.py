@@ -168,3 +168,23 @@ def test_writers_are_atomic(tmp_path):
     assert (tmp_path / "eval.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
     assert (tmp_path / "sub" / "curve.html").exists()
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_significance_section_and_interval_columns():
+    figures = _classify()
+    figures["significance"] = {
+        "base": {"metric": "accuracy", "difference": 0.23, "low": 0.15, "high": 0.31, "clear": True, "n": 100},
+        "few_shot": {"metric": "accuracy", "difference": 0.06, "low": -0.01, "high": 0.13, "clear": False, "n": 100}}
+    figures["intervals"] = {"base": [0.62, 0.8], "few_shot": [0.81, 0.94], "fine_tuned": [0.89, 0.98]}
+    page = render_eval_report(figures)
+    _self_contained(page)
+    assert "But not clearly: against base + 8-shot prompt the difference is within the noise of 100 examples" in page
+    for text in ("+23.0 points", "+15.0 to +31.0", "clearly better", "+6.0 points", "-1.0 to +13.0",
+                 "within the noise", "Paired bootstrap over 100 examples"):
+        assert text in page, text
+    assert "fine-tuned against" not in render_eval_report(_classify())  # no per-example scores, no section
+
+    curve = _curve([0.80, 0.88])
+    curve["points"][0]["interval"] = [0.71, 0.87]
+    page = render_curve_report(curve)
+    assert "95% interval" in page and "71.0% – 87.0%" in page

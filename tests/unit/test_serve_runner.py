@@ -9,7 +9,7 @@ import pytest
 
 from tunesmith import paths
 from tunesmith.registry import store as registry
-from tunesmith.serve.job_runner import run_job
+from tunesmith.serve.job_runner import comparison_message, run_job
 from tunesmith.serve.store import JobStore, job_object
 
 # classification: the closing comparison scores labels (fast) instead of generating from a random model
@@ -90,3 +90,13 @@ def test_a_cancelled_job_is_not_marked_succeeded(home, tiny_model_dir):
     store.transition(job_id, "cancelled", ("running",))
     assert run_job(store, store.get_job(job_id), parent=None) == 0  # fails to load; the cancel stays
     assert store.get_job(job_id)["status"] == "cancelled" and store.get_job(job_id)["error"] is None
+
+
+def test_comparison_message_says_how_clearly_it_helped():
+    comparison = {"base": {"accuracy": 0.5}, "few_shot": {"accuracy": 0.6, "shots": 8},
+                  "fine_tuned": {"accuracy": 0.65}, "helped": True, "helped_clearly": False,
+                  "significance": {"few_shot": {"n": 32, "clear": False}}}
+    assert comparison_message("classify", comparison) == (
+        "validation: accuracy fine-tuned 65.0% vs base 50.0% vs 8-shot 60.0%; fine-tuning helped, "
+        "but not clearly (within the noise of 32 examples)")
+    assert comparison_message("classify", comparison | {"helped_clearly": True}).endswith("; fine-tuning helped")

@@ -67,11 +67,18 @@ def test_train_publishes_versions(home, write_jsonl, tiny_model_dir, capsys):
     assert manifest["metrics"]["base"]["loss"] > manifest["metrics"]["fine_tuned"]["loss"]
     # the closing comparison: base zero-shot and 8-shot measured on the validation split too
     metrics = manifest["metrics"]
-    assert list(metrics) == ["base", "few_shot", "fine_tuned", "helped"]
+    assert list(metrics) == ["base", "few_shot", "fine_tuned", "helped", "helped_clearly", "significance"]
     assert metrics["few_shot"]["shots"] == 8
     assert metrics["few_shot"]["prompt_tokens_mean"] > metrics["base"]["prompt_tokens_mean"]
     assert metrics["helped"] == all(metrics["fine_tuned"]["rouge_l"] > metrics[b]["rouge_l"]
                                     for b in ("base", "few_shot"))
+    # how clearly: the baselines' per-example scores were kept from before training for the intervals
+    for baseline in ("base", "few_shot"):
+        tested = metrics["significance"][baseline]
+        assert tested["n"] == 2 and tested["metric"] == "rouge_l"
+        assert tested["difference"] == pytest.approx(metrics["fine_tuned"]["rouge_l"] - metrics[baseline]["rouge_l"])
+    printed = capsys.readouterr().err  # train reports on stderr
+    assert "rouge_l against base (zero-shot):" in printed and "95% interval" in printed
     pool = [json.loads(line) for line in (version.path / "fewshot.jsonl").read_text().splitlines()]
     assert len(pool) == 22 and all("messages" in record for record in pool)  # every train row, none from val
     assert manifest["training"]["train_seconds"] > 0 and manifest["training"]["steps"] == 12
@@ -127,6 +134,19 @@ def test_full_fine_tuning_writes_model_weights(home, write_jsonl, tiny_model_dir
     assert result.version.manifest["method"] == "full"
     losses = [entry["loss"] for entry in result.loop.history]
     assert losses[-1] < losses[0]
+
+
+def test_raw_text_closing_comparison_bootstraps_held_out_blocks(home, tmp_path, tiny_model_dir):
+    # Perplexity is exp(total loss / total tokens): the bootstrap weights each held-out block by its tokens.
+    book = tmp_path / "book.txt"
+    book.write_text("\n\n".join(f"Chapter {i}. The ship left port {i} at dawn, and the crew sang." for i in range(60)))
+    result = train(config(book, tiny_model_dir, name="book", max_length=32, epochs=1))
+    metrics = result.version.manifest["metrics"]
+    assert list(metrics) == ["base", "fine_tuned", "helped", "helped_clearly", "significance"]
+    tested = metrics["significance"]["base"]
+    assert tested["metric"] == "perplexity" and tested["n"] >= 2
+    assert tested["difference"] == pytest.approx(metrics["fine_tuned"]["perplexity"] - metrics["base"]["perplexity"])
+    assert tested["clear"] == (tested["high"] < 0)
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])

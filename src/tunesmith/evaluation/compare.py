@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
 
+from tunesmith.evaluation.significance import Sample, bootstrap
 from tunesmith.evaluation.systems import display_name
 
 # Which metric decides "did it help", and whether higher is better.
@@ -68,6 +70,79 @@ def helped(task: str, results: dict[str, dict]) -> bool | None:
     if tuned is None or not baselines:
         return None
     return all(better(primary, tuned, value) for value in baselines)
+
+
+def helped_clearly(differences: dict, helped_: bool | None) -> bool | None:
+    """True when fine-tuning beat every baseline and every difference is clear (significance.bootstrap);
+    None without a verdict or without per-example scores."""
+    if helped_ is None or not differences:
+        return None
+    return bool(helped_) and all(d["clear"] for d in differences.values())
+
+
+def significance(task: str, measured: dict[str, object], seed: int = 0) -> dict:
+    """Paired bootstrap intervals of the primary metric for every system with per-example scores,
+    and of the fine-tuned model's difference from each baseline (evaluation/significance.py)."""
+    primary, higher_is_better = PRIMARY[task]
+    samples = {name: Sample(m.scores, m.weights) for name, m in measured.items() if m.scores}
+    baselines = [name for name in samples if name != "fine_tuned" and name not in REFERENCES]
+    tested = bootstrap(samples, baselines, higher_is_better=higher_is_better,
+                       exponential=primary == "perplexity", seed=seed)
+    for difference in tested["differences"].values():
+        difference["metric"] = primary
+    return tested
+
+
+def verdict(task: str, results: dict[str, dict], helped_: bool | None, differences: dict) -> list[str]:
+    """Lines (rich markup) saying whether fine-tuning helped: the headline, then one line per baseline
+    with the difference, its 95% interval and whether the test set can tell them apart."""
+    if helped_ is None:
+        return []
+    primary = PRIMARY[task][0]
+    shots = results.get("few_shot", {}).get("shots", 0)
+    if not helped_:
+        lines = [f"[red]fine-tuning did not beat every baseline on {primary}[/]"]
+    else:
+        note = clarity(differences, shots)
+        style = "yellow" if note.startswith("but") else "green"
+        lines = [f"[{style}]fine-tuning helped{escape(', ' + note) if note else ''}[/]"]
+    for name, d in differences.items():
+        lines.append(escape(f"  {primary} against {display_name(name, shots)}: "
+                            f"{format_difference(primary, d['difference'])} (95% interval "
+                            f"{format_difference(primary, d['low'], unit=False)} to "
+                            f"{format_difference(primary, d['high'], unit=False)}): {reading(d)}"))
+    return lines
+
+
+def clarity(differences: dict, shots: int = 0) -> str:
+    """How clearly the fine-tuned model is ahead: beyond the noise, or not against which baselines."""
+    if not differences:
+        return ""
+    unclear = [display_name(name, shots) for name, d in differences.items() if not d["clear"]]
+    if not unclear:
+        return "beyond this test set's noise (every 95% interval of the difference excludes zero)"
+    return (f"but not clearly: against {' and '.join(unclear)} the difference is within the noise of "
+            f"{sample_size(differences)} (more held-out data would tell)")
+
+
+def sample_size(differences: dict) -> str:
+    """``32 examples``, or for raw text ``24 held-out blocks`` (the bootstrap's unit)."""
+    first = next(iter(differences.values()))
+    return f"{first['n']} {'held-out blocks' if first.get('metric') == 'perplexity' else 'examples'}"
+
+
+def reading(difference: dict) -> str:
+    """What a difference's interval says: clearly better, within the noise, or clearly worse."""
+    if difference["clear"]:
+        return "clearly better"
+    return "within the noise" if difference["low"] <= 0 <= difference["high"] else "clearly worse"
+
+
+def format_difference(metric: str, value: float, unit: bool = True) -> str:
+    """A signed difference of ``metric``: rates in percentage points."""
+    if metric in PERCENT:
+        return f"{value * 100:+.1f}" + (" points" if unit else "")
+    return f"{value:+.2f}" if metric == "perplexity" else f"{value:+.3f}"
 
 
 def per_example(inputs: list[str], references: list[str], lines: list[int],

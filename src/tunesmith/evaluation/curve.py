@@ -71,6 +71,7 @@ def learning_curve(train_file: Path, test_file: Path, sizes: list[int], config: 
             figures = figures or measured
             tuned = measured["results"]["fine_tuned"]
             points.append({"n": size, "model": result.version.ref, "value": tuned[measured["primary"]],
+                           "interval": measured["intervals"].get("fine_tuned"),
                            "train_seconds": result.version.manifest["training"]["wall_seconds"]})
     assert figures is not None
     primary = figures["primary"]
@@ -90,12 +91,15 @@ def curve_table(curve: dict) -> Table:
     table = Table(title=f"learning curve: {metric} on {curve['test']}")
     table.add_column("training examples", justify="right")
     table.add_column(metric, justify="right")
+    table.add_column("95% interval", justify="right")
     table.add_column("model")
     table.add_column("training time", justify="right")
     for point in curve["points"]:
-        table.add_row(str(point["n"]), format_value(metric, point["value"]), point["model"],
+        low_high = point.get("interval")
+        span = f"{format_value(metric, low_high[0])}–{format_value(metric, low_high[1])}" if low_high else "–"
+        table.add_row(str(point["n"]), format_value(metric, point["value"]), span, point["model"],
                       f"{point['train_seconds']:.0f} s")
     for system, value in curve["baselines"].items():
         label = "base zero-shot" if system == "base" else f"base {curve['shots']}-shot"
-        table.add_row("–", format_value(metric, value), f"[dim]{label} (reference)[/]", "")
+        table.add_row("–", format_value(metric, value), "", f"[dim]{label} (reference)[/]", "")
     return table

@@ -24,7 +24,7 @@ from tunesmith.data.batching import Row, pack_documents
 from tunesmith.data.formats import Example
 from tunesmith.data.render import IGNORE, render_messages, render_prompt, tokenize_document, with_answer
 from tunesmith.evaluation.label_scoring import score_candidates
-from tunesmith.evaluation.metrics import answer_loss, sequence_log_likelihoods
+from tunesmith.evaluation.metrics import answer_loss, mean_loss, row_loss_sums, sequence_log_likelihoods
 from tunesmith.evaluation.scores import bits_per_byte, classification_scores, generation_scores, latency_summary
 from tunesmith.evaluation.systems import System, conversation, split_answer
 from tunesmith.generation import generate_batch
@@ -55,8 +55,9 @@ class EvalOptions:
 class Measured:
     metrics: dict
     outputs: list[str] = field(default_factory=list)  # per example: predicted label or generated text
-    scores: list[float] = field(default_factory=list)  # per example: correct (1/0), ROUGE-L
+    scores: list[float] = field(default_factory=list)  # per example: correct (1/0), ROUGE-L; text: per block loss
     confidences: list[float] = field(default_factory=list)  # classify: probability of the prediction
+    weights: list[float] | None = None  # per score: how much it counts in the metric (text: tokens); None: 1 each
 
 
 def measure(system: System, tokenizer, task: str, examples: list[Example], labels: list[str] | None,
@@ -146,11 +147,16 @@ def _preference(system, tokenizer, examples, system_prompt):
 def _text(model, tokenizer, examples, max_length, rows=None):
     if rows is None:
         rows = pack_documents([tokenize_document(tokenizer, e.text or "") for e in examples], max_length)
-    metrics = answer_loss(model, rows, tokenizer.pad_token_id)
+    rows = [row for row in rows if row.n_target]
+    sums = row_loss_sums(model, rows, tokenizer.pad_token_id)
+    metrics = mean_loss(sums.sum().item(), sum(row.n_target for row in rows)) if rows else {}
     n_bytes = sum(len(tokenizer.decode([t for t in row.labels if t != IGNORE]).encode("utf-8")) for row in rows)
-    metrics["bits_per_byte"] = bits_per_byte(metrics["loss"] * metrics["target_tokens"], max(n_bytes, 1))
+    if rows:
+        metrics["bits_per_byte"] = bits_per_byte(metrics["loss"] * metrics["target_tokens"], max(n_bytes, 1))
     metrics["n"] = len(examples) or len(rows)
-    return Measured(metrics)
+    # Per held-out block: its mean loss, weighted by its tokens (the bootstrap's unit; significance.py).
+    tokens = [float(row.n_target) for row in rows]
+    return Measured(metrics, scores=[s / t for s, t in zip(sums.tolist(), tokens)], weights=tokens)
 
 
 def _prompt_ids(tokenizer, messages: list[dict]) -> list[int]:

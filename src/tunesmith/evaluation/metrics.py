@@ -93,23 +93,30 @@ def loss_sums_in_batches(model, rows: list[Row], pad_id: int, batch_size: int = 
 
 
 @torch.no_grad()
+def row_loss_sums(model, rows: list[Row], pad_id: int, batch_size: int = 8) -> torch.Tensor:
+    """Each row's summed target loss in nats (float64), in the order given, computed in eval mode."""
+    was_training = model.training
+    model.eval()
+    result = torch.zeros(len(rows), dtype=torch.float64)
+    for index, sums in loss_sums_in_batches(model, rows, pad_id, batch_size):
+        result[index] = sums.double().cpu()
+    model.train(was_training)
+    return result
+
+
 def answer_loss(model, rows: list[Row], pad_id: int, batch_size: int = 8) -> dict:
     """Mean loss per target token over ``rows`` and its perplexity."""
     if not rows:
         return {}
-    was_training = model.training
-    model.eval()
-    total = sum(sums.sum().item() for _, sums in loss_sums_in_batches(model, rows, pad_id, batch_size))
-    count = sum(row.n_target for row in rows)
-    model.train(was_training)
+    return mean_loss(row_loss_sums(model, rows, pad_id, batch_size).sum().item(), sum(row.n_target for row in rows))
+
+
+def mean_loss(total: float, count: int) -> dict:
+    """Loss per target token from a summed loss, and its perplexity."""
     loss = total / max(count, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "target_tokens": count}
 
 
-@torch.no_grad()
 def sequence_log_likelihoods(model, rows: list[Row], pad_id: int, batch_size: int = 8) -> torch.Tensor:
     """Summed log-likelihood of each row's target tokens, in the order given."""
-    result = torch.zeros(len(rows), dtype=torch.float64)
-    for index, sums in loss_sums_in_batches(model, rows, pad_id, batch_size):
-        result[index] = -sums.double().cpu()
-    return result
+    return -row_loss_sums(model, rows, pad_id, batch_size)

@@ -12,7 +12,10 @@ from collections import defaultdict
 from pathlib import Path
 
 from tunesmith.durable import atomic_write_text
-from tunesmith.evaluation.compare import HIGHER_IS_BETTER, PERCENT, REFERENCES
+from tunesmith.evaluation.compare import (
+    HIGHER_IS_BETTER, PERCENT, REFERENCES, clarity, format_difference, reading, sample_size,
+)
+from tunesmith.evaluation.significance import RESAMPLES
 from tunesmith.evaluation.systems import DISPLAY, display_name
 
 # key: (row label, decimals). The order is the comparison table's row order. Which metrics are rates
@@ -105,6 +108,7 @@ def _comparison(figures: dict, results: dict, names: dict) -> str:
             best = (max if higher_primary else min)(baselines)
             text += f": {METRICS.get(primary, (primary,))[0]} {fmt(primary, tuned)} vs {fmt(primary, best)}"
         out.append(f'<p class="verdict">{_e(text)}</p>')
+        out.append(_significance(figures, results))
     for key, (label, _) in METRICS.items():
         values = [results[s].get(key) for s in names]
         present = [v for v in values if _num(v)]
@@ -119,12 +123,38 @@ def _comparison(figures: dict, results: dict, names: dict) -> str:
     shown = [s for s in names if _num(results[s].get(primary))]
     if shown:
         (scale, ylabel), (fig, ax) = _axis(primary), _subplots(figsize=(1.7 * len(shown) + 2, 3.2))
-        bars = ax.bar([names[s] for s in shown], [results[s][primary] * scale for s in shown],
-                      color=[COLORS[s] for s in shown])
-        ax.bar_label(bars, labels=[fmt(primary, results[s][primary]) for s in shown])
+        values, intervals = [results[s][primary] for s in shown], figures.get("intervals") or {}
+        # 95% intervals as error bars; a system without per-example scores gets none.
+        spans = [intervals.get(s) or [v, v] for s, v in zip(shown, values)]
+        errors = [[max(v - low, 0) * scale for v, (low, _) in zip(values, spans)],
+                  [max(high - v, 0) * scale for v, (_, high) in zip(values, spans)]]
+        bars = ax.bar([names[s] for s in shown], [v * scale for v in values],
+                      color=[COLORS[s] for s in shown], yerr=errors, capsize=6, ecolor="#374151")
+        # inside the bars: above them the error bars would cross the numbers
+        ax.bar_label(bars, labels=[fmt(primary, results[s][primary]) for s in shown], label_type="center")
         ax.set(ylabel=ylabel, ymargin=0.15)
         out.append(_img(fig, f"{primary} per system"))
     return "".join(out)
+
+
+def _significance(figures: dict, results: dict) -> str:
+    """Each baseline's difference from the fine-tuned model with its 95% interval (significance.py)."""
+    tested = figures.get("significance") or {}
+    if not tested:
+        return ""
+    primary = figures.get("primary")
+    shots = (results.get("few_shot") or {}).get("shots", 0)
+    rows = [[_e(display_name(name, shots)), _e(format_difference(primary, d["difference"])),
+             _e(f"{format_difference(primary, d['low'], unit=False)} to "
+                f"{format_difference(primary, d['high'], unit=False)}"),
+             _e(reading(d))] for name, d in tested.items()]
+    note = clarity(tested, shots) if figures.get("helped") else ""
+    return ((f"<p>{_e(note[0].upper() + note[1:])}.</p>" if note else "")
+            + _table(["fine-tuned against", f"difference in {_e(METRICS.get(primary, (primary,))[0])}",
+                      "95% interval", "reading"], rows, {1, 2})
+            + f'<p class="meta">Paired bootstrap over {_e(sample_size(tested))} '
+              f"({RESAMPLES} redraws): an interval that excludes zero means this test set can tell the two "
+              "apart. Error bars in the chart below are each system's own 95% interval.</p>")
 
 
 def _task_figures(figures: dict, results: dict, names: dict) -> str:
@@ -269,8 +299,12 @@ def render_curve_report(curve: dict) -> str:
         body.append(f'<p class="verdict">{_e(text)}</p>')
     if valued:
         (scale, ylabel), (fig, ax) = _axis(metric), _subplots(figsize=(7, 3.8))
-        ax.plot([p["n"] for p in valued], [p["value"] * scale for p in valued], marker="o",
-                color=COLORS["fine_tuned"], label="fine-tuned")
+        # Each point's 95% interval (paired bootstrap over the test set) as an error bar.
+        spans = [p.get("interval") or [p["value"], p["value"]] for p in valued]
+        errors = [[max(p["value"] - low, 0) * scale for p, (low, _) in zip(valued, spans)],
+                  [max(high - p["value"], 0) * scale for p, (_, high) in zip(valued, spans)]]
+        ax.errorbar([p["n"] for p in valued], [p["value"] * scale for p in valued], yerr=errors, marker="o",
+                    capsize=4, color=COLORS["fine_tuned"], label="fine-tuned (95% interval)")
         for key, value in (curve.get("baselines") or {}).items():
             if _num(value):
                 ax.axhline(value * scale, linestyle="--", color=COLORS[key],
@@ -281,10 +315,12 @@ def render_curve_report(curve: dict) -> str:
         ax.legend()
         body.append(_img(fig, f"{metric} vs number of training examples"))
     if points:
-        rows = [[_e(p["n"]), fmt(metric, p.get("value")), _e(p.get("model", "")),
+        rows = [[_e(p["n"]), fmt(metric, p.get("value")),
+                 f"{fmt(metric, p['interval'][0])} – {fmt(metric, p['interval'][1])}" if p.get("interval") else "—",
+                 _e(p.get("model", "")),
                  f"{p['train_seconds']:,.1f}" if _num(p.get("train_seconds")) else "—"] for p in points]
-        header = ["n", _e(label), "model", "training seconds"]
-        body.append("<h2>Points</h2>" + _table(header, rows, {0, 1, 3}))
+        header = ["n", _e(label), "95% interval", "model", "training seconds"]
+        body.append("<h2>Points</h2>" + _table(header, rows, {0, 1, 2, 4}))
     return _page(f"Learning curve: {label}", curve, ["task", "train", "test", "seed", "created"], body)
 
 

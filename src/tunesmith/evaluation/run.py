@@ -18,7 +18,9 @@ from tunesmith.data.check import check_data
 from tunesmith.data.formats import Example, read_file
 from tunesmith.data.render import example_messages
 from tunesmith.errors import DataError, TunesmithError
-from tunesmith.evaluation.compare import PRIMARY, REFERENCES, diffs, helped, per_example
+from tunesmith.evaluation.compare import (
+    PRIMARY, REFERENCES, diffs, helped, helped_clearly, per_example, significance,
+)
 from tunesmith.evaluation.measure import EvalOptions, Measured, measure
 from tunesmith.evaluation.scores import break_even
 from tunesmith.evaluation.teacher import measure_teacher
@@ -85,15 +87,18 @@ def evaluate(ref: str, data: Path, baselines: tuple[str, ...] = BASELINES, optio
     primary, higher_is_better = PRIMARY[task]
     examples_out = [] if task == "text" else per_example(
         *_inputs_and_references(examples, task), [e.line for e in examples], measured)
-    differences = diffs(examples_out, {name: m for name, m in measured.items() if name not in REFERENCES})
+    changed = diffs(examples_out, {name: m for name, m in measured.items() if name not in REFERENCES})
+    verdict_of, tested = helped(task, results), significance(task, measured, options.seed)
     return {
         "model": loaded.ref, "task": task, "data": str(data), "n": len(examples), "labels": labels,
         "precision": "bf16" if dtype == torch.bfloat16 else "fp32",
         "primary": primary, "higher_is_better": higher_is_better, "systems": list(results),
-        "results": results, "helped": helped(task, results),
+        "results": results, "helped": verdict_of,
+        "helped_clearly": helped_clearly(tested["differences"], verdict_of),
+        "significance": tested["differences"], "intervals": tested["intervals"],
         "break_even": _break_even(manifest, results, prices),
-        "examples": examples_out, "diffs": differences[:MAX_DIFFS], "diffs_total": len(differences),
-        "regressions_total": sum(d["kind"] == "regression" for d in differences),
+        "examples": examples_out, "diffs": changed[:MAX_DIFFS], "diffs_total": len(changed),
+        "regressions_total": sum(d["kind"] == "regression" for d in changed),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - started, 1),
     }

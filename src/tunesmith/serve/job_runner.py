@@ -113,7 +113,7 @@ def job_config(store: JobStore, job):
 
 def comparison_message(task: str, comparison: dict) -> str:
     """``validation: accuracy fine-tuned 92.0% vs base 70.0% vs 8-shot 85.0%; fine-tuning helped``"""
-    from tunesmith.evaluation.compare import PRIMARY, format_value
+    from tunesmith.evaluation.compare import PRIMARY, format_value, sample_size
 
     metric = PRIMARY[task][0]
     shown = {"fine_tuned": "fine-tuned", "base": "base",
@@ -121,6 +121,8 @@ def comparison_message(task: str, comparison: dict) -> str:
     parts = [f"{label} {format_value(metric, comparison[system][metric])}" for system, label in shown.items()
              if metric in comparison.get(system, {})]
     verdict = {True: "; fine-tuning helped", False: "; fine-tuning did not help"}.get(comparison.get("helped"), "")
+    if comparison.get("helped") and comparison.get("helped_clearly") is False:
+        verdict += f", but not clearly (within the noise of {sample_size(comparison['significance'])})"
     return f"validation: {metric} " + " vs ".join(parts) + verdict
 
 

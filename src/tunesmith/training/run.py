@@ -26,8 +26,8 @@ from tunesmith.data.check import DataReport, check_data, check_structure
 from tunesmith.data.prepare import build_rows, split
 from tunesmith.durable import atomic_write_text
 from tunesmith.errors import DataError, TunesmithError
-from tunesmith.evaluation.compare import comparison_table, helped
-from tunesmith.evaluation.measure import EvalOptions, measure
+from tunesmith.evaluation.compare import comparison_table, helped, helped_clearly, significance, verdict
+from tunesmith.evaluation.measure import EvalOptions, Measured, measure
 from tunesmith.evaluation.systems import System, pick_shots, same_model_systems
 from tunesmith.models.lineage import load_start, resolve_start
 from tunesmith.models.load import add_lora, count_parameters, load_tokenizer
@@ -129,9 +129,11 @@ def train(config: TrainConfig | None = None, resume: str | None = None, console:
         return TrainResult(None, loop, baselines.get("base", {}), {}, run_dir)
 
     results = {**baselines, **evaluation.fine_tuned()}
+    comparison = {**results, **evaluation.verdict(results)}
     if len(results) > 1:
         console.print(comparison_table(config.task, results, f"{name} on {len(val_rows)} validation rows"))
-    comparison = {**results, "helped": helped(config.task, results)}
+        for line in verdict(config.task, results, comparison["helped"], comparison["significance"]):
+            console.print(line)
     version = write_version(name, model, tokenizer, config, report, start, loop, comparison,
                             wall_seconds=time.time() - started, run_dir=run_dir,
                             shot_pool=splits.train_examples, provenance=provenance)
@@ -176,27 +178,41 @@ class _ValidationComparison:
         no_shots = config.task == "text" or parent is not None
         self.shots = [] if no_shots else pick_shots(splits.train_examples, self.options.shots, config.seed)
         self.systems = same_model_systems(model, self.shots, lora=config.uses_adapter, parent=parent)
+        self.measured: dict[str, Measured] = {}
 
     def baselines(self, run_dir: Path) -> dict:
+        """The baselines' figures; their per-example scores are kept for the verdict's intervals."""
         cached = run_dir / "baselines.json"
         if cached.is_file():
-            return json.loads(cached.read_text())
-        if not self.val_rows:
-            return {}
-        # Before training the weights are the base model's (and LoRA can switch its adapter off).
-        results = {name: self._measure(system) for name, system in self.systems.items() if name != "fine_tuned"}
-        atomic_write_text(cached, json.dumps(results))
-        return results
+            stored = json.loads(cached.read_text())
+            # A run folder from before the scores were kept holds figures only: no intervals then.
+            self.measured = {name: Measured(**value) if "metrics" in value else Measured(value)
+                             for name, value in stored.items()}
+        elif self.val_rows:
+            # Before training the weights are the base model's (and LoRA can switch its adapter off).
+            self.measured = {name: self._measure(system) for name, system in self.systems.items()
+                             if name != "fine_tuned"}
+            atomic_write_text(cached, json.dumps({name: {"metrics": m.metrics, "scores": m.scores,
+                                                         "weights": m.weights}
+                                                  for name, m in self.measured.items()}))
+        return {name: m.metrics for name, m in self.measured.items()}
 
     def fine_tuned(self) -> dict:
         if not self.val_rows:
             return {}
-        return {"fine_tuned": self._measure(self.systems["fine_tuned"])}
+        self.measured["fine_tuned"] = self._measure(self.systems["fine_tuned"])
+        return {"fine_tuned": self.measured["fine_tuned"].metrics}
 
-    def _measure(self, system: System) -> dict:
+    def verdict(self, results: dict) -> dict:
+        """Whether fine-tuning helped, and how clearly (paired bootstrap over the validation rows)."""
+        helped_ = helped(self.config.task, results)
+        tested = significance(self.config.task, self.measured, self.config.seed)["differences"]
+        return {"helped": helped_, "helped_clearly": helped_clearly(tested, helped_), "significance": tested}
+
+    def _measure(self, system: System) -> Measured:
         return measure(system, self.tokenizer, self.config.task, self.examples, self.config.labels,
                        self.config.system_prompt, self.options, self.config.max_length,
-                       text_rows=self.val_rows).metrics
+                       text_rows=self.val_rows)
 
 
 def _error_summary(report: DataReport) -> str:
