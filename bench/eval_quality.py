@@ -41,7 +41,7 @@ def _span(interval: list[float] | None, fmt: str) -> str:
 
 
 def _differences(figures: dict) -> str:
-    """``fine-tuned - base zero-shot: +19.8 points (95% interval +15.2 to +24.4); ...``"""
+    """``fine-tuned − base (zero-shot): +19.8 points (95% interval +15.2 to +24.4, 500 examples); ...``"""
     from tunesmith.evaluation.compare import format_difference, sample_size
     from tunesmith.evaluation.systems import display_name
 
