@@ -42,13 +42,12 @@ def _span(interval: list[float] | None, fmt: str) -> str:
 
 def _differences(figures: dict) -> str:
     """``fine-tuned − base (zero-shot): +19.8 points (95% interval +15.2 to +24.4, 500 examples); ...``"""
-    from tunesmith.evaluation.compare import format_difference, sample_size
+    from tunesmith.evaluation.compare import format_difference, format_interval, sample_size
     from tunesmith.evaluation.systems import display_name
 
     shots = figures["results"].get("few_shot", {}).get("shots", 0)
     return "; ".join(f"fine-tuned − {display_name(name, shots)}: {format_difference(d['metric'], d['difference'])} "
-                     f"(95% interval {format_difference(d['metric'], d['low'], unit=False)} to "
-                     f"{format_difference(d['metric'], d['high'], unit=False)}, {sample_size({name: d})})"
+                     f"(95% interval {format_interval(d['metric'], d)}, {sample_size({name: d})})"
                      for name, d in figures["significance"].items())
 
 

@@ -80,6 +80,15 @@ def helped_clearly(differences: dict, helped_: bool | None) -> bool | None:
     return bool(helped_) and all(d["clear"] for d in differences.values())
 
 
+def judge(task: str, measured: dict[str, object], seed: int = 0) -> tuple[dict, dict]:
+    """({"helped", "helped_clearly", "significance"}, each system's interval) for the ``measured`` systems."""
+    helped_ = helped(task, {name: m.metrics for name, m in measured.items()})
+    tested = significance(task, measured, seed)
+    judged = {"helped": helped_, "helped_clearly": helped_clearly(tested["differences"], helped_),
+              "significance": tested["differences"]}
+    return judged, tested["intervals"]
+
+
 def significance(task: str, measured: dict[str, object], seed: int = 0) -> dict:
     """Paired bootstrap intervals of the primary metric for every system with per-example scores,
     and of the fine-tuned model's difference from each baseline (evaluation/significance.py)."""
@@ -109,8 +118,7 @@ def verdict(task: str, results: dict[str, dict], helped_: bool | None, differenc
     for name, d in differences.items():
         lines.append(escape(f"  {primary} against {display_name(name, shots)}: "
                             f"{format_difference(primary, d['difference'])} (95% interval "
-                            f"{format_difference(primary, d['low'], unit=False)} to "
-                            f"{format_difference(primary, d['high'], unit=False)}): {reading(d)}"))
+                            f"{format_interval(primary, d)}): {reading(d)}"))
     return lines
 
 
@@ -136,6 +144,12 @@ def reading(difference: dict) -> str:
     if difference["clear"]:
         return "clearly better"
     return "within the noise" if difference["low"] <= 0 <= difference["high"] else "clearly worse"
+
+
+def format_interval(metric: str, difference: dict) -> str:
+    """A difference's interval: ``+3.0 to +18.0`` (rates in points)."""
+    return f"{format_difference(metric, difference['low'], unit=False)} to " \
+           f"{format_difference(metric, difference['high'], unit=False)}"
 
 
 def format_difference(metric: str, value: float, unit: bool = True) -> str:

@@ -148,10 +148,10 @@ def _text(model, tokenizer, examples, max_length, rows=None):
     if rows is None:
         rows = pack_documents([tokenize_document(tokenizer, e.text or "") for e in examples], max_length)
     rows = [row for row in rows if row.n_target]
-    sums = row_loss_sums(model, rows, tokenizer.pad_token_id)
-    metrics = mean_loss(sums.sum().item(), sum(row.n_target for row in rows)) if rows else {}
-    n_bytes = sum(len(tokenizer.decode([t for t in row.labels if t != IGNORE]).encode("utf-8")) for row in rows)
+    sums, metrics = row_loss_sums(model, rows, tokenizer.pad_token_id), {}
     if rows:
+        metrics = mean_loss(sums.sum().item(), sum(row.n_target for row in rows))
+        n_bytes = sum(len(tokenizer.decode([t for t in row.labels if t != IGNORE]).encode("utf-8")) for row in rows)
         metrics["bits_per_byte"] = bits_per_byte(metrics["loss"] * metrics["target_tokens"], max(n_bytes, 1))
     metrics["n"] = len(examples) or len(rows)
     # Per held-out block: its mean loss, weighted by its tokens (the bootstrap's unit; significance.py).

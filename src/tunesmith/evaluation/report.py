@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tunesmith.durable import atomic_write_text
 from tunesmith.evaluation.compare import (
-    HIGHER_IS_BETTER, PERCENT, REFERENCES, clarity, format_difference, reading, sample_size,
+    HIGHER_IS_BETTER, PERCENT, REFERENCES, clarity, format_difference, format_interval, reading, sample_size,
 )
 from tunesmith.evaluation.significance import RESAMPLES
 from tunesmith.evaluation.systems import DISPLAY, display_name
@@ -108,7 +108,7 @@ def _comparison(figures: dict, results: dict, names: dict) -> str:
             best = (max if higher_primary else min)(baselines)
             text += f": {METRICS.get(primary, (primary,))[0]} {fmt(primary, tuned)} vs {fmt(primary, best)}"
         out.append(f'<p class="verdict">{_e(text)}</p>')
-        out.append(_significance(figures, results))
+        out.append(_significance(figures, names))
     for key, (label, _) in METRICS.items():
         values = [results[s].get(key) for s in names]
         present = [v for v in values if _num(v)]
@@ -124,12 +124,9 @@ def _comparison(figures: dict, results: dict, names: dict) -> str:
     if shown:
         (scale, ylabel), (fig, ax) = _axis(primary), _subplots(figsize=(1.7 * len(shown) + 2, 3.2))
         values, intervals = [results[s][primary] for s in shown], figures.get("intervals") or {}
-        # 95% intervals as error bars; a system without per-example scores gets none.
-        spans = [intervals.get(s) or [v, v] for s, v in zip(shown, values)]
-        errors = [[max(v - low, 0) * scale for v, (low, _) in zip(values, spans)],
-                  [max(high - v, 0) * scale for v, (_, high) in zip(values, spans)]]
-        bars = ax.bar([names[s] for s in shown], [v * scale for v in values],
-                      color=[COLORS[s] for s in shown], yerr=errors, capsize=6, ecolor="#374151")
+        bars = ax.bar([names[s] for s in shown], [v * scale for v in values], color=[COLORS[s] for s in shown],
+                      yerr=_error_bars(values, [intervals.get(s) for s in shown], scale), capsize=6,
+                      ecolor="#374151")
         # inside the bars: above them the error bars would cross the numbers
         ax.bar_label(bars, labels=[fmt(primary, results[s][primary]) for s in shown], label_type="center")
         ax.set(ylabel=ylabel, ymargin=0.15)
@@ -137,17 +134,22 @@ def _comparison(figures: dict, results: dict, names: dict) -> str:
     return "".join(out)
 
 
-def _significance(figures: dict, results: dict) -> str:
+def _error_bars(values: list[float], intervals: list, scale: float) -> list[list[float]]:
+    """Matplotlib's ``yerr`` (distances below and above) from 95% intervals; none where one is missing."""
+    spans = [interval or [value, value] for value, interval in zip(values, intervals)]
+    return [[max(value - low, 0) * scale for value, (low, _) in zip(values, spans)],
+            [max(high - value, 0) * scale for value, (_, high) in zip(values, spans)]]
+
+
+def _significance(figures: dict, names: dict) -> str:
     """Each baseline's difference from the fine-tuned model with its 95% interval (significance.py)."""
     tested = figures.get("significance") or {}
     if not tested:
         return ""
     primary = figures.get("primary")
-    shots = (results.get("few_shot") or {}).get("shots", 0)
-    rows = [[_e(display_name(name, shots)), _e(format_difference(primary, d["difference"])),
-             _e(f"{format_difference(primary, d['low'], unit=False)} to "
-                f"{format_difference(primary, d['high'], unit=False)}"),
-             _e(reading(d))] for name, d in tested.items()]
+    shots = ((figures.get("results") or {}).get("few_shot") or {}).get("shots", 0)
+    rows = [[_e(names.get(name, name)), _e(format_difference(primary, d["difference"])),
+             _e(format_interval(primary, d)), _e(reading(d))] for name, d in tested.items()]
     note = clarity(tested, shots) if figures.get("helped") else ""
     return ((f"<p>{_e(note[0].upper() + note[1:])}.</p>" if note else "")
             + _table(["fine-tuned against", f"difference in {_e(METRICS.get(primary, (primary,))[0])}",
@@ -299,12 +301,10 @@ def render_curve_report(curve: dict) -> str:
         body.append(f'<p class="verdict">{_e(text)}</p>')
     if valued:
         (scale, ylabel), (fig, ax) = _axis(metric), _subplots(figsize=(7, 3.8))
-        # Each point's 95% interval (paired bootstrap over the test set) as an error bar.
-        spans = [p.get("interval") or [p["value"], p["value"]] for p in valued]
-        errors = [[max(p["value"] - low, 0) * scale for p, (low, _) in zip(valued, spans)],
-                  [max(high - p["value"], 0) * scale for p, (_, high) in zip(valued, spans)]]
-        ax.errorbar([p["n"] for p in valued], [p["value"] * scale for p in valued], yerr=errors, marker="o",
-                    capsize=4, color=COLORS["fine_tuned"], label="fine-tuned (95% interval)")
+        values = [p["value"] for p in valued]
+        ax.errorbar([p["n"] for p in valued], [v * scale for v in values], marker="o", capsize=4,
+                    yerr=_error_bars(values, [p.get("interval") for p in valued], scale),
+                    color=COLORS["fine_tuned"], label="fine-tuned (95% interval)")
         for key, value in (curve.get("baselines") or {}).items():
             if _num(value):
                 ax.axhline(value * scale, linestyle="--", color=COLORS[key],

@@ -18,9 +18,7 @@ from tunesmith.data.check import check_data
 from tunesmith.data.formats import Example, read_file
 from tunesmith.data.render import example_messages
 from tunesmith.errors import DataError, TunesmithError
-from tunesmith.evaluation.compare import (
-    PRIMARY, REFERENCES, diffs, helped, helped_clearly, per_example, significance,
-)
+from tunesmith.evaluation.compare import PRIMARY, REFERENCES, diffs, judge, per_example
 from tunesmith.evaluation.measure import EvalOptions, Measured, measure
 from tunesmith.evaluation.scores import break_even
 from tunesmith.evaluation.teacher import measure_teacher
@@ -88,14 +86,12 @@ def evaluate(ref: str, data: Path, baselines: tuple[str, ...] = BASELINES, optio
     examples_out = [] if task == "text" else per_example(
         *_inputs_and_references(examples, task), [e.line for e in examples], measured)
     changed = diffs(examples_out, {name: m for name, m in measured.items() if name not in REFERENCES})
-    verdict_of, tested = helped(task, results), significance(task, measured, options.seed)
+    judged, intervals = judge(task, measured, options.seed)
     return {
         "model": loaded.ref, "task": task, "data": str(data), "n": len(examples), "labels": labels,
         "precision": "bf16" if dtype == torch.bfloat16 else "fp32",
         "primary": primary, "higher_is_better": higher_is_better, "systems": list(results),
-        "results": results, "helped": verdict_of,
-        "helped_clearly": helped_clearly(tested["differences"], verdict_of),
-        "significance": tested["differences"], "intervals": tested["intervals"],
+        "results": results, **judged, "intervals": intervals,
         "break_even": _break_even(manifest, results, prices),
         "examples": examples_out, "diffs": changed[:MAX_DIFFS], "diffs_total": len(changed),
         "regressions_total": sum(d["kind"] == "regression" for d in changed),

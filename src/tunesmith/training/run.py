@@ -26,7 +26,7 @@ from tunesmith.data.check import DataReport, check_data, check_structure
 from tunesmith.data.prepare import build_rows, split
 from tunesmith.durable import atomic_write_text
 from tunesmith.errors import DataError, TunesmithError
-from tunesmith.evaluation.compare import comparison_table, helped, helped_clearly, significance, verdict
+from tunesmith.evaluation.compare import comparison_table, judge, verdict
 from tunesmith.evaluation.measure import EvalOptions, Measured, measure
 from tunesmith.evaluation.systems import System, pick_shots, same_model_systems
 from tunesmith.models.lineage import load_start, resolve_start
@@ -129,7 +129,7 @@ def train(config: TrainConfig | None = None, resume: str | None = None, console:
         return TrainResult(None, loop, baselines.get("base", {}), {}, run_dir)
 
     results = {**baselines, **evaluation.fine_tuned()}
-    comparison = {**results, **evaluation.verdict(results)}
+    comparison = {**results, **judge(config.task, evaluation.measured, config.seed)[0]}
     if len(results) > 1:
         console.print(comparison_table(config.task, results, f"{name} on {len(val_rows)} validation rows"))
         for line in verdict(config.task, results, comparison["helped"], comparison["significance"]):
@@ -202,12 +202,6 @@ class _ValidationComparison:
             return {}
         self.measured["fine_tuned"] = self._measure(self.systems["fine_tuned"])
         return {"fine_tuned": self.measured["fine_tuned"].metrics}
-
-    def verdict(self, results: dict) -> dict:
-        """Whether fine-tuning helped, and how clearly (paired bootstrap over the validation rows)."""
-        helped_ = helped(self.config.task, results)
-        tested = significance(self.config.task, self.measured, self.config.seed)["differences"]
-        return {"helped": helped_, "helped_clearly": helped_clearly(tested, helped_), "significance": tested}
 
     def _measure(self, system: System) -> Measured:
         return measure(system, self.tokenizer, self.config.task, self.examples, self.config.labels,
