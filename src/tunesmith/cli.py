@@ -356,7 +356,7 @@ def cmd_curve(args) -> int:
     from tunesmith.config import load_config
     from tunesmith.evaluation.curve import curve_table, learning_curve
     from tunesmith.evaluation.measure import EvalOptions
-    from tunesmith.evaluation.report import write_curve_report
+    from tunesmith.evaluation.report import curve_verdict, write_curve_report
 
     try:
         sizes = [int(size) for size in args.sizes.split(",")]
@@ -367,6 +367,9 @@ def cmd_curve(args) -> int:
     curve = learning_curve(args.file, args.test, sizes, config, args.name,
                            EvalOptions(shots=args.shots, seed=args.seed, latency_samples=args.latency_samples), console=err)
     out.print(curve_table(curve))
+    verdict = curve_verdict(curve)
+    if verdict:
+        out.print(verdict, soft_wrap=True, markup=False)
     _save(curve, args.json, args.report, write_curve_report)
     return 0
 

@@ -15,6 +15,7 @@ from tunesmith.cli import main
 from tunesmith.config import TrainConfig
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluation.curve import learning_curve
+from tunesmith.evaluation.report import curve_verdict
 from tunesmith.evaluation.measure import EvalOptions
 from tunesmith.evaluation.run import evaluate
 from tunesmith.evaluation.systems import POOL_FILE, load_pool
@@ -256,6 +257,12 @@ def test_learning_curve(home, files, tiny_model_dir, tmp_path):
     assert [(p["n"], p["model"]) for p in curve["points"]] == [(8, "tc-n8:1"), (16, "tc-n16:1")]
     assert all(0 <= p["value"] <= 1 and p["train_seconds"] > 0 for p in curve["points"])
     assert all(0 <= p["interval"][0] <= p["interval"][1] <= 1 for p in curve["points"])
+    # the larger size's paired difference from the smaller one, measured on the same test examples
+    small_point, large_point = curve["points"]
+    assert "gains" not in small_point and list(large_point["gains"]) == ["8"]
+    gain = large_point["gains"]["8"]
+    assert gain["difference"] == pytest.approx(large_point["value"] - small_point["value"])
+    assert gain["low"] <= gain["difference"] <= gain["high"] and gain["n"] == 12 and gain["metric"] == "accuracy"
     assert set(curve["baselines"]) == {"base", "few_shot"} and curve["shots"] == 2
     small, large = store.get("tc-n8:1"), store.get("tc-n16:1")
     assert small.manifest["data"]["train"]["rows"] == 8 and large.manifest["data"]["train"]["rows"] == 16
@@ -279,14 +286,16 @@ def test_learning_curve(home, files, tiny_model_dir, tmp_path):
 
 def test_cli_curve_report(home, files, tiny_model_dir, tmp_path, capsys):
     out_html, out_json = tmp_path / "curve.html", tmp_path / "curve.json"
-    code = main(["curve", str(files["train"]), "--test", str(files["test"]), "--sizes", "8", "--base",
+    code = main(["curve", str(files["train"]), "--test", str(files["test"]), "--sizes", "4,8", "--base",
                  str(tiny_model_dir), "--name", "cc", "--shots", "2", "--report", str(out_html),
                  "--json", str(out_json)])
     assert code == 0
     page = out_html.read_text()
     assert "data:image/png;base64," in page and "http" not in page
     written = json.loads(out_json.read_text())
-    assert [(p["n"], p["model"]) for p in written["points"]] == [(8, "cc-n8:1")]
+    assert [(p["n"], p["model"]) for p in written["points"]] == [(4, "cc-n4:1"), (8, "cc-n8:1")]
+    printed = capsys.readouterr().out
+    assert "gain on previous" in printed and curve_verdict(written) in " ".join(printed.split())
     assert store.get("cc-n8").version == 1
     assert main(["curve", str(files["train"]), "--test", str(files["test"]), "--sizes", "8,x"]) == 1
     assert "--sizes" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from tunesmith.evaluation.report import (
-    plateau_size, render_curve_report, render_eval_report, write_curve_report, write_eval_report,
+    curve_verdict, plateau_size, render_curve_report, render_eval_report, write_curve_report, write_eval_report,
 )
 
 EVIL = "<script>alert(1)</script>"
@@ -160,6 +160,34 @@ def test_plateau_size_rules():
     assert plateau_size(pts(10.0, 9.95, 9.93), "perplexity", higher_is_better=False) == 1  # under 1% relative
     assert plateau_size(pts(10.0, 9.0, 8.95), "perplexity", higher_is_better=False) == 2
     assert plateau_size(pts(0.9, 0.8, 0.85), "accuracy") == 1  # a dip then a recovery that stays below
+
+
+def _gain(difference: float, low: float, high: float, n: int = 100) -> dict:
+    return {"difference": difference, "low": low, "high": high, "clear": low > 0, "n": n, "metric": "accuracy"}
+
+
+def test_curve_plateau_needs_a_clear_gain():
+    # 400 is 6 points over 200 but the paired interval includes zero: the test set cannot tell them apart.
+    curve = _curve([0.80, 0.88, 0.90, 0.96])
+    curve["points"][1]["gains"] = {"50": _gain(0.08, 0.02, 0.14)}
+    curve["points"][2]["gains"] = {"50": _gain(0.10, 0.04, 0.16), "100": _gain(0.02, -0.03, 0.07)}
+    curve["points"][3]["gains"] = {"50": _gain(0.16, 0.09, 0.23), "100": _gain(0.08, 0.01, 0.15),
+                                   "200": _gain(0.06, -0.01, 0.13)}
+    assert plateau_size(curve["points"], "accuracy") == 200  # without the gains: None (still rising)
+    assert plateau_size([{k: v for k, v in p.items() if k != "gains"} for p in curve["points"]], "accuracy") is None
+    text = curve_verdict(curve)
+    assert text.startswith("More data stops paying at n = 200: no larger training set beats it by more than "
+                           "1 percentage point of accuracy beyond the test set's noise")
+    assert "n = 400 scores +6.0 points over it, but within the noise of 100 examples (95% interval -1.0 to +13.0)" \
+        in text
+    page = render_curve_report(curve)
+    assert "+6.0 (-1.0 to +13.0)" in page  # gain over the previous size, in the points table
+    # once the gain over 200 is clear, the curve is still improving
+    curve["points"][3]["gains"]["200"] = _gain(0.06, 0.01, 0.11)
+    assert plateau_size(curve["points"], "accuracy") is None
+    assert curve_verdict(curve) == ("The curve is still improving at the largest size; more data is likely to "
+                                    "help (accuracy 96.0% at n = 400; +6.0 points over n = 200, 95% interval "
+                                    "+1.0 to +11.0).")
 
 
 def test_writers_are_atomic(tmp_path):

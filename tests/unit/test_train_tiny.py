@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 
 import pytest
 import torch
@@ -12,6 +13,9 @@ import yaml
 from tunesmith.cli import main
 from tunesmith.config import TrainConfig
 from tunesmith.errors import DataError, TunesmithError
+from tunesmith.evaluation.compare import sample
+from tunesmith.evaluation.measure import EvalOptions
+from tunesmith.evaluation.run import evaluate
 from tunesmith.registry import store
 from tunesmith.training.loop import TrainHooks
 from tunesmith.training.run import train
@@ -147,6 +151,15 @@ def test_raw_text_closing_comparison_bootstraps_held_out_blocks(home, tmp_path, 
     assert tested["metric"] == "perplexity" and tested["n"] >= 2
     assert tested["difference"] == pytest.approx(metrics["fine_tuned"]["perplexity"] - metrics["base"]["perplexity"])
     assert tested["clear"] == (tested["high"] < 0)
+    # eval keeps the blocks behind its perplexities (the curve's paired differences read them back)
+    figures = evaluate(result.version.ref, book, options=EvalOptions(latency_samples=0))
+    blocks = figures["blocks"]
+    assert sum(b["tokens"] for b in blocks) == figures["results"]["base"]["target_tokens"]
+    for system in ("base", "fine_tuned"):
+        kept = sample(figures, system)
+        assert kept.weights == [b["tokens"] for b in blocks]
+        assert math.exp(sum(v * w for v, w in zip(kept.values, kept.weights)) / sum(kept.weights)) == pytest.approx(
+            figures["results"][system]["perplexity"], rel=1e-5)
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])

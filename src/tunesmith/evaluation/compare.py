@@ -152,6 +152,15 @@ def format_interval(metric: str, difference: dict) -> str:
            f"{format_difference(metric, difference['high'], unit=False)}"
 
 
+def format_gain(point: dict, previous: dict | None) -> str:
+    """A learning-curve point's paired difference from the previous size: ``+4.0 (-1.0 to +9.0)``."""
+    gain = (point.get("gains") or {}).get(str(previous["n"])) if previous else None
+    if not gain:
+        return "–"
+    metric = gain["metric"]
+    return f"{format_difference(metric, gain['difference'], unit=False)} ({format_interval(metric, gain)})"
+
+
 def format_difference(metric: str, value: float, unit: bool = True) -> str:
     """A signed difference of ``metric``: rates in percentage points."""
     if metric in PERCENT:
@@ -166,6 +175,25 @@ def per_example(inputs: list[str], references: list[str], lines: list[int],
              "outputs": {name: m.outputs[i] for name, m in measured.items() if m.outputs},
              "scores": {name: m.scores[i] for name, m in measured.items() if m.scores}}
             for i in range(len(inputs))]
+
+
+def blocks(measured: dict[str, object]) -> list[dict]:
+    """Raw text's counterpart of ``per_example``: per held-out block, its tokens and each system's mean loss."""
+    first = next((m for m in measured.values() if m.scores), None)
+    if first is None:
+        return []
+    return [{"tokens": first.weights[i], "losses": {name: m.scores[i] for name, m in measured.items() if m.scores}}
+            for i in range(len(first.scores))]
+
+
+def sample(figures: dict, system: str) -> Sample | None:
+    """``system``'s per-example scores from an eval's figures (``examples``, or ``blocks`` for raw text),
+    as the bootstrap takes them; None when the figures have none."""
+    if figures["task"] == "text":
+        kept = [b for b in figures.get("blocks") or [] if system in b["losses"]]
+        return Sample([b["losses"][system] for b in kept], [b["tokens"] for b in kept]) if kept else None
+    kept = [e["scores"][system] for e in figures.get("examples") or [] if system in e["scores"]]
+    return Sample(kept) if kept else None
 
 
 def diffs(examples: list[dict], measured: dict[str, object], higher_is_better: bool = True) -> list[dict]:

@@ -21,9 +21,10 @@ from rich.table import Table
 from tunesmith.config import TrainConfig
 from tunesmith.data.check import check_structure
 from tunesmith.errors import DataError, TunesmithError
-from tunesmith.evaluation.compare import format_value
+from tunesmith.evaluation.compare import format_gain, format_value, sample
 from tunesmith.evaluation.measure import EvalOptions
 from tunesmith.evaluation.run import BASELINES, evaluate
+from tunesmith.evaluation.significance import Sample, bootstrap
 from tunesmith.evaluation.systems import example_record
 
 
@@ -51,7 +52,7 @@ def learning_curve(train_file: Path, test_file: Path, sizes: list[int], config: 
     random.Random(config.seed).shuffle(order)
 
     started = time.perf_counter()
-    points, figures = [], None
+    points, samples, figures = [], [], None
     with tempfile.TemporaryDirectory(prefix="tunesmith-curve-") as folder:
         for size in sizes:
             subset = Path(folder) / f"{size}.jsonl"
@@ -73,8 +74,10 @@ def learning_curve(train_file: Path, test_file: Path, sizes: list[int], config: 
             points.append({"n": size, "model": result.version.ref, "value": tuned[measured["primary"]],
                            "interval": measured["intervals"].get("fine_tuned"),
                            "train_seconds": result.version.manifest["training"]["wall_seconds"]})
+            samples.append(sample(measured, "fine_tuned"))
     assert figures is not None
     primary = figures["primary"]
+    _add_gains(points, samples, primary, figures["higher_is_better"], options.seed)
     return {
         "task": figures["task"], "metric": primary, "higher_is_better": figures["higher_is_better"],
         "train": str(train_file), "test": str(test_file), "seed": config.seed, "points": points,
@@ -86,20 +89,39 @@ def learning_curve(train_file: Path, test_file: Path, sizes: list[int], config: 
     }
 
 
+def _add_gains(points: list[dict], samples: list[Sample | None], metric: str, higher_is_better: bool,
+               seed: int) -> None:
+    """Give each point ``gains``: its paired difference from every smaller size, with a 95% interval
+    (significance.bootstrap; the sizes were measured on the same test examples), keyed by that size."""
+    for j, (point, larger) in enumerate(zip(points, samples)):
+        if larger is None:
+            continue
+        smaller = {str(points[i]["n"]): samples[i] for i in range(j) if samples[i] is not None}
+        if not smaller:
+            continue
+        tested = bootstrap({"larger": larger, **smaller}, list(smaller), tuned="larger",
+                           higher_is_better=higher_is_better, exponential=metric == "perplexity", seed=seed)
+        point["gains"] = {n: {**d, "metric": metric} for n, d in tested["differences"].items()}
+
+
 def curve_table(curve: dict) -> Table:
     metric = curve["metric"]
-    table = Table(title=f"learning curve: {metric} on {curve['test']}")
-    table.add_column("training examples", justify="right")
-    table.add_column(metric, justify="right")
-    table.add_column("95% interval", justify="right")
-    table.add_column("model")
-    table.add_column("training time", justify="right")
-    for point in curve["points"]:
+    table = Table(title=f"learning curve: {metric} on {curve['test']}", caption="n: training examples. gain on "
+                  "previous: the difference from the previous n on the same test examples (95% interval)")
+    table.add_column("n", justify="right")
+    table.add_column(metric, justify="right", no_wrap=True)
+    table.add_column("95% interval", justify="right", no_wrap=True)
+    # The paired difference from the previous size, with its 95% interval: is the step up real?
+    table.add_column("gain on previous", justify="right", no_wrap=True)
+    table.add_column("model", overflow="fold")  # a name to copy: folded, never cut short
+    table.add_column("train time", justify="right", no_wrap=True)
+    for i, point in enumerate(curve["points"]):
         low_high = point.get("interval")
         span = f"{format_value(metric, low_high[0])}–{format_value(metric, low_high[1])}" if low_high else "–"
-        table.add_row(str(point["n"]), format_value(metric, point["value"]), span, point["model"],
+        table.add_row(str(point["n"]), format_value(metric, point["value"]), span,
+                      format_gain(point, curve["points"][i - 1] if i else None), point["model"],
                       f"{point['train_seconds']:.0f} s")
     for system, value in curve["baselines"].items():
         label = "base zero-shot" if system == "base" else f"base {curve['shots']}-shot"
-        table.add_row("–", format_value(metric, value), "", f"[dim]{label} (reference)[/]", "")
+        table.add_row("–", format_value(metric, value), "", "", f"[dim]{label} (reference)[/]", "")
     return table

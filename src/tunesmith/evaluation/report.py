@@ -13,7 +13,8 @@ from pathlib import Path
 
 from tunesmith.durable import atomic_write_text
 from tunesmith.evaluation.compare import (
-    HIGHER_IS_BETTER, PERCENT, REFERENCES, clarity, format_difference, format_interval, reading, sample_size,
+    HIGHER_IS_BETTER, PERCENT, REFERENCES, clarity, format_difference, format_gain, format_interval, reading,
+    sample_size,
 )
 from tunesmith.evaluation.significance import RESAMPLES
 from tunesmith.evaluation.systems import DISPLAY, display_name
@@ -272,32 +273,76 @@ def render_eval_report(figures: dict) -> str:
 
 
 def plateau_size(points: list[dict], metric: str, higher_is_better: bool = True):
-    """The smallest n after which no larger size gains over one point (a percentage point for
-    0..1 metrics, else 1% relative); None if the curve still rises. ``points`` are sorted by n."""
+    """The smallest n after which more data stops paying: no larger size gains more than one point
+    over it (a percentage point for 0..1 metrics, else 1% relative) by a clear paired difference
+    (its 95% interval, the point's ``gains``; curve.py). None if the curve still rises.
+    ``points`` are sorted by n."""
     for i, p in enumerate(points[:-1]):
-        # The epsilon keeps a gain of exactly one point (0.82 - 0.81 in floats) from counting.
-        step = (0.01 if metric in RATES else 0.01 * abs(p["value"])) + 1e-9
-        if all((q["value"] - p["value"]) * (1 if higher_is_better else -1) <= step for q in points[i + 1:]):
+        if not any(_pays(q, p, metric, higher_is_better) for q in points[i + 1:]):
             return p["n"]
     return None
+
+
+def _pays(larger: dict, smaller: dict, metric: str, higher_is_better: bool) -> bool:
+    return _gains_a_point(larger, smaller, metric, higher_is_better) and _clearly_better(larger, smaller)
+
+
+def _gains_a_point(larger: dict, smaller: dict, metric: str, higher_is_better: bool) -> bool:
+    gain = (larger["value"] - smaller["value"]) * (1 if higher_is_better else -1)
+    # The epsilon keeps a gain of exactly one point (0.82 - 0.81 in floats) from counting.
+    return gain > (0.01 if metric in RATES else 0.01 * abs(smaller["value"])) + 1e-9
+
+
+def _clearly_better(larger: dict, smaller: dict) -> bool:
+    tested = (larger.get("gains") or {}).get(str(smaller["n"]))
+    # A curve saved before paired differences existed has no ``gains``: its point estimates decide.
+    return tested is None or tested["clear"]
+
+
+def curve_verdict(curve: dict) -> str | None:
+    """Where more data stops paying, in one or two sentences; None with fewer than two measured points."""
+    metric = curve.get("metric") or "metric"
+    higher = curve.get("higher_is_better", metric in HIGHER_IS_BETTER)
+    label = METRICS.get(metric, (metric,))[0]
+    valued = sorted((p for p in curve.get("points") or [] if _num(p.get("n")) and _num(p.get("value"))),
+                    key=lambda p: p["n"])
+    if len(valued) < 2:  # one point says nothing about where the curve flattens
+        return None
+    n, last = plateau_size(valued, metric, higher), valued[-1]
+    noise = " beyond the test set's noise" if any(p.get("gains") for p in valued) else ""
+    if n is None:
+        text = (f"The curve is still improving at the largest size; more data is likely to help "
+                f"({label} {fmt(metric, last['value'])} at n = {last['n']}")
+        gain = (last.get("gains") or {}).get(str(valued[-2]["n"]))
+        if gain:
+            text += (f"; {format_difference(metric, gain['difference'])} over n = {valued[-2]['n']}, "
+                     f"95% interval {format_interval(metric, gain)}")
+        return text + ")."
+    at = next(p for p in valued if p["n"] == n)
+    best = (max if higher else min)(valued, key=lambda p: p["value"])
+    one = "1 percentage point" if metric in RATES else "1%"
+    text = (f"More data stops paying at n = {n}: no larger training set beats it by more than {one} of "
+            f"{label}{noise} ({fmt(metric, at['value'])} at n = {n}; best {fmt(metric, best['value'])} at "
+            f"n = {best['n']}).")
+    # A larger size that looks better but that the test set cannot tell apart: say so, not "stops paying" alone.
+    unclear = [q for q in valued if q["n"] > n and _gains_a_point(q, at, metric, higher) and not _clearly_better(q, at)]
+    if unclear:
+        q = max(unclear, key=lambda q: (q["value"] - at["value"]) * (1 if higher else -1))
+        tested = q["gains"][str(n)]
+        text += (f" n = {q['n']} scores {format_difference(metric, tested['difference'])} over it, but within the "
+                 f"noise of {sample_size({n: tested})} (95% interval {format_interval(metric, tested)}); "
+                 "a larger test set would tell.")
+    return text
 
 
 def render_curve_report(curve: dict) -> str:
     """The learning-curve report as one HTML document."""
     metric = curve.get("metric") or "metric"
-    higher = curve.get("higher_is_better", metric in HIGHER_IS_BETTER)
     label = METRICS.get(metric, (metric,))[0]
     points = sorted((p for p in curve.get("points") or [] if _num(p.get("n"))), key=lambda p: p["n"])
     valued, body = [p for p in points if _num(p.get("value"))], []
-    if len(valued) >= 2:  # one point says nothing about where the curve flattens
-        n, last = plateau_size(valued, metric, higher), valued[-1]
-        best = (max if higher else min)(valued, key=lambda p: p["value"])
-        at = next((p for p in valued if p["n"] == n), last)
-        text = (f"The curve is still improving at the largest size; more data is likely to help "
-                f"({label} {fmt(metric, last['value'])} at n = {last['n']})." if n is None else
-                f"More data stops paying at n = {n}: no larger training set improves {label} by more than "
-                f"{'1 percentage point' if metric in RATES else '1%'} ({fmt(metric, at['value'])} at "
-                f"n = {n}; best {fmt(metric, best['value'])} at n = {best['n']}).")
+    text = curve_verdict(curve)
+    if text:
         body.append(f'<p class="verdict">{_e(text)}</p>')
     if valued:
         (scale, ylabel), (fig, ax) = _axis(metric), _subplots(figsize=(7, 3.8))
@@ -317,10 +362,11 @@ def render_curve_report(curve: dict) -> str:
     if points:
         rows = [[_e(p["n"]), fmt(metric, p.get("value")),
                  f"{fmt(metric, p['interval'][0])} – {fmt(metric, p['interval'][1])}" if p.get("interval") else "—",
-                 _e(p.get("model", "")),
-                 f"{p['train_seconds']:,.1f}" if _num(p.get("train_seconds")) else "—"] for p in points]
-        header = ["n", _e(label), "95% interval", "model", "training seconds"]
-        body.append("<h2>Points</h2>" + _table(header, rows, {0, 1, 2, 4}))
+                 _e(format_gain(p, points[i - 1] if i else None)), _e(p.get("model", "")),
+                 f"{p['train_seconds']:,.1f}" if _num(p.get("train_seconds")) else "—"] for i, p in enumerate(points)]
+        header = ["n", _e(label), "95% interval", "gain over the previous size (95% interval)", "model",
+                  "training seconds"]
+        body.append("<h2>Points</h2>" + _table(header, rows, {0, 1, 2, 3, 5}))
     return _page(f"Learning curve: {label}", curve, ["task", "train", "test", "seed", "created"], body)
 
 

@@ -18,7 +18,7 @@ from tunesmith.data.check import check_data
 from tunesmith.data.formats import Example, read_file
 from tunesmith.data.render import example_messages
 from tunesmith.errors import DataError, TunesmithError
-from tunesmith.evaluation.compare import PRIMARY, REFERENCES, diffs, judge, per_example
+from tunesmith.evaluation.compare import PRIMARY, REFERENCES, blocks, diffs, judge, per_example
 from tunesmith.evaluation.measure import EvalOptions, Measured, measure
 from tunesmith.evaluation.scores import break_even
 from tunesmith.evaluation.teacher import measure_teacher
@@ -93,7 +93,8 @@ def evaluate(ref: str, data: Path, baselines: tuple[str, ...] = BASELINES, optio
         "primary": primary, "higher_is_better": higher_is_better, "systems": list(results),
         "results": results, **judged, "intervals": intervals,
         "break_even": _break_even(manifest, results, prices),
-        "examples": examples_out, "diffs": changed[:MAX_DIFFS], "diffs_total": len(changed),
+        "examples": examples_out, **({"blocks": blocks(measured)} if task == "text" else {}),
+        "diffs": changed[:MAX_DIFFS], "diffs_total": len(changed),
         "regressions_total": sum(d["kind"] == "regression" for d in changed),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - started, 1),
