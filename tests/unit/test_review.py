@@ -108,7 +108,11 @@ def test_sigint_while_waiting_keeps_every_recorded_review(review_model, write_js
         process.stdin.flush()
         wait_for(transcript, 2)  # waiting for the verdict on the second prompt
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=60) == 130
+        try:
+            code = process.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # seen once on a loaded machine: keep what it printed
+            pytest.fail("no exit 60 s after Ctrl-C; transcript:\n" + transcript.decode(errors="replace")[-3000:])
+        assert code == 130
     finally:
         if process.poll() is None:
             process.kill()
