@@ -13,17 +13,13 @@ project: they quote the data set.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import machine, table, write_section  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
+from results import SHARED, machine, table, use_shared_data, write_section  # noqa: E402
 
 
 def run(name: str, train_file: Path, test_file: Path, out: Path) -> tuple[dict, float, dict]:
@@ -55,11 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "tunesmith-eval-quality")
     args = parser.parse_args()
-    if not SHARED.is_dir():
-        sys.exit(f"{SHARED} is missing: this benchmark needs the shared data sets")
-    args.out.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TUNESMITH_HOME", str(args.out / "home"))
-    os.environ.setdefault("TUNESMITH_CACHE", str(REPO / ".cache" / "tunesmith"))
+    use_shared_data(SHARED, args.out)
 
     sentiment, sentiment_s, sentiment_manifest = run(
         "sentiment", SHARED / "sentiment-movie/train.jsonl", SHARED / "sentiment-movie/test.jsonl", args.out)

@@ -12,16 +12,14 @@ project: it quotes the data set.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import machine, table, write_section  # noqa: E402
+from results import SHARED, machine, table, use_shared_data, write_section  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "sentiment-movie"
+DATA = SHARED / "sentiment-movie"
 
 
 def main() -> None:
@@ -29,15 +27,12 @@ def main() -> None:
     parser.add_argument("--sizes", default="50,100,200,400,800")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "tunesmith-learning-curve")
     args = parser.parse_args()
-    if not DATA.is_dir():
-        sys.exit(f"{DATA} is missing: this benchmark needs the shared data sets")
-    args.out.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TUNESMITH_HOME", str(args.out / "home"))
-    os.environ.setdefault("TUNESMITH_CACHE", str(REPO / ".cache" / "tunesmith"))
+    use_shared_data(DATA, args.out)
 
     import tunesmith
     from tunesmith.evaluation.compare import format_gain
     from tunesmith.evaluation.report import curve_verdict, write_curve_report
+    from tunesmith.evaluation.systems import display_name
 
     sizes = [int(size) for size in args.sizes.split(",")]
     curve = tunesmith.learning_curve(DATA / "train.jsonl", DATA / "test.jsonl", sizes, name="sentiment")
@@ -46,8 +41,8 @@ def main() -> None:
     rows = [[p["n"], f"{p['value']:.1%}", f"{p['interval'][0]:.1%} – {p['interval'][1]:.1%}",
              format_gain(p, points[i - 1] if i else None), f"{p['train_seconds']:.0f} s"]
             for i, p in enumerate(points)]
-    reference = {"base": "base zero-shot", "few_shot": f"base {curve['shots']}-shot"}
-    rows += [[reference[system], f"{value:.1%}", "", "", ""] for system, value in curve["baselines"].items()]
+    rows += [[display_name(system, curve["shots"]), f"{value:.1%}", "", "", ""]
+             for system, value in curve["baselines"].items()]
     write_section("learning-curve", f"""
 ## Learning curve on real data (`bench/learning_curve.py`)
 

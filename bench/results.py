@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import platform
 import re
+import sys
 from importlib import metadata
 from pathlib import Path
 
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+REPO = RESULTS.parents[1]
+SHARED = REPO.parent / "shared" / "data"
 HEADER = "# Benchmark results\n\nWritten by the scripts in `bench/`; each section says how to reproduce it.\n"
 
 
@@ -23,6 +26,17 @@ def write_section(name: str, markdown: str) -> None:
     tmp = RESULTS.with_suffix(".md.tmp")
     tmp.write_text(text)
     os.replace(tmp, RESULTS)
+
+
+def use_shared_data(data: Path, out: Path) -> None:
+    """For a benchmark on ../shared/data: exit unless ``data`` is there; otherwise make ``out`` and keep the
+    registry in it (the models trained quote the data set, so they stay out of the project) and the embedded
+    model's cache in the project's."""
+    if not data.exists():
+        sys.exit(f"{data} is missing: this benchmark needs the shared data sets")
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TUNESMITH_HOME", str(out / "home"))
+    os.environ.setdefault("TUNESMITH_CACHE", str(REPO / ".cache" / "tunesmith"))
 
 
 def machine() -> str:
