@@ -73,7 +73,7 @@ def test_diffs_regressions_first_most_confident_first():
     assert [d["kind"] for d in found] == ["regression"] * 3 + ["improvement"] * 2
     assert [d["delta"] for d in found] == [-1.0, -1.0, -1.0, 1.0, 1.0]
     assert all(d["against"] == "base" for d in found)
-    assert all("_confidence" not in d for d in found)
+    assert [d["confidence"] for d in found] == [0.95, 0.75, 0.55, 0.90, 0.60]  # shown in the report
     assert 3 not in [d["line"] - 10 for d in found]  # equal scores: no entry
     assert found[0]["outputs"] == {"base": "out1.0", "fine_tuned": "out0.0"}
 
@@ -89,6 +89,7 @@ def test_diffs_larger_drops_first_and_every_baseline():
         (2, "base", 0.5), (2, "few_shot", 0.5)]
     # the kind follows the sign of the change; example 3 (equal everywhere) never appears
     assert all((d["delta"] < 0) == (d["kind"] == "regression") for d in found)
+    assert all("confidence" not in d for d in found)  # nothing to show without label probabilities
 
 
 def test_diffs_lower_is_better_and_nothing_to_compare():

@@ -34,6 +34,7 @@ def _classify(n_diffs: int = 3, break_even: dict | None = None) -> dict:
                       "scores": {"base": 0.0, "fine_tuned": 1.0}}],
         "diffs": [{"line": i + 1, "input": EVIL + "x" * 400 if i == 0 else f"review {i}", "reference": "positive",
                    "against": "few_shot", "kind": "regression" if i % 2 else "improvement", "delta": 1.0,
+                   "confidence": 0.97 - i / 100,
                    "outputs": {"base": "negative", "few_shot": "negative", "fine_tuned": "positive"},
                    "scores": {"base": 0.0, "few_shot": 0.0, "fine_tuned": 1.0}} for i in range(n_diffs)],
         "created": "2026-11-21T10:00:00+00:00", "seconds": 12.3,
@@ -91,6 +92,16 @@ def test_diff_table_truncates_at_50_with_a_note():
     assert "review 49" in page and "review 50" not in page
     assert "regression vs base + 8-shot prompt" in page
     assert "more differences not shown" not in render_eval_report(_classify(n_diffs=3))
+
+
+def test_classify_diffs_show_how_sure_the_fine_tuned_model_was():
+    page = render_eval_report(_classify(n_diffs=3))
+    assert "fine-tuned confidence</th>" in page
+    assert "<td class=num>97%</td>" in page and "<td class=num>95%</td>" in page
+    chat = _generation("chat")
+    chat["diffs"] = [{**chat["examples"][0], "against": "base", "kind": "improvement", "delta": 0.017}]
+    page = render_eval_report(chat)
+    assert "+0.017" in page and "confidence</th>" not in page  # generation has no label probabilities
 
 
 def test_break_even_wording():

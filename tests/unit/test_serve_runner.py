@@ -4,6 +4,8 @@ nothing trained twice after a crash, and failures that say why in the user's ter
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -100,3 +102,19 @@ def test_comparison_message_says_how_clearly_it_helped():
         "validation: accuracy fine-tuned 65.0% vs base 50.0% vs 8-shot 60.0%; fine-tuning helped, "
         "but not clearly (within the noise of 32 examples)")
     assert comparison_message("classify", comparison | {"helped_clearly": True}).endswith("; fine-tuning helped")
+
+
+def test_the_runner_obeys_sigint_even_when_started_ignoring_it(home):
+    """A server started in the background (`nohup tunesmith serve &`) hands its children SIGINT ignored;
+    the worker still stops a runner with SIGINT, also outside the training loop (loading, evaluating)."""
+    child = ("import os, signal, sys, time\n"
+             "signal.signal(signal.SIGINT, signal.SIG_IGN)  # as inherited from a background server\n"
+             "from tunesmith.serve import job_runner\n"
+             "assert job_runner.main(['ftjob-none']) == 0  # no such job: nothing to run\n"
+             "try:\n"
+             "    os.kill(os.getpid(), signal.SIGINT)\n"
+             "    time.sleep(5)\n"
+             "except KeyboardInterrupt:\n"
+             "    sys.exit(130)\n")
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 130, done.stderr

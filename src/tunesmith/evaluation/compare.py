@@ -213,11 +213,11 @@ def diffs(examples: list[dict], measured: dict[str, object], higher_is_better: b
                 delta = -delta
             if abs(delta) < 1e-9:
                 continue
-            found.append({**example, "against": baseline, "delta": round(delta, 4),
-                          "kind": "regression" if delta < 0 else "improvement",
-                          "_confidence": confidence[index] if confidence else 0.0})
+            item = {**example, "against": baseline, "delta": round(delta, 4),
+                    "kind": "regression" if delta < 0 else "improvement"}
+            if confidence:  # classify: the fine-tuned model's probability of its own answer
+                item["confidence"] = round(confidence[index], 4)
+            found.append(item)
     found.sort(key=lambda d: (d["kind"] != "regression", d["delta"] if d["kind"] == "regression" else -d["delta"],
-                              -d["_confidence"]))
-    for item in found:
-        del item["_confidence"]
+                              -d.get("confidence", 0.0)))
     return found

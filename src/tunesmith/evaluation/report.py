@@ -38,7 +38,8 @@ h2 { margin-top: 1.8em; border-bottom: 1px solid #e5e7eb; } .meta { color: #6b72
 .verdict { font-size: 1.15em; font-weight: 600; } table { border-collapse: collapse; margin: 1em 0; }
 th, td { border: 1px solid #e5e7eb; padding: .35em .7em; text-align: left; vertical-align: top; font-size: .92em; }
 th { background: #f3f4f6; } td { white-space: pre-wrap; } tr:nth-child(even) { background: #fafafa; }
-td.num { text-align: right; }"""
+td.num { text-align: right; white-space: nowrap; }
+.input { display: inline-block; min-width: 18em; overflow-wrap: anywhere; }"""
 
 
 def _num(value) -> bool:
@@ -240,23 +241,31 @@ def _cost(figures: dict, results: dict, names: dict) -> str:
 
 def _diffs(figures: dict, names: dict) -> str:
     """The examples that changed most between systems, worst regression first."""
-    def cell(text) -> str:
+    def cell(text, css: str = "") -> str:
         # Long inputs would swamp the table; the full text stays reachable as a hover tooltip.
         s = "" if text is None else str(text)
-        return f'<span title="{_e(s)}">{_e(s[:TRUNCATE])}…</span>' if len(s) > TRUNCATE else _e(s)
+        attributes = (f' class="{css}"' if css else "") + (f' title="{_e(s)}"' if len(s) > TRUNCATE else "")
+        shown = _e(s[:TRUNCATE]) + ("…" if len(s) > TRUNCATE else "")
+        return f"<span{attributes}>{shown}</span>" if attributes else shown
     diffs = figures.get("diffs") or []
     shown, rows = diffs[:MAX_DIFFS], []
     cols = [s for s in names if any(s in (d.get("outputs") or {}) for d in shown)]
+    # Classification: how sure the fine-tuned model was of its answer, the order within equal deltas.
+    sure = any(_num(d.get("confidence")) for d in shown)
     for d in shown:
         against = names.get(d.get("against"), d.get("against"))  # the system the delta is measured against
         kind = " vs ".join(str(x) for x in (d.get("kind"), against) if x)
-        rows.append([_e(d.get("line", "")), cell(d.get("input")), cell(d.get("reference")),
+        # The input may hold a word longer than the page (a URL, a hash): only that column breaks inside words.
+        rows.append([_e(d.get("line", "")), cell(d.get("input"), "input"), cell(d.get("reference")),
                      *(cell((d.get("outputs") or {}).get(s)) for s in cols), _e(kind),
-                     f"{d['delta']:+.3f}" if _num(d.get("delta")) else "—"])
-    header = ["line", "input", "reference", *(_e(names[s]) for s in cols), "kind", "delta"]
+                     f"{d['delta']:+.3f}" if _num(d.get("delta")) else "—",
+                     *([f"{d['confidence']:.0%}" if _num(d.get("confidence")) else "—"] if sure else [])])
+    header = ["line", "input", "reference", *(_e(names[s]) for s in cols), "kind", "delta",
+              *([f"{_e(names.get('fine_tuned', 'fine-tuned'))} confidence"] if sure else [])]
     total = figures.get("diffs_total", len(diffs))
     note = f'<p class="meta">{total - len(shown)} more differences not shown (the worst {len(shown)} are).</p>'
-    table = _table(header, rows, {0, len(header) - 1}) + (note if total > len(shown) else "")
+    numeric = {0, len(header) - 2, len(header) - 1} if sure else {0, len(header) - 1}
+    table = _table(header, rows, numeric) + (note if total > len(shown) else "")
     return "<h2>Examples that changed</h2>" + table if rows else ""
 
 
@@ -357,7 +366,7 @@ def render_curve_report(curve: dict) -> str:
         ax.set_xscale("log", base=2)  # sizes usually double from one point to the next
         ax.set_xticks([p["n"] for p in valued], [str(p["n"]) for p in valued])
         ax.set(xlabel="training examples", ylabel=ylabel)
-        ax.legend()
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)  # beside: never over a point
         body.append(_img(fig, f"{metric} vs number of training examples"))
     if points:
         rows = [[_e(p["n"]), fmt(metric, p.get("value")),

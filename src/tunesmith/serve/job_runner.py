@@ -187,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     from tunesmith.serve.worker import die_with_parent
 
     argv = sys.argv[1:] if argv is None else argv
+    # The worker stops a runner with SIGINT. A server started in the background (`nohup tunesmith serve &`)
+    # hands its children SIGINT ignored, and Python keeps it ignored: the training loop installs its own
+    # handler, but loading and the closing evaluation would run on until the worker kills them.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parent = die_with_parent()
     os.nice(10)  # training is background work: requests to the API (same cores) go first
     store = JobStore(paths.serve_db())
