@@ -122,6 +122,11 @@ def native_bf16() -> bool:
     chose fp32 for one of two runs with the same config, and the same seed gave different models."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
+    return cpu_has_amx()
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX (bf16 matrix tiles)."""
     amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
     if amx is not None:
         return bool(amx())
