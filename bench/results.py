@@ -40,12 +40,12 @@ def use_shared_data(data: Path, out: Path) -> None:
 
 
 def machine() -> str:
-    """What the figures were measured on. The CPU's name and whether it has AMX go first: the machines
-    this project runs on vary, and AMX alone changes bf16 speeds several-fold."""
-    from tunesmith.training.defaults import cpu_has_amx
+    """What the figures were measured on. The CPU's name and its bf16 hardware go first: the machines
+    this project runs on vary, and that hardware alone changes bf16 speeds several-fold."""
+    from tunesmith.training.defaults import cpu_bf16_unit
 
     versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("torch", "transformers", "peft"))
-    return (f"{_cpu_name()} ({'AMX' if cpu_has_amx() else 'no AMX'}), {os.cpu_count()} cores, "
+    return (f"{_cpu_name()} (bf16: {cpu_bf16_unit() or 'not native'}), {os.cpu_count()} cores, "
             f"{torch.get_num_threads()} torch threads, Python {platform.python_version()}, {versions}")
 
 

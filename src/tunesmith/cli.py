@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _precision_option(parser: argparse.ArgumentParser, training: bool = False) -> None:
-    default = ("bf16 on a GPU with bf16 or a CPU with AMX, else fp32" if training else
+    default = ("bf16 on a GPU with bf16 or a CPU with AMX or AVX512-BF16, else fp32" if training else
                "bf16 on a GPU with bf16, else fp32; on a CPU with AMX, bf16 makes eval faster but moves scores "
                "slightly")
     # train leaves it unset (None) so a config file's value stands; the others use it as given

@@ -216,6 +216,26 @@ def test_precision_auto_resolves_from_the_hardware(monkeypatch):
     assert resolve(TrainConfig(data="x.jsonl", precision="fp32"), 100, [100] * 10, None, "chat").precision == "fp32"
 
 
+def test_native_bf16_on_a_cpu_means_amx_or_avx512_bf16(monkeypatch, tmp_path):
+    import torch
+
+    from tunesmith.training import defaults
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for amx, avx512_bf16, unit in ((True, True, "AMX"), (False, True, "AVX512-BF16"), (False, False, None)):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
+        assert defaults.cpu_bf16_unit() == unit and defaults.native_bf16() is (unit is not None)
+    # a torch without the checks: the CPU's flags (an AVX-512 CPU without bf16 stays fp32)
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(defaults, "Path", lambda _: cpuinfo)
+    for flags, unit in (("fpu avx512f avx512_bf16", "AVX512-BF16"), ("avx512f amx_bf16 amx_tile", "AMX"),
+                        ("fpu avx512f avx512_vnni", None)):
+        cpuinfo.write_text(f"flags\t\t: {flags}\n")
+        assert defaults.cpu_bf16_unit() == unit
+
+
 def test_precision_rejects_unknown_values():
     with pytest.raises(ValidationError):
         TrainConfig(data="x.jsonl", precision="fp16")
