@@ -14,12 +14,13 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
 
 # The Ctrl-C tests play a user at a terminal. A suite started as a background job of a script
 # (`nohup make test &`, some CI runners) starts with SIGINT ignored, Python then leaves it ignored, and
 # every command the tests start inherits that: the CLI would rightly ignore the test's Ctrl-C.
 signal.signal(signal.SIGINT, signal.default_int_handler)
-SHARED_DATA = REPO.parent / "shared" / "data"
+
 CHATML = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
     "{{ '<|im_start|>system\nYou are a tiny test model.<|im_end|>\n' }}{% endif %}"

@@ -80,8 +80,8 @@ class TrainConfig(BaseModel):
     grad_clip: float | None = Field(1.0, gt=0, description="Clip the gradient norm; null disables.")
     precision: Precision = Field(
         "auto", description="Compute precision. `auto`: bf16 where the hardware multiplies it natively "
-        "(CUDA, CPUs with AMX or AVX512-BF16), else fp32. Trained weights stay fp32 either way: LoRA adapters, and the "
-        "master weights of full fine-tuning (which then runs under autocast).",
+        "(CUDA, CPUs with AMX or AVX512-BF16), else fp32. Trained weights stay fp32 either way: LoRA "
+        "adapters, and the master weights of full fine-tuning (which then runs under autocast).",
     )
 
     lora_rank: int | None = Field(None, ge=1, le=1024, description="LoRA rank r.")

@@ -126,10 +126,10 @@ def native_bf16() -> bool:
 
 
 def cpu_bf16_unit() -> str | None:
-    """This CPU's bf16 matrix hardware: "AMX" (tiles: Intel Sapphire Rapids on), "AVX512-BF16" (dot-product
-    instructions: Intel Cooper Lake, AMD Zen 4 on), or None. A 1024 x 1024 matmul in bf16 measured 4.5-8x the
-    fp32 one with AMX, 4.5x with AVX512-BF16 (AMD EPYC, 2 cores), where LoRA training ran 2.1x faster
-    (bench/precision_speed.py)."""
+    """This CPU's bf16 matrix hardware: "AMX" (tiles: Intel Sapphire Rapids and later), "AVX512-BF16"
+    (dot-product instructions: Intel Cooper Lake, AMD Zen 4 and later), or None. A 1024 x 1024 matmul
+    in bf16 measured 4.5-8x the fp32 one with AMX, 4.5x with AVX512-BF16 (AMD EPYC, 2 cores), where
+    LoRA training ran 2.1x faster (bench/precision_speed.py)."""
     checks = {"AMX": "_is_amx_tile_supported", "AVX512-BF16": "_is_avx512_bf16_supported"}
     if all(hasattr(torch.cpu, check) for check in checks.values()):
         return next((unit for unit, check in checks.items() if getattr(torch.cpu, check)()), None)
