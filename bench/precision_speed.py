@@ -11,7 +11,6 @@ comparison, with the matmul peaks measured in the same run.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import REPO, machine, table, write_section  # noqa: E402
+from results import REPO, keep_registry_in, machine, table, write_section  # noqa: E402
 
 DATA = REPO / "examples" / "reviews" / "train.jsonl"
 PRECISIONS = ("fp32", "bf16")
@@ -41,8 +40,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2, help="runs per precision, alternated")
     args = parser.parse_args()
-    os.environ.setdefault("TUNESMITH_HOME", tempfile.mkdtemp(prefix="tunesmith-precision-"))
-    os.environ.setdefault("TUNESMITH_CACHE", str(REPO / ".cache" / "tunesmith"))
+    keep_registry_in(Path(tempfile.mkdtemp(prefix="tunesmith-precision-")))
 
     from tunesmith.training.defaults import matmul_peak_gflops, native_bf16
 

@@ -35,7 +35,13 @@ def use_shared_data(data: Path, out: Path) -> None:
     if not data.exists():
         sys.exit(f"{data} is missing: this benchmark needs the shared data sets")
     out.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TUNESMITH_HOME", str(out / "home"))
+    keep_registry_in(out / "home")
+
+
+def keep_registry_in(home: Path) -> None:
+    """The models a benchmark trains go to ``home``, not the user's registry; the embedded model's cache
+    is the project's (converted once). Variables already set win."""
+    os.environ.setdefault("TUNESMITH_HOME", str(home))
     os.environ.setdefault("TUNESMITH_CACHE", str(REPO / ".cache" / "tunesmith"))
 
 
