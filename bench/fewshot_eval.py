@@ -26,15 +26,16 @@ from transformers import DynamicCache
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import machine, table, write_section  # noqa: E402
-
-from tunesmith import generation  # noqa: E402
 from tunesmith.data.batching import Row  # noqa: E402
 from tunesmith.data.formats import read_file  # noqa: E402
 from tunesmith.data.render import render_messages, render_prompt  # noqa: E402
-from tunesmith.evaluation import metrics  # noqa: E402
-from tunesmith.evaluation.systems import conversation, pick_shots, split_answer  # noqa: E402
+from tunesmith.data.shots import pick_shots  # noqa: E402
+from tunesmith.evaluation.systems import conversation, split_answer
+from tunesmith.models import generation  # noqa: E402
 from tunesmith.models.base import resolve_base  # noqa: E402
-from tunesmith.models.load import load_model, load_tokenizer, precision_dtype  # noqa: E402
+from tunesmith.models.load import load_model, load_tokenizer
+from tunesmith.models.precision import precision_dtype  # noqa: E402
+from tunesmith.training import loss as metrics  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_NEW_TOKENS = 64  # the cap of train's closing comparison
@@ -64,8 +65,10 @@ def main() -> None:
     test = read_file(REPO / "examples/support/test.jsonl", "chat").examples
     shots = pick_shots(train, 8, 0)
     conversations = [conversation(example, None, None, shots) for example in test]
-    prompts = [tokenizer(render_prompt(tokenizer, split_answer(c)[0]), add_special_tokens=False)["input_ids"]
-               for c in conversations]
+    prompts = [
+        tokenizer(render_prompt(tokenizer, split_answer(c)[0]), add_special_tokens=False)["input_ids"]
+        for c in conversations
+    ]
     rendered = [render_messages(tokenizer, c) for c in conversations]
     rows = [Row(r.input_ids, r.labels, list(range(len(r.input_ids)))) for r in rendered]
     shared = metrics.shared_prefix_length(rows)
@@ -95,8 +98,12 @@ def main() -> None:
     seconds: dict[str, list[float]] = {name: [] for name in ("gen_before", "gen", "loss_before", "loss")}
     outputs: dict[str, object] = {}
     for _ in range(args.rounds):
-        for name, function in (("gen_before", generate_before), ("gen", generate),
-                               ("loss_before", loss_before), ("loss", loss)):
+        for name, function in (
+            ("gen_before", generate_before),
+            ("gen", generate),
+            ("loss_before", loss_before),
+            ("loss", loss),
+        ):
             outputs[name], elapsed = timed(function)
             seconds[name].append(elapsed)
             print(f"{name}: {elapsed:.1f} s", flush=True)
@@ -107,14 +114,28 @@ def main() -> None:
     assert difference < 1e-4, f"the prefix cache moved the answer loss by {difference}"
     prompt_tokens = statistics.fmean(len(p) for p in prompts)
     rows_md = [
-        ["batched generation (64 new tokens)", "DynamicCache (torch.cat per token)", "cache with reserved room",
-         f"{median['gen_before']:.1f}", f"{median['gen']:.1f}", f"**{median['gen_before'] / median['gen']:.1f}×**",
-         f"{identical}/{len(prompts)} outputs identical"],
-        ["answer loss", "every row whole (padded)", f"shared prefix ({shared} tokens) cached once",
-         f"{median['loss_before']:.1f}", f"{median['loss']:.1f}", f"**{median['loss_before'] / median['loss']:.1f}×**",
-         f"loss {outputs['loss']:.4f} vs {outputs['loss_before']:.4f}"],
+        [
+            "batched generation (64 new tokens)",
+            "DynamicCache (torch.cat per token)",
+            "cache with reserved room",
+            f"{median['gen_before']:.1f}",
+            f"{median['gen']:.1f}",
+            f"**{median['gen_before'] / median['gen']:.1f}×**",
+            f"{identical}/{len(prompts)} outputs identical",
+        ],
+        [
+            "answer loss",
+            "every row whole (padded)",
+            f"shared prefix ({shared} tokens) cached once",
+            f"{median['loss_before']:.1f}",
+            f"{median['loss']:.1f}",
+            f"**{median['loss_before'] / median['loss']:.1f}×**",
+            f"loss {outputs['loss']:.4f} vs {outputs['loss_before']:.4f}",
+        ],
     ]
-    write_section("fewshot-eval", f"""## The 8-shot baseline of a generation task (`bench/fewshot_eval.py`)
+    write_section(
+        "fewshot-eval",
+        f"""## The 8-shot baseline of a generation task (`bench/fewshot_eval.py`)
 
 Command: `python bench/fewshot_eval.py` · smollm2-135m, {args.precision} on the CPU · {machine()} ·
 {len(prompts)} prompts of examples/support/test.jsonl with 8 shots from train.jsonl (prompts of
@@ -122,7 +143,8 @@ Command: `python bench/fewshot_eval.py` · smollm2-135m, {args.precision} on the
 warm-up · whole run {time.perf_counter() - began:.0f} s.
 
 {table(["work", "before", "now", "before (s)", "now (s)", "speed-up", "same result"], rows_md)}
-""")
+""",
+    )
     print(rows_md)
 
 

@@ -38,23 +38,45 @@ def main() -> None:
     curve = tunesmith.learning_curve(DATA / "train.jsonl", DATA / "test.jsonl", sizes, name="sentiment")
     write_curve_report(curve, args.out / "curve.html")
     points = curve["points"]
-    rows = [[p["n"], f"{p['value']:.1%}", f"{p['interval'][0]:.1%} – {p['interval'][1]:.1%}",
-             format_gain(p, points[i - 1] if i else None), f"{p['train_seconds']:.0f} s"]
-            for i, p in enumerate(points)]
-    rows += [[display_name(system, curve["shots"]), f"{value:.1%}", "", "", ""]
-             for system, value in curve["baselines"].items()]
-    write_section("learning-curve", f"""
+    rows = [
+        [
+            p["n"],
+            f"{p['value']:.1%}",
+            f"{p['interval'][0]:.1%} – {p['interval'][1]:.1%}",
+            format_gain(p, points[i - 1] if i else None),
+            f"{p['train_seconds']:.0f} s",
+        ]
+        for i, p in enumerate(points)
+    ]
+    rows += [
+        [display_name(system, curve["shots"]), f"{value:.1%}", "", "", ""]
+        for system, value in curve["baselines"].items()
+    ]
+    write_section(
+        "learning-curve",
+        f"""
 ## Learning curve on real data (`bench/learning_curve.py`)
 
 Command: `python bench/learning_curve.py --sizes {args.sizes}` · embedded smollm2-135m, default settings for each
-subset (data-chosen), nested subsets of sentiment-movie's train.jsonl (seed {curve['seed']}), each evaluated on the
-500 test reviews · {machine()} · one run, {curve['seconds'] / 60:.0f} min in all.
+subset (data-chosen), nested subsets of sentiment-movie's train.jsonl (seed {curve["seed"]}), each evaluated on the
+500 test reviews · {machine()} · one run, {curve["seconds"] / 60:.0f} min in all.
 
-{table(["training examples", "accuracy", "95% interval", "gain on the previous size (points, 95% interval)",
-        "training time"], rows)}
+{
+            table(
+                [
+                    "training examples",
+                    "accuracy",
+                    "95% interval",
+                    "gain on the previous size (points, 95% interval)",
+                    "training time",
+                ],
+                rows,
+            )
+        }
 
 Verdict (`tunesmith curve` prints it, the report's headline): {curve_verdict(curve)}
-""")
+""",
+    )
     print(curve_verdict(curve))
 
 

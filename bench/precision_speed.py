@@ -32,8 +32,12 @@ def one_run(precision: str, name: str) -> dict:
     began = time.perf_counter()
     result = tunesmith.train(tunesmith.TrainConfig(data=DATA, name=name, epochs=1, precision=precision))
     loop = result.loop
-    return {"wall_s": time.perf_counter() - began, "tokens_per_s": loop.tokens / loop.train_seconds,
-            "val_loss": loop.best_val_loss, "accuracy": result.comparison["fine_tuned"]["accuracy"]}
+    return {
+        "wall_s": time.perf_counter() - began,
+        "tokens_per_s": loop.tokens / loop.train_seconds,
+        "val_loss": loop.best_val_loss,
+        "accuracy": result.comparison["fine_tuned"]["accuracy"],
+    }
 
 
 def main() -> None:
@@ -56,21 +60,47 @@ def main() -> None:
         return statistics.median(run[key] for run in runs[precision])
 
     speed = {p: median(p, "tokens_per_s") for p in PRECISIONS}
-    rows = [[p, len(runs[p]), f"{peaks[p]:.0f}", f"{speed[p]:.0f}", f"{speed[p] / speed['fp32']:.2f}×",
-             f"{median(p, 'wall_s'):.1f}", " / ".join(f"{run['val_loss']:.4f}" for run in runs[p]),
-             " / ".join(f"{run['accuracy']:.1%}" for run in runs[p])] for p in PRECISIONS]
-    write_section("precision", f"""
+    rows = [
+        [
+            p,
+            len(runs[p]),
+            f"{peaks[p]:.0f}",
+            f"{speed[p]:.0f}",
+            f"{speed[p] / speed['fp32']:.2f}×",
+            f"{median(p, 'wall_s'):.1f}",
+            " / ".join(f"{run['val_loss']:.4f}" for run in runs[p]),
+            " / ".join(f"{run['accuracy']:.1%}" for run in runs[p]),
+        ]
+        for p in PRECISIONS
+    ]
+    write_section(
+        "precision",
+        f"""
 ## Training precision on this CPU (`bench/precision_speed.py`)
 
 Command: `python bench/precision_speed.py --rounds {args.rounds}` · LoRA, one epoch of `examples/reviews/train.jsonl`
 (the validation split is carved from it), runs alternated between precisions · {machine()} ·
 `precision: auto` here: **{"bf16" if native_bf16() else "fp32"}** · whole run {time.perf_counter() - started:.0f} s.
 
-{table(["precision", "runs", "matmul peak (GFLOP/s)", "useful tok/s (loop, median)", "vs fp32",
-        "whole command (s, median)", "best validation loss, each run", "validation accuracy, each run"], rows)}
+{
+            table(
+                [
+                    "precision",
+                    "runs",
+                    "matmul peak (GFLOP/s)",
+                    "useful tok/s (loop, median)",
+                    "vs fp32",
+                    "whole command (s, median)",
+                    "best validation loss, each run",
+                    "validation accuracy, each run",
+                ],
+                rows,
+            )
+        }
 
 The validation split is 32 reviews: an accuracy step is about 3 points, so compare the losses.
-""")
+""",
+    )
 
 
 if __name__ == "__main__":

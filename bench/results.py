@@ -51,8 +51,10 @@ def machine() -> str:
     from tunesmith.training.defaults import cpu_bf16_unit
 
     versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("torch", "transformers", "peft"))
-    return (f"{_cpu_name()} (bf16: {cpu_bf16_unit() or 'not native'}), {os.cpu_count()} cores, "
-            f"{torch.get_num_threads()} torch threads, Python {platform.python_version()}, {versions}")
+    return (
+        f"{_cpu_name()} (bf16: {cpu_bf16_unit() or 'not native'}), {os.cpu_count()} cores, "
+        f"{torch.get_num_threads()} torch threads, Python {platform.python_version()}, {versions}"
+    )
 
 
 def _cpu_name() -> str:

@@ -47,8 +47,17 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 SHARED = ROOT.parent / "shared" / "data" / "sentiment-movie"
-SETTINGS = {"epochs": 1, "batch_size": 16, "lr": 2e-4, "max_length": 128, "warmup_ratio": 0.05,
-            "min_lr_ratio": 0.1, "grad_clip": 1.0, "seed": 0, "weight_decay": 0.0}
+SETTINGS = {
+    "epochs": 1,
+    "batch_size": 16,
+    "lr": 2e-4,
+    "max_length": 128,
+    "warmup_ratio": 0.05,
+    "min_lr_ratio": 0.1,
+    "grad_clip": 1.0,
+    "seed": 0,
+    "weight_decay": 0.0,
+}
 LORA = {"lora_rank": 16, "lora_alpha": 32.0, "lora_dropout": 0.0}
 FULL_LR = 3e-5  # tunesmith's default for full fine-tuning on < 1000 examples; 2e-4 would wreck the model
 # Tried on 128 examples before choosing (useful tokens/s, this 2-core AMX CPU): defaults (bf16 +
@@ -65,13 +74,18 @@ PYTHON = sys.executable
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="timed runs of tunesmith (LoRA)")
-    parser.add_argument("--trl-runs", type=int, default=1,
-                        help="timed runs of TRL best (LoRA); each takes ~7 min, 3 would pass 45 min in all")
+    parser.add_argument(
+        "--trl-runs",
+        type=int,
+        default=1,
+        help="timed runs of TRL best (LoRA); each takes ~7 min, 3 would pass 45 min in all",
+    )
     parser.add_argument("--default-runs", type=int, default=1, help="timed runs of TRL with its defaults")
     full = parser.add_mutually_exclusive_group()
     full.add_argument("--no-full", action="store_true", help="skip full fine-tuning")
-    full.add_argument("--only-full", action="store_true",
-                      help="only the full fine-tuning pair (~15 min); rewrites only its section")
+    full.add_argument(
+        "--only-full", action="store_true", help="only the full fine-tuning pair (~15 min); rewrites only its section"
+    )
     parser.add_argument("--limit", type=int, help="smoke test: the first N train/test examples; RESULTS.md untouched")
     parser.add_argument("--worker", choices=["trl", "merge"], help=argparse.SUPPRESS)
     parser.add_argument("--args", help=argparse.SUPPRESS)
@@ -87,10 +101,12 @@ def main() -> None:
 
 # ----------------------------------------------------------------------------------------- parent
 
+
 def run_benchmark(args) -> None:
+    import torch
+
     from results import machine, table, write_section
     from tunesmith.training.defaults import matmul_peak_gflops
-    import torch
 
     started = time.time()
     peaks = {"fp32": matmul_peak_gflops(torch.float32), "bf16": matmul_peak_gflops(torch.bfloat16)}
@@ -104,8 +120,15 @@ def run_benchmark(args) -> None:
     rows_file, useful_tokens, n_rows, n_params = prepare(work, env, data["train"])
     print(f"{n_rows} training rows, {useful_tokens} useful tokens per epoch; work folder {work}", flush=True)
 
-    plan = [] if args.only_full else [("tunesmith", "lora", args.runs), ("TRL best", "lora", args.trl_runs),
-                                      ("TRL defaults", "lora", args.default_runs)]
+    plan = (
+        []
+        if args.only_full
+        else [
+            ("tunesmith", "lora", args.runs),
+            ("TRL best", "lora", args.trl_runs),
+            ("TRL defaults", "lora", args.default_runs),
+        ]
+    )
     if not args.no_full:
         plan += [("tunesmith", "full", 1), ("TRL best", "full", 1)]
     measured: dict[tuple[str, str], list[dict]] = {}
@@ -123,8 +146,9 @@ def run_benchmark(args) -> None:
     for method, section in (("lora", "train-speed"), ("full", "train-speed-full")):
         subset = {key: results for key, results in measured.items() if key[1] == method}
         if subset:
-            markdown = report(subset, peaks, useful_tokens, n_rows, n_params, args, time.time() - started,
-                              machine(), table)
+            markdown = report(
+                subset, peaks, useful_tokens, n_rows, n_params, args, time.time() - started, machine(), table
+            )
             if args.limit:
                 print(markdown)
             else:
@@ -137,7 +161,7 @@ def run_benchmark(args) -> None:
 def prepare(work: Path, env: dict, train_file: Path) -> tuple[Path, int, int, int]:
     """The training rows exactly as `tunesmith train` builds them, for TRL; their useful tokens."""
     os.environ.update(env)
-    from tunesmith.config import TrainConfig
+    from tunesmith.core.config import TrainConfig
     from tunesmith.data.check import check_data
     from tunesmith.data.prepare import build_rows, split
     from tunesmith.models.base import resolve_base
@@ -153,12 +177,14 @@ def prepare(work: Path, env: dict, train_file: Path) -> tuple[Path, int, int, in
     rows_file.write_text("".join(json.dumps({"input_ids": r.input_ids, "labels": r.labels}) + "\n" for r in rows))
     for method in ("lora", "full"):
         (work / f"tunesmith-{method}.yaml").write_text(
-            "\n".join(f"{k}: {v}" for k, v in method_settings(method).items()) + "\n")
-    from transformers import AutoConfig
-    from transformers import AutoModelForCausalLM
+            "\n".join(f"{k}: {v}" for k, v in method_settings(method).items()) + "\n"
+        )
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     with __import__("torch").device("meta"):
-        n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base)).parameters())
+        n_params = sum(
+            p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base)).parameters()
+        )
     return rows_file, sum(len(r) for r in rows), len(rows), n_params
 
 
@@ -171,12 +197,25 @@ def timed_run(system: str, method: str, run: int, work: Path, rows_file: Path, e
     out.mkdir()
     if system == "tunesmith":
         run_env = {**env, "TUNESMITH_HOME": str(out / "home")}
-        command = [str(Path(PYTHON).parent / "tunesmith"), "train", str(train_file), "-c",
-                   str(work / f"tunesmith-{method}.yaml"), "--name", "bench", "--method", method]
+        command = [
+            str(Path(PYTHON).parent / "tunesmith"),
+            "train",
+            str(train_file),
+            "-c",
+            str(work / f"tunesmith-{method}.yaml"),
+            "--name",
+            "bench",
+            "--method",
+            method,
+        ]
     else:
         run_env = env
-        settings = {"method": method, "rows": str(rows_file), "out": str(out),
-                    "trl": BEST_TRL if system == "TRL best" else {}}
+        settings = {
+            "method": method,
+            "rows": str(rows_file),
+            "out": str(out),
+            "trl": BEST_TRL if system == "TRL best" else {},
+        }
         command = [PYTHON, __file__, "--worker", "trl", "--args", json.dumps(settings)]
     log = out / "log.txt"
     start = time.perf_counter()
@@ -204,8 +243,11 @@ def test_accuracy(result: dict, env: dict, test_file: Path) -> float:
     model = Path(result["model"])
     if (model / "adapter_config.json").is_file():  # a TRL LoRA adapter: merge it into a model folder
         merged = Path(result["out"]) / "merged"
-        subprocess.run([PYTHON, __file__, "--worker", "merge", "--args",
-                        json.dumps({"adapter": str(model), "out": str(merged)})], env=env, check=True)
+        subprocess.run(
+            [PYTHON, __file__, "--worker", "merge", "--args", json.dumps({"adapter": str(model), "out": str(merged)})],
+            env=env,
+            check=True,
+        )
         model = merged
     run_env = dict(env)
     if (model / "manifest.json").is_file():  # a tunesmith version: evaluate it from its registry
@@ -214,40 +256,89 @@ def test_accuracy(result: dict, env: dict, test_file: Path) -> float:
     else:
         ref = str(model)
     target = Path(result["out"]) / "eval.json"
-    subprocess.run([str(Path(PYTHON).parent / "tunesmith"), "eval", ref, "--data", str(test_file),
-                    "--baselines", "none", "--json", str(target)], env=run_env, check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            str(Path(PYTHON).parent / "tunesmith"),
+            "eval",
+            ref,
+            "--data",
+            str(test_file),
+            "--baselines",
+            "none",
+            "--json",
+            str(target),
+        ],
+        env=run_env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     (only,) = json.loads(target.read_text())["results"].values()  # "fine_tuned" for a version, else "base"
     return only["accuracy"]
 
 
 def report(measured, peaks, useful_tokens, n_rows, n_params, args, seconds, machine_line, table) -> str:
     versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("trl", "accelerate", "datasets"))
-    header = ["system", "method", "precision", "runs", "whole command (s)", "training loop (s)",
-              "useful tok/s (loop)", "peak RSS (MB)", "test accuracy", "MFU vs fp32 peak", "MFU vs bf16 peak",
-              "wall / TRL defaults", "wall / TRL best"]
-    medians = {key: {field: statistics.median(r[field] for r in results)
-                     for field in ("wall_s", "loop_s", "peak_rss_mb")} for key, results in measured.items()}
+    header = [
+        "system",
+        "method",
+        "precision",
+        "runs",
+        "whole command (s)",
+        "training loop (s)",
+        "useful tok/s (loop)",
+        "peak RSS (MB)",
+        "test accuracy",
+        "MFU vs fp32 peak",
+        "MFU vs bf16 peak",
+        "wall / TRL defaults",
+        "wall / TRL best",
+    ]
+    medians = {
+        key: {field: statistics.median(r[field] for r in results) for field in ("wall_s", "loop_s", "peak_rss_mb")}
+        for key, results in measured.items()
+    }
     rows, raw = [], []
     for (system, method), results in measured.items():
         m = medians[(system, method)]
         flops = (4 if method == "lora" else 6) * n_params * useful_tokens / m["loop_s"] / 1e9
-        ratio = lambda other: (f"{m['wall_s'] / medians[(other, method)]['wall_s']:.2f}"  # noqa: E731
-                               if (other, method) in medians else "")
-        rows.append([system, method, results[0]["precision"], len(results), f"{m['wall_s']:.1f}",
-                     f"{m['loop_s']:.1f}", f"{useful_tokens / m['loop_s']:.0f}", f"{m['peak_rss_mb']:.0f}",
-                     f"{100 * results[0]['accuracy']:.1f}%", f"{100 * flops / peaks['fp32']:.0f}%",
-                     f"{100 * flops / peaks['bf16']:.0f}%", ratio("TRL defaults"), ratio("TRL best")])
+        ratio = lambda other: (
+            f"{m['wall_s'] / medians[(other, method)]['wall_s']:.2f}"  # noqa: E731
+            if (other, method) in medians
+            else ""
+        )
+        rows.append(
+            [
+                system,
+                method,
+                results[0]["precision"],
+                len(results),
+                f"{m['wall_s']:.1f}",
+                f"{m['loop_s']:.1f}",
+                f"{useful_tokens / m['loop_s']:.0f}",
+                f"{m['peak_rss_mb']:.0f}",
+                f"{100 * results[0]['accuracy']:.1f}%",
+                f"{100 * flops / peaks['fp32']:.0f}%",
+                f"{100 * flops / peaks['bf16']:.0f}%",
+                ratio("TRL defaults"),
+                ratio("TRL best"),
+            ]
+        )
         for i, r in enumerate(results):
             raw.append([system, method, i + 1, r["wall_s"], r["loop_s"], r["peak_rss_mb"]])
     full = all(method == "full" for _, method in measured)
     title = "Full fine-tuning speed" if full else "Training speed"
-    flags = "--only-full" if args.only_full else (f"--runs {args.runs} --trl-runs {args.trl_runs} "
-                                                   f"--default-runs {args.default_runs}" + " --no-full" * args.no_full)
+    flags = (
+        "--only-full"
+        if args.only_full
+        else (
+            f"--runs {args.runs} --trl-runs {args.trl_runs} "
+            f"--default-runs {args.default_runs}" + " --no-full" * args.no_full
+        )
+    )
     return f"""## {title}: tunesmith against TRL (`bench/train_speed.py`)
 
 Command: `.venv/bin/python bench/train_speed.py {flags}` ({seconds / 60:.0f} min for the whole run). Machine: {machine_line}; {versions}.
-Measured matmul peak in this run: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s (1024^3).
+Measured matmul peak in this run: fp32 {peaks["fp32"]:.0f} GFLOP/s, bf16 {peaks["bf16"]:.0f} GFLOP/s (1024^3).
 Data: sentiment-movie, the {n_rows} training rows `tunesmith train` keeps of train.jsonl (100 held out),
 {useful_tokens} useful (non-padding) tokens per epoch; settings: {json.dumps(SETTINGS)}; LoRA {json.dumps(LORA)} on all
 linear layers; full fine-tuning with lr {FULL_LR:g}.
@@ -263,6 +354,7 @@ Raw runs (seconds, MB):
 
 
 # ---------------------------------------------------------------------------------------- workers
+
 
 def trl_worker(settings: dict) -> None:
     """The whole TRL script that is timed: load, prepare, train one epoch, save."""
@@ -280,24 +372,46 @@ def trl_worker(settings: dict) -> None:
     dataset = Dataset.from_list(rows)  # input_ids + labels: TRL uses them as they are
     s = method_settings(settings["method"])
     config = SFTConfig(
-        output_dir=settings["out"], per_device_train_batch_size=s["batch_size"], gradient_accumulation_steps=1,
-        learning_rate=s["lr"], num_train_epochs=s["epochs"], seed=s["seed"], max_length=s["max_length"],
-        lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": s["min_lr_ratio"]},
-        warmup_steps=s["warmup_ratio"], max_grad_norm=s["grad_clip"], weight_decay=s["weight_decay"],
-        report_to="none", save_strategy="no", logging_steps=10, use_cpu=not torch.cuda.is_available(),
-        **settings["trl"])
+        output_dir=settings["out"],
+        per_device_train_batch_size=s["batch_size"],
+        gradient_accumulation_steps=1,
+        learning_rate=s["lr"],
+        num_train_epochs=s["epochs"],
+        seed=s["seed"],
+        max_length=s["max_length"],
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": s["min_lr_ratio"]},
+        warmup_steps=s["warmup_ratio"],
+        max_grad_norm=s["grad_clip"],
+        weight_decay=s["weight_decay"],
+        report_to="none",
+        save_strategy="no",
+        logging_steps=10,
+        use_cpu=not torch.cuda.is_available(),
+        **settings["trl"],
+    )
     peft_config = None
     if settings["method"] == "lora":
-        peft_config = LoraConfig(r=s["lora_rank"], lora_alpha=s["lora_alpha"], lora_dropout=s["lora_dropout"],
-                                 target_modules="all-linear", task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=str(base), args=config, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=peft_config)
+        peft_config = LoraConfig(
+            r=s["lora_rank"],
+            lora_alpha=s["lora_alpha"],
+            lora_dropout=s["lora_dropout"],
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
+    trainer = SFTTrainer(
+        model=str(base), args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
+    )
     output = trainer.train()
     model_dir = Path(settings["out"]) / "model"
     trainer.save_model(str(model_dir))
     tokenizer.save_pretrained(model_dir)
-    summary = {"train_runtime": output.metrics["train_runtime"], "bf16": bool(config.bf16),
-               "gradient_checkpointing": bool(config.gradient_checkpointing), "loss": output.training_loss}
+    summary = {
+        "train_runtime": output.metrics["train_runtime"],
+        "bf16": bool(config.bf16),
+        "gradient_checkpointing": bool(config.gradient_checkpointing),
+        "loss": output.training_loss,
+    }
     (Path(settings["out"]) / "summary.json").write_text(json.dumps(summary))
 
 

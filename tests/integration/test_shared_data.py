@@ -22,14 +22,21 @@ TUNESMITH = [sys.executable, "-m", "tunesmith"]
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} is absent (the shared public data sets)"),
-    pytest.mark.skipif(EMBEDDED["smollm2-135m"].gguf_folder() is None,
-                       reason="the embedded model package is not installed"),
+    pytest.mark.skipif(
+        EMBEDDED["smollm2-135m"].gguf_folder() is None, reason="the embedded model package is not installed"
+    ),
 ]
 
 
 def tunesmith(*args: str, home: Path) -> subprocess.CompletedProcess:
-    done = subprocess.run([*TUNESMITH, *args], capture_output=True, text=True, cwd=REPO, timeout=1500,
-                          env=os.environ | {"TUNESMITH_HOME": str(home), "COLUMNS": "200"})
+    done = subprocess.run(
+        [*TUNESMITH, *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=1500,
+        env=os.environ | {"TUNESMITH_HOME": str(home), "COLUMNS": "200"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -40,8 +47,17 @@ def test_fine_tuned_beats_zero_shot_and_8_shot_on_movie_sentiment(home, tmp_path
     assert "base + 8-shot prompt" in trained.stdout + trained.stderr  # the closing comparison
 
     figures_file, report = tmp_path / "eval.json", tmp_path / "eval.html"
-    tunesmith("eval", "sentiment", "--data", str(data / "test.jsonl"), "--json", str(figures_file),
-              "--report", str(report), home=home)
+    tunesmith(
+        "eval",
+        "sentiment",
+        "--data",
+        str(data / "test.jsonl"),
+        "--json",
+        str(figures_file),
+        "--report",
+        str(report),
+        home=home,
+    )
     figures = json.loads(figures_file.read_text())
     results = figures["results"]
     assert figures["n"] == 500 and results["few_shot"]["shots"] == 8

@@ -135,9 +135,11 @@ def model(tiny_model_dir):
 @pytest.fixture(scope="module")
 def texts(tiny_tokenizer):
     encode = lambda text: tiny_tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    return {"a": encode("The quick brown fox jumps over the lazy dog."),
-            "a2": encode("Summarise the call. Customer: CU-1234"),
-            "b": encode("Hello! How are you today?")}
+    return {
+        "a": encode("The quick brown fox jumps over the lazy dog."),
+        "a2": encode("Summarise the call. Customer: CU-1234"),
+        "b": encode("Hello! How are you today?"),
+    }
 
 
 def logits(model, batch: dict) -> torch.Tensor:
@@ -149,15 +151,15 @@ def test_packed_segment_equals_segment_alone(model, texts, tiny_tokenizer):
     a, a2, b = texts["a"], texts["a2"], texts["b"]
     pad = tiny_tokenizer.pad_token_id
     alone = logits(model, collate([Row.from_segments([segment(b)])], pad))[0]
-    packed = logits(model, collate([Row.from_segments([segment(a), segment(b)])], pad))[0, len(a):]
+    packed = logits(model, collate([Row.from_segments([segment(a), segment(b)])], pad))[0, len(a) :]
     assert torch.allclose(packed, alone, atol=1e-5)
 
-    other_first = logits(model, collate([Row.from_segments([segment(a2), segment(b)])], pad))[0, len(a2):]
+    other_first = logits(model, collate([Row.from_segments([segment(a2), segment(b)])], pad))[0, len(a2) :]
     assert torch.allclose(other_first, alone, atol=1e-5)
 
     # sensitivity check: without restarting positions the segments do see each other
     continuous = {"input_ids": torch.tensor([a + b]), "position_ids": torch.arange(len(a + b))[None]}
-    assert not torch.allclose(logits(model, continuous)[0, len(a):], alone, atol=1e-3)
+    assert not torch.allclose(logits(model, continuous)[0, len(a) :], alone, atol=1e-3)
 
 
 def test_packed_segment_is_isolated_inside_a_batch(model, texts, tiny_tokenizer):
@@ -166,7 +168,7 @@ def test_packed_segment_is_isolated_inside_a_batch(model, texts, tiny_tokenizer)
     alone = logits(model, collate([Row.from_segments([segment(b)])], pad))[0]
     rows = [Row.from_segments([segment(a), segment(b)]), Row.from_segments([segment(b), segment(a2), segment(a)])]
     out = logits(model, collate(rows, pad))
-    assert torch.allclose(out[0, len(a): len(a) + len(b)], alone, atol=1e-5)
+    assert torch.allclose(out[0, len(a) : len(a) + len(b)], alone, atol=1e-5)
     assert torch.allclose(out[1, : len(b)], alone, atol=1e-5)
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
-from tunesmith.data.check import check_data, check_structure
+from tunesmith.data.check import check_structure
 from tunesmith.data.render import IGNORE, render_example
+from tunesmith.workflows.check import check_data
 
 
 def chat(user: str, assistant: str) -> dict:
@@ -17,8 +18,7 @@ def warnings_about(report, text: str):
 
 
 def test_duplicates_quote_line_numbers(write_jsonl):
-    path = write_jsonl("dup.jsonl", [chat("a", "1"), chat("b", "2"), chat("a ", "1"), chat("c", "3"),
-                                     chat("b", " 2")])
+    path = write_jsonl("dup.jsonl", [chat("a", "1"), chat("b", "2"), chat("a ", "1"), chat("c", "3"), chat("b", " 2")])
     report = check_structure(path)
     assert report.ok
     (warning,) = warnings_about(report, "duplicate")
@@ -53,8 +53,9 @@ def test_train_validation_overlap(write_jsonl):
 
 
 def test_label_imbalance_warning(write_jsonl):
-    rows = [{"text": f"good {i}", "label": "pos"} for i in range(7)] + \
-           [{"text": f"bad {i}", "label": "neg"} for i in range(2)]
+    rows = [{"text": f"good {i}", "label": "pos"} for i in range(7)] + [
+        {"text": f"bad {i}", "label": "neg"} for i in range(2)
+    ]
     report = check_structure(write_jsonl("cls.jsonl", rows))
     assert report.ok and report.labels == ["neg", "pos"]
     (warning,) = warnings_about(report, "label imbalance")
@@ -62,14 +63,19 @@ def test_label_imbalance_warning(write_jsonl):
 
 
 def test_no_imbalance_warning_at_three_to_one(write_jsonl):
-    rows = [{"text": f"good {i}", "label": "pos"} for i in range(6)] + \
-           [{"text": f"bad {i}", "label": "neg"} for i in range(2)]
+    rows = [{"text": f"good {i}", "label": "pos"} for i in range(6)] + [
+        {"text": f"bad {i}", "label": "neg"} for i in range(2)
+    ]
     assert warnings_about(check_structure(write_jsonl("cls.jsonl", rows)), "imbalance") == []
 
 
 def test_truncation_warning_counts_lost_answer_tokens(write_jsonl, tiny_tokenizer):
-    rows = [chat("Hello", "ok"), chat("Hello", "The quick brown fox jumps over the lazy dog. " * 3),
-            chat("Hi", "yes"), chat("Hello", "The lazy dog sleeps all day long, the fox says.")]
+    rows = [
+        chat("Hello", "ok"),
+        chat("Hello", "The quick brown fox jumps over the lazy dog. " * 3),
+        chat("Hi", "yes"),
+        chat("Hello", "The lazy dog sleeps all day long, the fox says."),
+    ]
     path = write_jsonl("long.jsonl", rows)
     examples = check_structure(path).train.examples
     rendered = [render_example(tiny_tokenizer, e) for e in examples]
@@ -87,14 +93,14 @@ def test_truncation_warning_counts_lost_answer_tokens(write_jsonl, tiny_tokenize
 
 
 def test_no_truncation_warning_when_everything_fits(write_jsonl, tiny_tokenizer):
-    report = check_data(write_jsonl("short.jsonl", [chat("Hi", "ok"), chat("Yo", "yes")]),
-                        tokenizer=tiny_tokenizer, max_length=512)
+    report = check_data(
+        write_jsonl("short.jsonl", [chat("Hi", "ok"), chat("Yo", "yes")]), tokenizer=tiny_tokenizer, max_length=512
+    )
     assert report.ok and report.warnings == []
 
 
 def test_token_stats(write_jsonl, tiny_tokenizer):
-    path = write_jsonl("chat.jsonl", [chat("Hi", "ok"), chat("Hello there", "The quick brown fox."),
-                                      chat("Yo", "yes")])
+    path = write_jsonl("chat.jsonl", [chat("Hi", "ok"), chat("Hello there", "The quick brown fox."), chat("Yo", "yes")])
     report = check_data(path, tokenizer=tiny_tokenizer)
     lengths = [len(r.input_ids) for r in report.rendered]
     assert len(lengths) == 3

@@ -16,6 +16,7 @@ def render(table) -> str:
 
 # helped --------------------------------------------------------------------------------------------
 
+
 def test_helped_needs_to_beat_every_baseline():
     results = {"base": {"accuracy": 0.5}, "few_shot": {"accuracy": 0.7}, "fine_tuned": {"accuracy": 0.8}}
     assert helped("classify", results) is True
@@ -35,11 +36,14 @@ def test_helped_is_none_without_something_to_compare():
     assert helped("classify", {"base": {"accuracy": 0.9}}) is None
     assert helped("classify", {"base": {"rouge_l": 0.1}, "fine_tuned": {"accuracy": 0.9}}) is None
     # a baseline without the primary metric is left out, the others still count
-    assert helped("classify", {"base": {"loss": 1.0}, "few_shot": {"accuracy": 0.5},
-                               "fine_tuned": {"accuracy": 0.6}}) is True
+    assert (
+        helped("classify", {"base": {"loss": 1.0}, "few_shot": {"accuracy": 0.5}, "fine_tuned": {"accuracy": 0.6}})
+        is True
+    )
 
 
 # diffs ---------------------------------------------------------------------------------------------
+
 
 def measured(scores: list[float], confidences: list[float] | None = None) -> Measured:
     outputs = [f"out{s}" for s in scores]
@@ -48,16 +52,21 @@ def measured(scores: list[float], confidences: list[float] | None = None) -> Mea
 
 def build(systems: dict[str, Measured]) -> list[dict]:
     n = max(len(m.scores) for m in systems.values())
-    return per_example([f"input {i}" for i in range(n)], [f"ref {i}" for i in range(n)],
-                       [10 + i for i in range(n)], systems)
+    return per_example(
+        [f"input {i}" for i in range(n)], [f"ref {i}" for i in range(n)], [10 + i for i in range(n)], systems
+    )
 
 
 def test_per_example_records():
     systems = {"base": measured([1.0, 0.0]), "fine_tuned": measured([0.0, 1.0], [0.9, 0.6])}
     examples = build(systems)
-    assert examples[0] == {"line": 10, "input": "input 0", "reference": "ref 0",
-                           "outputs": {"base": "out1.0", "fine_tuned": "out0.0"},
-                           "scores": {"base": 1.0, "fine_tuned": 0.0}}
+    assert examples[0] == {
+        "line": 10,
+        "input": "input 0",
+        "reference": "ref 0",
+        "outputs": {"base": "out1.0", "fine_tuned": "out0.0"},
+        "scores": {"base": 1.0, "fine_tuned": 0.0},
+    }
     # a system without per-example outputs (raw text) adds nothing
     assert build({"base": Measured({}), "fine_tuned": measured([1.0])})[0]["scores"] == {"fine_tuned": 1.0}
 
@@ -85,8 +94,13 @@ def test_diffs_larger_drops_first_and_every_baseline():
     systems = {"base": base, "few_shot": few, "fine_tuned": tuned}
     found = diffs(build(systems), systems)
     assert [(d["line"] - 10, d["against"], d["delta"]) for d in found] == [
-        (0, "base", -0.6), (0, "few_shot", -0.3), (1, "base", -0.1), (1, "few_shot", -0.1),
-        (2, "base", 0.5), (2, "few_shot", 0.5)]
+        (0, "base", -0.6),
+        (0, "few_shot", -0.3),
+        (1, "base", -0.1),
+        (1, "few_shot", -0.1),
+        (2, "base", 0.5),
+        (2, "few_shot", 0.5),
+    ]
     # the kind follows the sign of the change; example 3 (equal everywhere) never appears
     assert all((d["delta"] < 0) == (d["kind"] == "regression") for d in found)
     assert all("confidence" not in d for d in found)  # nothing to show without label probabilities
@@ -97,8 +111,10 @@ def test_diffs_lower_is_better_and_nothing_to_compare():
     tuned = measured([3.0, 1.0])
     systems = {"base": base, "fine_tuned": tuned}
     found = diffs(build(systems), systems, higher_is_better=False)
-    assert [(d["line"] - 10, d["kind"], d["delta"]) for d in found] == [(0, "regression", -1.0),
-                                                                       (1, "improvement", 2.0)]
+    assert [(d["line"] - 10, d["kind"], d["delta"]) for d in found] == [
+        (0, "regression", -1.0),
+        (1, "improvement", 2.0),
+    ]
     assert diffs(build({"base": base}), {"base": base}) == []
     assert diffs([], {"base": base, "fine_tuned": Measured({})}) == []
 
@@ -107,23 +123,42 @@ def test_diffs_lower_is_better_and_nothing_to_compare():
 
 RESULTS = {
     "base": {"accuracy": 0.5, "macro_f1": 0.4, "loss": 2.5, "prompt_tokens_mean": 40.0, "latency_ms_p50": 12.3},
-    "few_shot": {"accuracy": 0.75, "macro_f1": 0.7, "loss": 1.5, "prompt_tokens_mean": 300.0, "shots": 4,
-                 "latency_ms_p50": 40.0},
-    "fine_tuned": {"accuracy": 0.875, "macro_f1": 0.8, "loss": 0.5, "prompt_tokens_mean": 40.0,
-                   "per_label": {"a": {}}, "confusion": [[1]]},
+    "few_shot": {
+        "accuracy": 0.75,
+        "macro_f1": 0.7,
+        "loss": 1.5,
+        "prompt_tokens_mean": 300.0,
+        "shots": 4,
+        "latency_ms_p50": 40.0,
+    },
+    "fine_tuned": {
+        "accuracy": 0.875,
+        "macro_f1": 0.8,
+        "loss": 0.5,
+        "prompt_tokens_mean": 40.0,
+        "per_label": {"a": {}},
+        "confusion": [[1]],
+    },
 }
 
 
 def test_comparison_table_has_the_systems_as_columns():
     table = comparison_table("classify", RESULTS, "tiny on test.jsonl (8 examples)")
-    assert [column.header for column in table.columns] == ["metric", "base (zero-shot)", "base + 4-shot prompt",
-                                                           "fine-tuned"]
+    assert [column.header for column in table.columns] == [
+        "metric",
+        "base (zero-shot)",
+        "base + 4-shot prompt",
+        "fine-tuned",
+    ]
     text = render(table)
     assert "tiny on test.jsonl (8 examples)" in text
     header = next(line for line in text.splitlines() if "metric" in line)
     assert header.index("base (zero-shot)") < header.index("base + 4-shot prompt") < header.index("fine-tuned")
-    rows = {line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:-1]]
-            for line in text.splitlines() if line.count("│") == 5}
+    rows = {
+        line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:-1]]
+        for line in text.splitlines()
+        if line.count("│") == 5
+    }
     assert rows["accuracy *"] == ["50.0%", "75.0%", "87.5%"]  # the primary metric is starred
     assert rows["macro_f1"] == ["40.0%", "70.0%", "80.0%"]
     assert rows["loss"] == ["2.500", "1.500", "0.500"]

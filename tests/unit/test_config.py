@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from tunesmith.config import TrainConfig, check_name, load_config
-from tunesmith.errors import TunesmithError
-from tunesmith.training.defaults import default_max_length, resolve
+from tunesmith.core.config import TrainConfig, check_name, load_config
+from tunesmith.core.errors import TunesmithError
+from tunesmith.data.check import default_max_length
+from tunesmith.training.defaults import resolve
 
 
 def yaml_file(tmp_path, text: str) -> Path:
@@ -72,8 +73,9 @@ def test_labels_only_with_classify():
     assert load_config(data="x.jsonl", labels=["a", "b"]).task == "auto"
 
 
-@pytest.mark.parametrize("labels,message", [(["a"], "at least two labels"), (["a", "a"], "unique"),
-                                            (["a", " "], "must not be empty")])
+@pytest.mark.parametrize(
+    "labels,message", [(["a"], "at least two labels"), (["a", "a"], "unique"), (["a", " "], "must not be empty")]
+)
 def test_bad_label_sets(labels, message):
     with pytest.raises(TunesmithError, match=message):
         load_config(data="x.jsonl", labels=labels)
@@ -105,8 +107,7 @@ def test_range_checks():
 
 def test_cli_overrides_beat_yaml_and_none_is_ignored(tmp_path):
     path = yaml_file(tmp_path, "data: from-yaml.jsonl\nepochs: 5\nlr: 0.001\nname: yaml-name\nseed: 7\n")
-    config = load_config(path, data=Path("from-cli.jsonl"), epochs=2, lr=None, name=None, seed=None,
-                         batch_size=None)
+    config = load_config(path, data=Path("from-cli.jsonl"), epochs=2, lr=None, name=None, seed=None, batch_size=None)
     assert config.data == Path("from-cli.jsonl")
     assert config.epochs == 2
     assert config.lr == 0.001 and config.name == "yaml-name" and config.seed == 7
@@ -127,10 +128,20 @@ def test_yaml_round_trip(tmp_path):
 # --------------------------------------------------------------------------- defaults.resolve
 
 
-@pytest.mark.parametrize("n,epochs,lr,rank", [
-    (10, 3, 3e-4, 8), (200, 3, 3e-4, 8), (201, 2, 3e-4, 8), (999, 2, 3e-4, 8), (1000, 2, 2e-4, 16),
-    (1001, 1, 2e-4, 16), (9999, 1, 2e-4, 16), (10000, 1, 2e-4, 32), (50000, 1, 2e-4, 32),
-])
+@pytest.mark.parametrize(
+    "n,epochs,lr,rank",
+    [
+        (10, 3, 3e-4, 8),
+        (200, 3, 3e-4, 8),
+        (201, 2, 3e-4, 8),
+        (999, 2, 3e-4, 8),
+        (1000, 2, 2e-4, 16),
+        (1001, 1, 2e-4, 16),
+        (9999, 1, 2e-4, 16),
+        (10000, 1, 2e-4, 32),
+        (50000, 1, 2e-4, 32),
+    ],
+)
 def test_resolve_lora_defaults(n, epochs, lr, rank):
     resolved = resolve(TrainConfig(data="x.jsonl"), n, [100] * 10, None, "chat")
     assert (resolved.epochs, resolved.lr, resolved.lora_rank) == (epochs, lr, rank)
@@ -147,8 +158,9 @@ def test_resolve_full_fine_tuning_defaults(n, lr):
 
 
 def test_resolve_keeps_explicit_values():
-    config = TrainConfig(data="x.jsonl", epochs=7, lr=0.01, lora_rank=4, lora_alpha=3.0, max_length=100,
-                         batch_size=8, micro_batch_size=2)
+    config = TrainConfig(
+        data="x.jsonl", epochs=7, lr=0.01, lora_rank=4, lora_alpha=3.0, max_length=100, batch_size=8, micro_batch_size=2
+    )
     resolved = resolve(config, 5000, [3000] * 10, 50, "chat", labels=None)
     assert (resolved.epochs, resolved.lr, resolved.lora_rank, resolved.lora_alpha) == (7, 0.01, 4, 3.0)
     assert resolved.max_length == 100 and resolved.micro_batch_size == 2
@@ -174,11 +186,14 @@ def test_lr_multiplier_scales_only_the_automatic_learning_rate():
             TrainConfig(data="x.jsonl", lr_multiplier=bad)
 
 
-@pytest.mark.parametrize("n,batch_size,epochs,expected", [
-    (16, 8, 1, 1),       # 2 steps: a checkpoint after each
-    (80, 8, 2, 4),       # 20 steps: about 5 checkpoints
-    (800, 8, 3, 20),     # 300 steps: never more than 20 steps apart
-])
+@pytest.mark.parametrize(
+    "n,batch_size,epochs,expected",
+    [
+        (16, 8, 1, 1),  # 2 steps: a checkpoint after each
+        (80, 8, 2, 4),  # 20 steps: about 5 checkpoints
+        (800, 8, 3, 20),  # 300 steps: never more than 20 steps apart
+    ],
+)
 def test_checkpoint_every_auto(n, batch_size, epochs, expected):
     config = TrainConfig(data="x.jsonl", batch_size=batch_size, epochs=epochs)
     assert resolve(config, n, [100], None, "chat").checkpoint_every == expected
@@ -186,15 +201,18 @@ def test_checkpoint_every_auto(n, batch_size, epochs, expected):
     assert resolve(explicit, n, [100], None, "chat").checkpoint_every == 7
 
 
-@pytest.mark.parametrize("lengths,model_max,expected", [
-    ([10] * 50, None, 64),                    # floor of 64
-    ([100] * 50, None, 128),                  # rounded up to a multiple of 32
-    ([96] * 50, None, 96),
-    ([100] * 99 + [5000], None, 128),         # 99th percentile: one outlier in 100 is ignored
-    ([100] * 98 + [5000] * 2, None, 2048),    # two are not; capped at 2048
-    ([300] * 10, 200, 200),                   # never above the model's context
-    ([], None, 512),
-])
+@pytest.mark.parametrize(
+    "lengths,model_max,expected",
+    [
+        ([10] * 50, None, 64),  # floor of 64
+        ([100] * 50, None, 128),  # rounded up to a multiple of 32
+        ([96] * 50, None, 96),
+        ([100] * 99 + [5000], None, 128),  # 99th percentile: one outlier in 100 is ignored
+        ([100] * 98 + [5000] * 2, None, 2048),  # two are not; capped at 2048
+        ([300] * 10, 200, 200),  # never above the model's context
+        ([], None, 512),
+    ],
+)
 def test_default_max_length_chat(lengths, model_max, expected):
     assert default_max_length(lengths, "chat", model_max) == expected
     if lengths:
@@ -230,8 +248,11 @@ def test_native_bf16_on_a_cpu_means_amx_or_avx512_bf16(monkeypatch, tmp_path):
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
     cpuinfo = tmp_path / "cpuinfo"
     monkeypatch.setattr(defaults, "Path", lambda _: cpuinfo)
-    for flags, unit in (("fpu avx512f avx512_bf16", "AVX512-BF16"), ("avx512f amx_bf16 amx_tile", "AMX"),
-                        ("fpu avx512f avx512_vnni", None)):
+    for flags, unit in (
+        ("fpu avx512f avx512_bf16", "AVX512-BF16"),
+        ("avx512f amx_bf16 amx_tile", "AMX"),
+        ("fpu avx512f avx512_vnni", None),
+    ):
         cpuinfo.write_text(f"flags\t\t: {flags}\n")
         assert defaults.cpu_bf16_unit() == unit
 
@@ -245,11 +266,14 @@ def test_inference_precision_is_bf16_only_on_a_gpu_that_has_it(monkeypatch):
     # (an AMX CPU, where training's auto is bf16, does not make inference bf16: only torch.cuda is asked)
     import torch
 
-    from tunesmith.errors import TunesmithError
+    from tunesmith.core.errors import TunesmithError
     from tunesmith.models import load
 
-    for cuda, bf16, expected in ((True, True, torch.bfloat16), (True, False, torch.float32),
-                                 (False, False, torch.float32)):
+    for cuda, bf16, expected in (
+        (True, True, torch.bfloat16),
+        (True, False, torch.float32),
+        (False, False, torch.float32),
+    ):
         monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda bf16=bf16: bf16)
         assert load.precision_dtype("auto") == load.precision_dtype() == expected

@@ -16,19 +16,24 @@ from pathlib import Path
 import pytest
 
 from tunesmith.cli import main
-from tunesmith.data.distill import check_labels, generate, normalize_label, rejects_path
-from tunesmith.openai_client import Teacher, TeacherError, TeacherUnavailable
-from tunesmith.data.render import classify_prompt
-from tunesmith.errors import DataError, TunesmithError
+from tunesmith.core.errors import DataError, TunesmithError
+from tunesmith.data.labels import check_labels, classify_prompt, normalize_label
+from tunesmith.models.openai_client import Teacher, TeacherError, TeacherUnavailable
+from tunesmith.workflows.distill import generate, rejects_path
 
 REPO = Path(__file__).resolve().parents[2]
 LABELS = ["positive", "negative"]
 
 
 def completion(text: str, finish: str = "stop") -> tuple[int, dict, dict]:
-    return 200, {}, {"choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                  "finish_reason": finish}],
-                     "usage": {"prompt_tokens": 12, "completion_tokens": 2, "total_tokens": 14}}
+    return (
+        200,
+        {},
+        {
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+            "usage": {"prompt_tokens": 12, "completion_tokens": 2, "total_tokens": 14},
+        },
+    )
 
 
 class Scripted:
@@ -102,6 +107,7 @@ def user_text(body: dict) -> str:
 
 # --- the client --------------------------------------------------------------------------------------
 
+
 def test_503_is_retried_then_answered(serve):
     server = serve(lambda body, n: (503, {}, {"error": {"message": "busy"}}) if n == 1 else completion("ok"))
     reply = teacher(server.url, api_key="sk-test").chat([{"role": "user", "content": "hi"}])
@@ -109,13 +115,18 @@ def test_503_is_retried_then_answered(serve):
     assert len(server.requests) == 2
     _, headers, body = server.requests[0]
     assert headers["Authorization"] == "Bearer sk-test"
-    assert body == {"model": "teacher-1", "temperature": 0, "max_tokens": 512,
-                    "messages": [{"role": "user", "content": "hi"}]}
+    assert body == {
+        "model": "teacher-1",
+        "temperature": 0,
+        "max_tokens": 512,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
 
 
 def test_429_waits_as_long_as_retry_after_says(serve):
-    server = serve(lambda body, n: (429, {"Retry-After": "1"}, {"error": {"message": "slow down"}}) if n == 1
-                   else completion("ok"))
+    server = serve(
+        lambda body, n: (429, {"Retry-After": "1"}, {"error": {"message": "slow down"}}) if n == 1 else completion("ok")
+    )
     assert teacher(server.url).chat([{"role": "user", "content": "hi"}]).text == "ok"
     (first, _, _), (second, _, _) = server.requests
     assert second - first >= 0.95  # the back-off alone would have waited 0.05 s at most
@@ -129,8 +140,10 @@ def test_400_is_not_retried_and_names_the_servers_message(serve):
 
 
 def test_unknown_model_lists_what_the_server_offers(serve):
-    server = serve(lambda body, n: (404, {}, {"error": {"message": "No model with id 'teacher-1'",
-                                                        "code": "model_not_found"}}), models=("big:1", "small:2"))
+    server = serve(
+        lambda body, n: (404, {}, {"error": {"message": "No model with id 'teacher-1'", "code": "model_not_found"}}),
+        models=("big:1", "small:2"),
+    )
     with pytest.raises(TeacherError) as refused:
         teacher(server.url).chat([{"role": "user", "content": "hi"}])
     assert "Check --teacher-model 'teacher-1'; the server offers: big:1, small:2" in str(refused.value)
@@ -171,11 +184,23 @@ def test_backoff_grows_with_jitter():
 
 # --- labels and inputs -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("answer, label", [
-    ("positive", "positive"), (" Positive.\n", "positive"), ('"NEGATIVE"', "negative"), ("negative!", "negative"),
-    ("'positive'.", "positive"), ("**positive**", "positive"), ("positive review", None), ("pos", None),
-    ("I think it is positive", None), ("", None), ("positive, negative", None),
-])
+
+@pytest.mark.parametrize(
+    "answer, label",
+    [
+        ("positive", "positive"),
+        (" Positive.\n", "positive"),
+        ('"NEGATIVE"', "negative"),
+        ("negative!", "negative"),
+        ("'positive'.", "positive"),
+        ("**positive**", "positive"),
+        ("positive review", None),
+        ("pos", None),
+        ("I think it is positive", None),
+        ("", None),
+        ("positive, negative", None),
+    ],
+)
 def test_normalize_label(answer, label):
     assert normalize_label(answer, LABELS) == label
 
@@ -196,9 +221,14 @@ def test_bad_inputs_are_refused_before_any_request(serve, write_jsonl, tmp_path)
     message = str(refused.value)
     assert f"{inputs}:2: error: text: missing or empty" in message and f"{inputs}:3: error: bad JSON" in message
     assert f"{inputs}:4: error: text" in message and "(hint:" in message
-    chat = write_jsonl("chat.jsonl", [{"prompt": "hi"}, {"messages": [{"role": "user", "content": "a"},
-                                                                      {"role": "assistant", "content": "b"}]},
-                                      {"prompt": "x", "messages": []}])
+    chat = write_jsonl(
+        "chat.jsonl",
+        [
+            {"prompt": "hi"},
+            {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
+            {"prompt": "x", "messages": []},
+        ],
+    )
     with pytest.raises(DataError) as refused:
         generate(chat, tmp_path / "out.jsonl", teacher(server.url), "chat")
     assert f"{chat}:2: error: messages: the conversation must end with a user turn" in str(refused.value)
@@ -208,11 +238,14 @@ def test_bad_inputs_are_refused_before_any_request(serve, write_jsonl, tmp_path)
 
 # --- the loop ----------------------------------------------------------------------------------------
 
+
 def labeller(answers: dict[str, str]):
     """Answers a classify request with answers[text] (the text is the end of the instruction)."""
+
     def answer(body, n):
         text = user_text(body).rsplit("Text: ", 1)[1]
         return completion(answers[text])
+
     return answer
 
 
@@ -227,16 +260,31 @@ def test_classify_writes_valid_labels_and_rejects_the_rest_then_resumes(serve, w
     rows = [{"text": text, "label": "ignored"} for text in answers]
     out = tmp_path / "out.jsonl"
 
-    first = generate(write_jsonl("part.jsonl", rows[:6]), out, teacher(server.url), "classify", LABELS,
-                     system="Be brief.", concurrency=3)
+    first = generate(
+        write_jsonl("part.jsonl", rows[:6]),
+        out,
+        teacher(server.url),
+        "classify",
+        LABELS,
+        system="Be brief.",
+        concurrency=3,
+    )
     assert (first.written, first.invalid, first.failed, first.skipped, first.complete) == (5, 1, 0, 0, True)
     # three workers: the requests reach the server in any order
     asked = {user_text(body).rsplit("Text: ", 1)[1]: body["messages"] for *_, body in server.requests}
-    assert asked["review 0"] == [{"role": "system", "content": "Be brief."},
-                                 {"role": "user", "content": classify_prompt("review 0", LABELS)}]
+    assert asked["review 0"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": classify_prompt("review 0", LABELS)},
+    ]
     rejected = read_lines(rejects_path(out))
-    assert rejected == [{"line": 6, "input": {"text": "review 5"}, "answer": "maybe",
-                         "reason": "not one of the labels: positive, negative"}]
+    assert rejected == [
+        {
+            "line": 6,
+            "input": {"text": "review 5"},
+            "answer": "maybe",
+            "reason": "not one of the labels: positive, negative",
+        }
+    ]
 
     # A crash mid-write leaves a torn last line: it is dropped and that input asked again.
     lines = out.read_text().splitlines(keepends=True)
@@ -247,8 +295,10 @@ def test_classify_writes_valid_labels_and_rejects_the_rest_then_resumes(serve, w
     assert len(server.requests) == 6 + 3
     written = read_lines(out)
     assert sorted(line["text"] for line in written) == sorted(t for t in answers if t != "review 5")
-    assert all(line == {"text": line["text"], "label": "positive" if int(line["text"][-1]) % 2 else "negative"}
-               for line in written)
+    assert all(
+        line == {"text": line["text"], "label": "positive" if int(line["text"][-1]) % 2 else "negative"}
+        for line in written
+    )
 
     third = generate(full, out, teacher(server.url), "classify", LABELS, system="Be brief.")
     assert (third.written, third.skipped, len(server.requests)) == (0, 8, 9)
@@ -263,8 +313,9 @@ def test_a_line_generate_did_not_write_stops_the_run(serve, write_jsonl, tmp_pat
     assert server.requests == []
     done = write_jsonl("done.jsonl", [{"text": "a", "label": "positive"}])
     done.write_text(done.read_text().rstrip("\n"))  # complete, only the newline missing: kept
-    summary = generate(write_jsonl("in2.jsonl", [{"text": "a"}, {"text": "b"}]), done, teacher(server.url),
-                       "classify", LABELS)
+    summary = generate(
+        write_jsonl("in2.jsonl", [{"text": "a"}, {"text": "b"}]), done, teacher(server.url), "classify", LABELS
+    )
     assert (summary.skipped, summary.written) == (1, 1) and len(read_lines(done)) == 2
 
 
@@ -274,23 +325,51 @@ def test_chat_answers_keep_the_conversation_and_refuse_empty_or_cut_off_answers(
         return completion("" if text == "empty" else "a long answer", "length" if text == "long" else "stop")
 
     server = serve(answer)
-    inputs = write_jsonl("chat.jsonl", [{"prompt": "hello"}, {"prompt": "empty"}, {"prompt": "long"},
-                                        {"messages": [{"role": "system", "content": "Own system."},
-                                                      {"role": "user", "content": "q1"},
-                                                      {"role": "assistant", "content": "a1"},
-                                                      {"role": "user", "content": "q2"}]}])
+    inputs = write_jsonl(
+        "chat.jsonl",
+        [
+            {"prompt": "hello"},
+            {"prompt": "empty"},
+            {"prompt": "long"},
+            {
+                "messages": [
+                    {"role": "system", "content": "Own system."},
+                    {"role": "user", "content": "q1"},
+                    {"role": "assistant", "content": "a1"},
+                    {"role": "user", "content": "q2"},
+                ]
+            },
+        ],
+    )
     out = tmp_path / "chat-out.jsonl"
     summary = generate(inputs, out, teacher(server.url), "chat", system="House style.")
     assert (summary.written, summary.invalid) == (2, 2)
     # Lines are written as answers arrive (8 in flight): compare them in a fixed order.
-    assert sorted(read_lines(out), key=json.dumps) == sorted([
-        {"messages": [{"role": "system", "content": "House style."}, {"role": "user", "content": "hello"},
-                      {"role": "assistant", "content": "a long answer"}]},
-        {"messages": [{"role": "system", "content": "Own system."}, {"role": "user", "content": "q1"},
-                      {"role": "assistant", "content": "a1"}, {"role": "user", "content": "q2"},
-                      {"role": "assistant", "content": "a long answer"}]}], key=json.dumps)
+    assert sorted(read_lines(out), key=json.dumps) == sorted(
+        [
+            {
+                "messages": [
+                    {"role": "system", "content": "House style."},
+                    {"role": "user", "content": "hello"},
+                    {"role": "assistant", "content": "a long answer"},
+                ]
+            },
+            {
+                "messages": [
+                    {"role": "system", "content": "Own system."},
+                    {"role": "user", "content": "q1"},
+                    {"role": "assistant", "content": "a1"},
+                    {"role": "user", "content": "q2"},
+                    {"role": "assistant", "content": "a long answer"},
+                ]
+            },
+        ],
+        key=json.dumps,
+    )
     assert sorted(r["reason"] for r in read_lines(rejects_path(out))) == [
-        "cut off at --max-tokens (finish_reason length)", "empty answer"]
+        "cut off at --max-tokens (finish_reason length)",
+        "empty answer",
+    ]
     again = generate(inputs, out, teacher(server.url), "chat", system="House style.")
     assert (again.skipped, again.written, len(server.requests)) == (4, 0, 4)
 
@@ -317,10 +396,29 @@ def test_cli_generate_and_ctrl_c_keeps_whole_lines(serve, write_jsonl, tmp_path,
     # 40 inputs take the CLI >= 2 s (2 at a time, 0.1 s each); Ctrl-C comes once 4 lines are written.
     inputs = write_jsonl("in.jsonl", [{"text": f"review {i}"} for i in range(40)])
     out = tmp_path / "out.jsonl"
-    args = ["data", "generate", "--teacher-url", server.url, "--teacher-model", "teacher-1", "--inputs",
-            str(inputs), "--out", str(out), "--labels", "positive,negative", "--concurrency", "2"]
-    process = subprocess.Popen([sys.executable, "-m", "tunesmith", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    args = [
+        "data",
+        "generate",
+        "--teacher-url",
+        server.url,
+        "--teacher-model",
+        "teacher-1",
+        "--inputs",
+        str(inputs),
+        "--out",
+        str(out),
+        "--labels",
+        "positive,negative",
+        "--concurrency",
+        "2",
+    ]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tunesmith", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+    )
     deadline = time.time() + 30
     while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 4):
         time.sleep(0.05)

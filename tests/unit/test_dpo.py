@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from conftest import sharpen
 from tunesmith.data.batching import PairRow, Row
-from tunesmith.data.formats import Example
+from tunesmith.data.records import Example
 from tunesmith.data.render import IGNORE, render_example
 from tunesmith.models.load import add_lora, load_model
 from tunesmith.training.dpo import DPOObjective, dpo_loss
@@ -18,9 +18,11 @@ from tunesmith.training.kernels import training_kernels
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 BETA = 0.3
-PAIRS = [("the soup was great", "positive", "negative"),
-         ("Hello! How are you today?", "The quick brown fox.", "no"),
-         ("Summarise the call.", "Customer: CU-1234 Product: FBX-200", "Issue: no signal")]
+PAIRS = [
+    ("the soup was great", "positive", "negative"),
+    ("Hello! How are you today?", "The quick brown fox.", "no"),
+    ("Summarise the call.", "Customer: CU-1234 Product: FBX-200", "Issue: no signal"),
+]
 
 
 def _row(rendered) -> Row:
@@ -31,8 +33,9 @@ def _row(rendered) -> Row:
 def pairs(tiny_tokenizer) -> list[PairRow]:
     result = []
     for prompt, chosen, rejected in PAIRS:
-        example = Example(line=1, messages=[{"role": "user", "content": prompt, "weight": 1}],
-                          chosen=chosen, rejected=rejected)
+        example = Example(
+            line=1, messages=[{"role": "user", "content": prompt, "weight": 1}], chosen=chosen, rejected=rejected
+        )
         rendered = render_example(tiny_tokenizer, example)
         result.append(PairRow(_row(rendered.chosen), _row(rendered.rejected)))
     return result
@@ -66,8 +69,13 @@ def _hand_loss(policy, reference, pairs) -> torch.Tensor:
     losses = []
     for pair in pairs:
         with torch.no_grad():
-            ref_chosen, ref_rejected = _log_likelihood(reference, pair.chosen), _log_likelihood(reference, pair.rejected)
-        margin = (_log_likelihood(policy, pair.chosen) - ref_chosen) - (_log_likelihood(policy, pair.rejected) - ref_rejected)
+            ref_chosen, ref_rejected = (
+                _log_likelihood(reference, pair.chosen),
+                _log_likelihood(reference, pair.rejected),
+            )
+        margin = (_log_likelihood(policy, pair.chosen) - ref_chosen) - (
+            _log_likelihood(policy, pair.rejected) - ref_rejected
+        )
         losses.append(-F.logsigmoid(BETA * margin))
     return torch.stack(losses).mean()
 
@@ -117,8 +125,9 @@ def test_validation_figures(models, pairs, tiny_tokenizer):
 
 
 def test_dpo_loss_formula():
-    loss, chosen, rejected = dpo_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]),
-                                      torch.tensor([-2.0]), beta=0.5)
+    loss, chosen, rejected = dpo_loss(
+        torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0]), beta=0.5
+    )
     # rewards 0.5 * (−1 − −2) = 0.5 and 0.5 * (−3 − −2) = −0.5; loss = −log σ(1)
     assert chosen.item() == pytest.approx(0.5) and rejected.item() == pytest.approx(-0.5)
     assert loss.item() == pytest.approx(-torch.nn.functional.logsigmoid(torch.tensor(1.0)).item())

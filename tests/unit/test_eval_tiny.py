@@ -12,21 +12,31 @@ import pytest
 import torch
 
 from tunesmith.cli import main
-from tunesmith.config import TrainConfig
-from tunesmith.errors import TunesmithError
-from tunesmith.evaluation.curve import learning_curve
-from tunesmith.evaluation.report import curve_verdict
+from tunesmith.core.config import TrainConfig
+from tunesmith.core.errors import TunesmithError
+from tunesmith.data.shots import POOL_FILE, load_pool
 from tunesmith.evaluation.measure import EvalOptions
-from tunesmith.evaluation.run import evaluate
-from tunesmith.evaluation.systems import POOL_FILE, load_pool
+from tunesmith.evaluation.report import curve_verdict
 from tunesmith.registry import store
-from tunesmith.training.run import train
+from tunesmith.workflows.curve import learning_curve
+from tunesmith.workflows.evaluate import evaluate
+from tunesmith.workflows.train import train
 
 REPO = Path(__file__).resolve().parents[2]
 
 SYSTEMS = ["base", "few_shot", "fine_tuned"]
-CLASSIFY_METRICS = ("accuracy", "macro_f1", "ece", "per_label", "confusion", "loss", "prompt_tokens_mean",
-                    "latency_ms_p50", "latency_ms_p90", "tokens_per_s")
+CLASSIFY_METRICS = (
+    "accuracy",
+    "macro_f1",
+    "ece",
+    "per_label",
+    "confusion",
+    "loss",
+    "prompt_tokens_mean",
+    "latency_ms_p50",
+    "latency_ms_p90",
+    "tokens_per_s",
+)
 TEMPLATES = {  # labels of equal token length, so that length alone does not decide the answer
     "good": ["the soup was great {i}", "the staff were kind {i}", "great and kind {i}", "how kind, great {i}"],
     "bad": ["no signal at all {i}", "the dog is lazy {i}", "no signal, lazy {i}", "lazy fox, no {i}"],
@@ -42,9 +52,15 @@ def classify_rows(n: int, offset: int = 0) -> list[dict]:
 
 
 def chat_rows(n: int, offset: int = 0) -> list[dict]:
-    return [{"messages": [{"role": "user", "content": f"Customer: CU-{1000 + i} Issue: no signal."},
-                          {"role": "assistant", "content": f"ticket CU-{1000 + i}"}]}
-            for i in range(offset, offset + n)]
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": f"Customer: CU-{1000 + i} Issue: no signal."},
+                {"role": "assistant", "content": f"ticket CU-{1000 + i}"},
+            ]
+        }
+        for i in range(offset, offset + n)
+    ]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -64,8 +80,12 @@ def shared_home(tmp_path_factory):
 def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("eval-data")
     paths = {}
-    for name, rows in {"train": classify_rows(40), "test": classify_rows(12, offset=100),
-                       "chat_train": chat_rows(24), "chat_test": chat_rows(6, offset=100)}.items():
+    for name, rows in {
+        "train": classify_rows(40),
+        "test": classify_rows(12, offset=100),
+        "chat_train": chat_rows(24),
+        "chat_test": chat_rows(6, offset=100),
+    }.items():
         paths[name] = folder / f"{name}.jsonl"
         paths[name].write_text("".join(json.dumps(row) + "\n" for row in rows))
     return paths
@@ -91,8 +111,11 @@ def learnable_model_dir(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def tinycls(shared_home, files, learnable_model_dir):
-    return train(TrainConfig(data=files["train"], base=str(learnable_model_dir), name="tinycls", epochs=2,
-                             batch_size=4, lr=1e-2, seed=0))
+    return train(
+        TrainConfig(
+            data=files["train"], base=str(learnable_model_dir), name="tinycls", epochs=2, batch_size=4, lr=1e-2, seed=0
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +140,9 @@ def test_eval_classify_shape(figures, tinycls):
     assert few["shots"] == 4 and "shots" not in base and "shots" not in figures["results"]["fine_tuned"]
     assert few["prompt_tokens_mean"] > base["prompt_tokens_mean"]
     assert figures["results"]["fine_tuned"]["prompt_tokens_mean"] == base["prompt_tokens_mean"]
-    assert figures["helped"] == all(figures["results"]["fine_tuned"]["accuracy"] > figures["results"][b]["accuracy"]
-                                    for b in ("base", "few_shot"))
+    assert figures["helped"] == all(
+        figures["results"]["fine_tuned"]["accuracy"] > figures["results"][b]["accuracy"] for b in ("base", "few_shot")
+    )
     json.dumps(figures)  # the --json shape: plain JSON
 
 
@@ -136,14 +160,15 @@ def test_eval_intervals_come_from_the_same_examples(figures):
 
 
 def test_eval_records_and_honours_its_precision(figures, tinycls, files):
-    from tunesmith.models.load import precision_dtype
+    from tunesmith.models.precision import precision_dtype
 
     assert figures["precision"] == ("bf16" if precision_dtype("auto") == torch.bfloat16 else "fp32")
     bf16 = evaluate("tinycls", files["test"], baselines=(), options=EvalOptions(latency_samples=0, precision="bf16"))
     assert bf16["precision"] == "bf16" and list(bf16["results"]) == ["fine_tuned"]
     # the tiny classifier is confident: both precisions give it the same answers
-    assert [e["outputs"]["fine_tuned"] for e in bf16["examples"]] == [e["outputs"]["fine_tuned"]
-                                                                       for e in figures["examples"]]
+    assert [e["outputs"]["fine_tuned"] for e in bf16["examples"]] == [
+        e["outputs"]["fine_tuned"] for e in figures["examples"]
+    ]
 
 
 def test_eval_examples_and_diffs_agree(figures, files):
@@ -160,14 +185,18 @@ def test_eval_examples_and_diffs_agree(figures, files):
             assert example["scores"][name] == float(example["outputs"][name] == example["reference"])
     for name in SYSTEMS:  # accuracy is the share of correct examples
         assert figures["results"][name]["accuracy"] == pytest.approx(
-            statistics.fmean(e["scores"][name] for e in examples))
+            statistics.fmean(e["scores"][name] for e in examples)
+        )
 
     # fine-tuning changed some answers (see learnable_model_dir), so the diffs have something to show
     assert any(e["outputs"]["fine_tuned"] != e["outputs"]["base"] for e in examples)
     assert figures["diffs"]
-    expected = {(e["line"], baseline): e["scores"]["fine_tuned"] - e["scores"][baseline]
-                for e in examples for baseline in ("base", "few_shot")
-                if e["scores"]["fine_tuned"] != e["scores"][baseline]}
+    expected = {
+        (e["line"], baseline): e["scores"]["fine_tuned"] - e["scores"][baseline]
+        for e in examples
+        for baseline in ("base", "few_shot")
+        if e["scores"]["fine_tuned"] != e["scores"][baseline]
+    }
     found = {(d["line"], d["against"]): d["delta"] for d in figures["diffs"]}
     assert found == pytest.approx(expected)
     kinds = [d["kind"] for d in figures["diffs"]]
@@ -185,8 +214,22 @@ def test_eval_break_even(figures):
 
 def test_cli_eval_writes_json_and_report(tinycls, files, tmp_path, capsys):
     out_json, out_html = tmp_path / "eval.json", tmp_path / "eval.html"
-    code = main(["eval", "tinycls", "--data", str(files["test"]), "--shots", "2", "--latency-samples", "1",
-                 "--json", str(out_json), "--report", str(out_html)])
+    code = main(
+        [
+            "eval",
+            "tinycls",
+            "--data",
+            str(files["test"]),
+            "--shots",
+            "2",
+            "--latency-samples",
+            "1",
+            "--json",
+            str(out_json),
+            "--report",
+            str(out_html),
+        ]
+    )
     assert code == 0
     written = json.loads(out_json.read_text())
     assert {"task", "n", "results", "examples", "diffs", "break_even", "helped"} <= set(written)
@@ -202,8 +245,23 @@ def test_cli_eval_writes_json_and_report(tinycls, files, tmp_path, capsys):
 
 def test_cli_eval_baselines(tinycls, files, tmp_path, capsys):
     out_json = tmp_path / "none.json"
-    assert main(["eval", "tinycls", "--data", str(files["test"]), "--baselines", "none",
-                 "--latency-samples", "0", "--json", str(out_json)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "tinycls",
+                "--data",
+                str(files["test"]),
+                "--baselines",
+                "none",
+                "--latency-samples",
+                "0",
+                "--json",
+                str(out_json),
+            ]
+        )
+        == 0
+    )
     written = json.loads(out_json.read_text())
     assert list(written["results"]) == ["fine_tuned"]
     assert written["helped"] is None and written["diffs"] == [] and written["break_even"] is None
@@ -225,8 +283,11 @@ def test_eval_a_bare_model(shared_home, files, tiny_model_dir):
 
 
 def test_eval_a_chat_model(shared_home, files, tiny_model_dir):
-    result = train(TrainConfig(data=files["chat_train"], base=str(tiny_model_dir), name="tinychat", epochs=1,
-                               batch_size=4, lr=1e-2, seed=0))
+    result = train(
+        TrainConfig(
+            data=files["chat_train"], base=str(tiny_model_dir), name="tinychat", epochs=1, batch_size=4, lr=1e-2, seed=0
+        )
+    )
     figures = evaluate(result.version.ref, files["chat_test"], options=EvalOptions(shots=2, latency_samples=1))
     assert figures["task"] == "chat" and figures["primary"] == "rouge_l" and figures["n"] == 6
     assert list(figures["results"]) == SYSTEMS
@@ -242,14 +303,17 @@ def test_eval_a_chat_model(shared_home, files, tiny_model_dir):
         assert all(0 <= score <= 1 for score in example["scores"].values())
     for name in SYSTEMS:  # ROUGE-L is the mean of the per-example scores
         assert figures["results"][name]["rouge_l"] == pytest.approx(
-            statistics.fmean(e["scores"][name] for e in figures["examples"]))
+            statistics.fmean(e["scores"][name] for e in figures["examples"])
+        )
     assert figures["significance"]["base"]["difference"] == pytest.approx(
-        figures["results"]["fine_tuned"]["rouge_l"] - figures["results"]["base"]["rouge_l"])
+        figures["results"]["fine_tuned"]["rouge_l"] - figures["results"]["base"]["rouge_l"]
+    )
 
 
 def test_learning_curve(home, files, tiny_model_dir, tmp_path):
-    config = TrainConfig(data=files["train"], base=str(tiny_model_dir), epochs=1, batch_size=4, lr=1e-2, seed=0,
-                         val_fraction=0)  # no split: each model's few-shot pool is its whole subset
+    config = TrainConfig(
+        data=files["train"], base=str(tiny_model_dir), epochs=1, batch_size=4, lr=1e-2, seed=0, val_fraction=0
+    )  # no split: each model's few-shot pool is its whole subset
     options = EvalOptions(shots=2, latency_samples=1)
     curve = learning_curve(files["train"], files["test"], [16, 8, 8], config, name="tc", options=options)
 
@@ -286,9 +350,26 @@ def test_learning_curve(home, files, tiny_model_dir, tmp_path):
 
 def test_cli_curve_report(home, files, tiny_model_dir, tmp_path, capsys):
     out_html, out_json = tmp_path / "curve.html", tmp_path / "curve.json"
-    code = main(["curve", str(files["train"]), "--test", str(files["test"]), "--sizes", "4,8", "--base",
-                 str(tiny_model_dir), "--name", "cc", "--shots", "2", "--report", str(out_html),
-                 "--json", str(out_json)])
+    code = main(
+        [
+            "curve",
+            str(files["train"]),
+            "--test",
+            str(files["test"]),
+            "--sizes",
+            "4,8",
+            "--base",
+            str(tiny_model_dir),
+            "--name",
+            "cc",
+            "--shots",
+            "2",
+            "--report",
+            str(out_html),
+            "--json",
+            str(out_json),
+        ]
+    )
     assert code == 0
     page = out_html.read_text()
     assert "data:image/png;base64," in page and "http" not in page

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from tunesmith.data.check import check_structure
-from tunesmith.data.formats import Issue, read_file
+from tunesmith.data.formats import read_file
+from tunesmith.data.records import Issue
 
 USER = {"role": "user", "content": "Hi"}
 ASSISTANT = {"role": "assistant", "content": "Hello"}
@@ -63,11 +64,16 @@ def test_detects_prompt_completion(write_jsonl):
 
 
 def test_detects_alpaca_with_and_without_input(write_jsonl):
-    parsed = read_file(write_jsonl("alpaca.jsonl", [
-        {"instruction": "Translate", "input": "chat", "output": "cat"},
-        {"instruction": "Say hi", "output": "hi"},
-        {"instruction": "Say hi", "input": "  ", "output": "hi"},
-    ]))
+    parsed = read_file(
+        write_jsonl(
+            "alpaca.jsonl",
+            [
+                {"instruction": "Translate", "input": "chat", "output": "cat"},
+                {"instruction": "Say hi", "output": "hi"},
+                {"instruction": "Say hi", "input": "  ", "output": "hi"},
+            ],
+        )
+    )
     assert parsed.task == "completion" and not parsed.issues
     users = [e.messages[0]["content"] for e in parsed.examples]
     assert users == ["Translate\n\nchat", "Say hi", "Say hi"]
@@ -75,8 +81,9 @@ def test_detects_alpaca_with_and_without_input(write_jsonl):
 
 
 def test_detects_classify_jsonl(write_jsonl):
-    parsed = read_file(write_jsonl("cls.jsonl", [{"text": "great", "label": " pos "},
-                                                 {"text": "awful", "label": "neg"}]))
+    parsed = read_file(
+        write_jsonl("cls.jsonl", [{"text": "great", "label": " pos "}, {"text": "awful", "label": "neg"}])
+    )
     assert parsed.task == "classify" and not parsed.issues
     assert [(e.text, e.label) for e in parsed.examples] == [("great", "pos"), ("awful", "neg")]
 
@@ -275,8 +282,9 @@ def test_empty_text(write_jsonl):
 
 
 def test_empty_label(write_jsonl):
-    path = write_jsonl("cls.jsonl", [{"text": "a", "label": "x"}, {"text": "b", "label": "y"},
-                                     {"text": "c", "label": " "}])
+    path = write_jsonl(
+        "cls.jsonl", [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}, {"text": "c", "label": " "}]
+    )
     assert_issue(the_error(path), path, 3, "label", "empty label")
 
 
@@ -317,8 +325,9 @@ def test_unknown_label_in_validation_file(write_jsonl):
 
 
 def test_unknown_label_with_explicit_label_set(write_jsonl):
-    train = write_jsonl("train.jsonl", [{"text": "a", "label": "pos"}, {"text": "b", "label": "neg"},
-                                        {"text": "c", "label": "maybe"}])
+    train = write_jsonl(
+        "train.jsonl", [{"text": "a", "label": "pos"}, {"text": "b", "label": "neg"}, {"text": "c", "label": "maybe"}]
+    )
     issue = the_error(train, labels=["pos", "neg"])
     assert_issue(issue, train, 3, "label", "unknown label 'maybe'")
     assert "given label set" in issue.hint
@@ -331,14 +340,17 @@ def test_only_one_label(write_jsonl):
 
 
 def test_all_errors_at_once(write_jsonl):
-    path = write_jsonl("bad.jsonl", [
-        GOOD_CHAT,
-        "{not json",
-        GOOD_CHAT,
-        chat(USER, USER, ASSISTANT),
-        chat({"role": "user", "content": ""}, ASSISTANT),
-        GOOD_CHAT | {"messages": [USER, {**ASSISTANT, "content": "other"}]},
-    ])
+    path = write_jsonl(
+        "bad.jsonl",
+        [
+            GOOD_CHAT,
+            "{not json",
+            GOOD_CHAT,
+            chat(USER, USER, ASSISTANT),
+            chat({"role": "user", "content": ""}, ASSISTANT),
+            GOOD_CHAT | {"messages": [USER, {**ASSISTANT, "content": "other"}]},
+        ],
+    )
     report = check_structure(path)
     assert not report.ok
     found = sorted((e.line, e.field) for e in report.errors)

@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from tunesmith.generation import MIN_SHARED_PREFIX, common_prefix_length, expanded_cache, generate_batch
+from tunesmith.models.generation import MIN_SHARED_PREFIX, common_prefix_length, generate_batch
+from tunesmith.models.kv_cache import expanded_cache
 from tunesmith.models.load import load_model
 
 SYSTEM = "You are a helpful assistant. Answer in a few words. The quick brown fox jumps over the lazy dog."
@@ -96,10 +97,12 @@ def test_the_prompts_share_a_long_prefix_and_the_answers_differ(tiny_tokenizer, 
 @pytest.mark.parametrize("share_prefix", [True, False])
 @pytest.mark.parametrize("batch_size", [4, 16])
 def test_batched_equals_one_at_a_time(model, tiny_tokenizer, chat_prompts, references, share_prefix, batch_size):
-    batched = generate_batch(model, tiny_tokenizer, chat_prompts, MAX_NEW, batch_size=batch_size,
-                             share_prefix=share_prefix)
-    alone = [generate_batch(model, tiny_tokenizer, [p], MAX_NEW, batch_size=1, share_prefix=False)[0]
-             for p in chat_prompts]
+    batched = generate_batch(
+        model, tiny_tokenizer, chat_prompts, MAX_NEW, batch_size=batch_size, share_prefix=share_prefix
+    )
+    alone = [
+        generate_batch(model, tiny_tokenizer, [p], MAX_NEW, batch_size=1, share_prefix=False)[0] for p in chat_prompts
+    ]
     assert len(batched) == len(chat_prompts)
     for got, single, new in zip(batched, alone, references):  # in input order
         assert (got.text, got.new_tokens) == (single.text, single.new_tokens) == expected(tiny_tokenizer, new)
@@ -120,14 +123,21 @@ def test_stops_at_end_of_turn(model, tiny_tokenizer, chat_prompts, references):
 
 def test_a_short_common_prefix_is_not_cached(model, tiny_tokenizer):
     """Prompts sharing fewer than 16 tokens: plain left padding, same answers."""
-    prompts = [tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
-               for text in ["The quick brown fox", "The lazy dog jumps over", "Hello! How are you today?",
-                            "Customer: CU-1234 Product: FBX-200"]]
+    prompts = [
+        tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
+        for text in [
+            "The quick brown fox",
+            "The lazy dog jumps over",
+            "Hello! How are you today?",
+            "Customer: CU-1234 Product: FBX-200",
+        ]
+    ]
     assert common_prefix_length(prompts) < MIN_SHARED_PREFIX
     batched = generate_batch(model, tiny_tokenizer, prompts, 8, batch_size=4)
     for got, prompt in zip(batched, prompts):
-        assert (got.text, got.new_tokens) == expected(tiny_tokenizer, greedy(model, tiny_tokenizer.eos_token_id,
-                                                                             prompt, 8))
+        assert (got.text, got.new_tokens) == expected(
+            tiny_tokenizer, greedy(model, tiny_tokenizer.eos_token_id, prompt, 8)
+        )
 
 
 def test_one_prompt_with_a_long_prefix_of_itself(model, tiny_tokenizer, chat_prompts, references):

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
-from conftest import sharpen
 import torch.nn.functional as F
 from peft.tuners.lora import Linear as LoraLinear
 
+from conftest import sharpen
 from tunesmith.data.batching import Row, collate
 from tunesmith.data.render import IGNORE, Rendered
-from tunesmith.evaluation.metrics import hidden_and_head, token_loss_sums
 from tunesmith.models.load import add_lora, load_model
+from tunesmith.models.parts import hidden_and_head
 from tunesmith.training import kernels
 from tunesmith.training.kernels import CPU_ATTENTION, cpu_training_attention, fused_lora, training_kernels
+from tunesmith.training.loss import token_loss_sums
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -236,8 +236,9 @@ def test_cpu_training_attention_without_mask_is_causal(tiny_model_dir):
     ids = torch.randint(3, model.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(2))
     masks = []
     layer = model.model.layers[0].self_attn
-    handle = layer.register_forward_pre_hook(lambda m, args, kwargs: masks.append(kwargs.get("attention_mask")),
-                                             with_kwargs=True)
+    handle = layer.register_forward_pre_hook(
+        lambda m, args, kwargs: masks.append(kwargs.get("attention_mask")), with_kwargs=True
+    )
     with torch.no_grad():
         plain = model(input_ids=ids, use_cache=False).logits
         with cpu_training_attention(model):
@@ -259,8 +260,9 @@ def test_cpu_training_attention_only_for_sdpa(tiny_model_dir):
 
 
 def segment_logits(model, batch) -> torch.Tensor:
-    hidden, head = hidden_and_head(model, input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                                   use_cache=False)
+    hidden, head = hidden_and_head(
+        model, input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+    )
     return head(hidden).float()
 
 

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
-from conftest import sharpen
 
+from conftest import sharpen
 from tunesmith.data.batching import Row, collate
-from tunesmith.data.formats import Example
+from tunesmith.data.records import Example
 from tunesmith.data.render import Rendered, render_messages
 from tunesmith.evaluation import label_scoring
 from tunesmith.evaluation.label_scoring import score_candidates
-from tunesmith.evaluation.metrics import token_loss_sums
 from tunesmith.evaluation.systems import conversation
 from tunesmith.models.load import load_model
+from tunesmith.training.loss import token_loss_sums
 
 LABELS = ["neg", "negative", "positive", "neutral mood"]  # shared first tokens, 2 to 9 tokens long
 TEXTS = [
@@ -24,9 +23,12 @@ TEXTS = [
     "The quick brown fox jumps over the lazy dog. The quick brown fox jumps over the lazy dog again.",
     "the soup was great and the staff were kind",  # starts like the first text
 ]
-SHOTS = [Example(line=100 + i, text=text, label=label) for i, (text, label) in
-         enumerate([("Hello! How are you today?", "positive"), ("no signal at all", "neg"),
-                    ("the fox is lazy", "neutral mood")])]
+SHOTS = [
+    Example(line=100 + i, text=text, label=label)
+    for i, (text, label) in enumerate(
+        [("Hello! How are you today?", "positive"), ("no signal at all", "neg"), ("the fox is lazy", "neutral mood")]
+    )
+]
 SYSTEM = "You are a helpful assistant. Answer with the label only."
 
 
@@ -44,8 +46,13 @@ def model(request, tiny_model_dir):
 def candidates(tokenizer, setting: str, texts=TEXTS, labels=LABELS) -> list[list[Rendered]]:
     system = SYSTEM if setting == "system" else None
     shots = SHOTS if setting == "few_shot" else []
-    return [[render_messages(tokenizer, conversation(Example(line=i, text=text, label=label), labels, system, shots))
-             for label in labels] for i, text in enumerate(texts)]
+    return [
+        [
+            render_messages(tokenizer, conversation(Example(line=i, text=text, label=label), labels, system, shots))
+            for label in labels
+        ]
+        for i, text in enumerate(texts)
+    ]
 
 
 def plain_score(model, rendered: Rendered, pad_id: int) -> float:
@@ -61,15 +68,19 @@ def rendered_by_setting(tiny_tokenizer) -> dict[str, list[list[Rendered]]]:
 
 @pytest.fixture(scope="module")
 def plain_scores(model, tiny_tokenizer, rendered_by_setting) -> dict[str, torch.Tensor]:
-    return {setting: torch.tensor([[plain_score(model, c, tiny_tokenizer.pad_token_id) for c in example]
-                                   for example in rendered])
-            for setting, rendered in rendered_by_setting.items()}
+    return {
+        setting: torch.tensor(
+            [[plain_score(model, c, tiny_tokenizer.pad_token_id) for c in example] for example in rendered]
+        )
+        for setting, rendered in rendered_by_setting.items()
+    }
 
 
 @pytest.mark.parametrize(("row_tokens", "pack_tokens"), [(1, 1), (100, 1), (1_000_000, 1), (1_000_000, None)])
 @pytest.mark.parametrize("setting", ["plain", "system", "few_shot"])
-def test_equals_scoring_each_candidate_alone(model, tiny_tokenizer, rendered_by_setting, plain_scores,
-                                             setting, row_tokens, pack_tokens, monkeypatch):
+def test_equals_scoring_each_candidate_alone(
+    model, tiny_tokenizer, rendered_by_setting, plain_scores, setting, row_tokens, pack_tokens, monkeypatch
+):
     rendered = rendered_by_setting[setting]
     batches, rows = [], []  # examples per forward pass, examples per packed row
     score_batch = label_scoring._score_batch

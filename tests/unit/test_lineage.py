@@ -7,15 +7,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tunesmith.config import TrainConfig
-from tunesmith.errors import TunesmithError
+from tunesmith.core.config import TrainConfig
+from tunesmith.core.errors import TunesmithError
 from tunesmith.evaluation.measure import EvalOptions
-from tunesmith.evaluation.run import evaluate
-from tunesmith.inference import load
-from tunesmith.models.lineage import resolve_start
+from tunesmith.inference.loaded import load
 from tunesmith.models.load import load_adapter, load_model
 from tunesmith.registry import store
-from tunesmith.training.run import train
+from tunesmith.registry.lineage import resolve_start
+from tunesmith.workflows.evaluate import evaluate
+from tunesmith.workflows.train import train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 QUESTIONS = [f"Customer: CU-{1000 + i} Issue: no signal." for i in range(16)]
@@ -28,10 +28,14 @@ def _config(data, base, name, **overrides) -> TrainConfig:
 
 @pytest.fixture
 def sft_then_dpo(home, write_jsonl, tiny_model_dir):
-    chat = write_jsonl("sft.jsonl", [{"messages": [{"role": "user", "content": q},
-                                                   {"role": "assistant", "content": "negative"}]} for q in QUESTIONS])
-    pairs = write_jsonl("pairs.jsonl", [{"prompt": q, "chosen": "positive", "rejected": "negative"}
-                                        for q in QUESTIONS])
+    chat = write_jsonl(
+        "sft.jsonl",
+        [
+            {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "negative"}]}
+            for q in QUESTIONS
+        ],
+    )
+    pairs = write_jsonl("pairs.jsonl", [{"prompt": q, "chosen": "positive", "rejected": "negative"} for q in QUESTIONS])
     train(_config(chat, tiny_model_dir, "sft"))
     result = train(_config(pairs, "sft", "dpo", method="dpo", lr=5e-3))
     return result, pairs
@@ -84,8 +88,9 @@ def test_starting_points(home, tiny_model_dir):
 
 def test_method_and_data_must_match(home, write_jsonl, tiny_model_dir):
     pairs = write_jsonl("pairs.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b"}])
-    chat = write_jsonl("chat.jsonl", [{"messages": [{"role": "user", "content": "q"},
-                                                    {"role": "assistant", "content": "a"}]}])
+    chat = write_jsonl(
+        "chat.jsonl", [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}]
+    )
     with pytest.raises(TunesmithError, match="train them with --method dpo"):
         train(_config(pairs, tiny_model_dir, "x"))
     with pytest.raises(TunesmithError, match="trains on preference pairs"):

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 
 from tunesmith.data.batching import Row, collate
 from tunesmith.data.render import IGNORE, render_messages
-from tunesmith.evaluation.metrics import answer_loss, token_loss_sums
 from tunesmith.models.load import add_lora, load_model
 from tunesmith.training.loop import train_step
+from tunesmith.training.loss import answer_loss, token_loss_sums
 
 CONVERSATIONS = [
     ("Hello!", "How are you today?"),
@@ -23,15 +23,18 @@ CONVERSATIONS = [
 def reference_loss_sums(model, batch: dict) -> torch.Tensor:
     logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
     shifted, targets = logits[:, :-1].float(), batch["labels"][:, 1:]
-    losses = F.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1),
-                             ignore_index=IGNORE, reduction="none")
+    losses = F.cross_entropy(
+        shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="none"
+    )
     return losses.view(targets.shape).sum(dim=1)
 
 
 @pytest.fixture(scope="module")
 def rows(tiny_tokenizer) -> list[Row]:
-    rendered = [render_messages(tiny_tokenizer, [{"role": "user", "content": u}, {"role": "assistant", "content": a}])
-                for u, a in CONVERSATIONS]
+    rendered = [
+        render_messages(tiny_tokenizer, [{"role": "user", "content": u}, {"role": "assistant", "content": a}])
+        for u, a in CONVERSATIONS
+    ]
     single = [Row.from_segments([r]) for r in rendered]
     return single + [Row.from_segments(rendered[:2]), Row.from_segments(rendered[2:])]
 

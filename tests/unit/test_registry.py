@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from tunesmith import paths
 from tunesmith.cli import main
-from tunesmith.errors import TunesmithError
+from tunesmith.core import paths
+from tunesmith.core.errors import TunesmithError
 from tunesmith.models.load import add_lora, load_model
 from tunesmith.registry import store
 from tunesmith.training import checkpoint as ckpt
@@ -19,8 +19,16 @@ from tunesmith.training import checkpoint as ckpt
 
 def staged(task: str = "chat", base: str = "tiny", method: str = "lora", lineage: list | None = None):
     folder = store.staging_dir()
-    manifest = {"name": None, "version": None, "task": task, "method": method, "base": {"name": base},
-                "created": "2024-01-01T00:00:00+00:00", "metrics": {}, "lineage": lineage or []}
+    manifest = {
+        "name": None,
+        "version": None,
+        "task": task,
+        "method": method,
+        "base": {"name": base},
+        "created": "2024-01-01T00:00:00+00:00",
+        "metrics": {},
+        "lineage": lineage or [],
+    }
     (folder / store.MANIFEST).write_text(json.dumps(manifest))
     (folder / "weights.bin").write_bytes(b"\x00" * 16)
     return folder
@@ -117,11 +125,16 @@ def test_a_full_fine_tune_others_start_from_is_kept_unless_forced(home, capsys):
     on_full = [{"ref": "full:1", "method": "full", "task": "chat", "adapter": None}]
     on_sft = [{"ref": "sft:1", "method": "lora", "task": "chat", "adapter": "lineage/0"}]
     store.publish("child", staged(lineage=on_full))
-    store.publish("grandchild", staged(lineage=[*on_full, {"ref": "child:1", "method": "lora", "task": "chat",
-                                                           "adapter": "lineage/1"}]))
+    store.publish(
+        "grandchild",
+        staged(lineage=[*on_full, {"ref": "child:1", "method": "lora", "task": "chat", "adapter": "lineage/1"}]),
+    )
     store.publish("dpo", staged(lineage=on_sft))
-    with pytest.raises(TunesmithError, match=r"nothing removed: full:1 is the starting point of child:1, "
-                                             r"grandchild:1 .*--force"):
+    with pytest.raises(
+        TunesmithError,
+        match=r"nothing removed: full:1 is the starting point of child:1, "
+        r"grandchild:1 .*--force",
+    ):
         store.remove("full")
     assert main(["models", "rm", "full:1"]) == 1
     assert "child:1, grandchild:1" in capsys.readouterr().err

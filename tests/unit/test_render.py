@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from tunesmith.data.formats import Example
+from tunesmith.core.errors import TunesmithError
+from tunesmith.data.labels import classify_prompt
+from tunesmith.data.records import Example
 from tunesmith.data.render import (
     IGNORE,
-    classify_prompt,
     example_messages,
     render_example,
     render_messages,
     render_prompt,
     tokenize_document,
 )
-from tunesmith.errors import TunesmithError
 from tunesmith.models.load import load_tokenizer
 
 
@@ -43,7 +43,7 @@ def test_only_assistant_tokens_carry_loss(tiny_tokenizer):
     prompt_ids = tiny_tokenizer(render_prompt(tiny_tokenizer, messages[:1]), add_special_tokens=False)["input_ids"]
     assert rendered.input_ids[: len(prompt_ids)] == prompt_ids
     assert all(label == IGNORE for label in rendered.labels[: len(prompt_ids)])
-    assert all(label != IGNORE for label in rendered.labels[len(prompt_ids):])
+    assert all(label != IGNORE for label in rendered.labels[len(prompt_ids) :])
 
 
 def test_end_of_turn_token_is_a_target(tiny_tokenizer):
@@ -56,8 +56,12 @@ def test_end_of_turn_token_is_a_target(tiny_tokenizer):
 
 
 def test_multi_turn_weight_zero_turn_carries_no_loss(tiny_tokenizer):
-    messages = [msg("user", "Hello!"), msg("assistant", "The lazy dog.", weight=0),
-                msg("user", "How are you today?"), msg("assistant", "The quick brown fox.")]
+    messages = [
+        msg("user", "Hello!"),
+        msg("assistant", "The lazy dog.", weight=0),
+        msg("user", "How are you today?"),
+        msg("assistant", "The quick brown fox."),
+    ]
     rendered = render_messages(tiny_tokenizer, messages)
     assert tiny_tokenizer.decode(targets(rendered)) == "The quick brown fox.<|im_end|>\n"
 
@@ -121,7 +125,7 @@ def test_template_that_is_not_prefix_stable_is_refused(tiny_model_dir):
 
 
 def test_a_classifier_wraps_user_text_in_its_instruction_once():
-    from tunesmith.inference import LoadedModel
+    from tunesmith.inference.loaded import LoadedModel
 
     loaded = LoadedModel("m:1", None, None, task="classify", labels=["negative", "positive"])
     plain = loaded.conversation([{"role": "user", "content": "The soup was cold."}])

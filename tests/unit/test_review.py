@@ -15,15 +15,17 @@ import pytest
 
 from conftest import REPO, sharpen
 from tunesmith.cli import main
-from tunesmith.data.corrections import convert
-from tunesmith.errors import TunesmithError
-from tunesmith.review import ReviewSession
-from tunesmith.review_terminal import QUESTION
+from tunesmith.core.errors import TunesmithError
+from tunesmith.feedback.corrections import convert
+from tunesmith.feedback.session import ReviewSession
+from tunesmith.feedback.terminal import QUESTION
 
-PROMPTS = [{"prompt": "Where is my order SC-20417?"}, {"prompt": "Do you fix punctures while I wait?"},
-           {"messages": [{"role": "system", "content": "Answer in one line."},
-                         {"role": "user", "content": "Sunday hours?"}]},
-           {"prompt": "Can I return a helmet?"}]
+PROMPTS = [
+    {"prompt": "Where is my order SC-20417?"},
+    {"prompt": "Do you fix punctures while I wait?"},
+    {"messages": [{"role": "system", "content": "Answer in one line."}, {"role": "user", "content": "Sunday hours?"}]},
+    {"prompt": "Can I return a helmet?"},
+]
 
 
 @pytest.fixture(scope="module")
@@ -43,18 +45,40 @@ def review_model(tiny_model_dir, tmp_path_factory) -> Path:
 
 
 def review_command(model: Path, prompts: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "tunesmith", "review", str(model), "--prompts", str(prompts), "--out", str(out),
-            "--max-tokens", "8"]
+    return [
+        sys.executable,
+        "-m",
+        "tunesmith",
+        "review",
+        str(model),
+        "--prompts",
+        str(prompts),
+        "--out",
+        str(out),
+        "--max-tokens",
+        "8",
+    ]
 
 
 def environment(home: Path) -> dict[str, str]:
-    return {**os.environ, "TUNESMITH_HOME": str(home), "TUNESMITH_CACHE": str(REPO / ".cache" / "tunesmith"),
-            "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return {
+        **os.environ,
+        "TUNESMITH_HOME": str(home),
+        "TUNESMITH_CACHE": str(REPO / ".cache" / "tunesmith"),
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 def review(home: Path, model: Path, prompts: Path, out: Path, keys: str) -> subprocess.CompletedProcess:
-    return subprocess.run(review_command(model, prompts, out), input=keys, capture_output=True, text=True,
-                          env=environment(home), timeout=120)
+    return subprocess.run(
+        review_command(model, prompts, out),
+        input=keys,
+        capture_output=True,
+        text=True,
+        env=environment(home),
+        timeout=120,
+    )
 
 
 def lines(path: Path) -> list[dict]:
@@ -69,12 +93,14 @@ def test_good_bad_skip_quit_then_resume(review_model, write_jsonl, home, tmp_pat
     recorded = lines(out)
     assert [{k: v for k, v in line.items() if k != "response"} for line in recorded] == [
         {"prompt": PROMPTS[0]["prompt"], "verdict": "good"},
-        {"prompt": PROMPTS[1]["prompt"], "verdict": "bad", "correction": "We do, in about\n20 minutes."}]
+        {"prompt": PROMPTS[1]["prompt"], "verdict": "bad", "correction": "We do, in about\n20 minutes."},
+    ]
     assert all(isinstance(line["response"], str) and line["response"].strip() for line in recorded)
     assert "0 of 4 prompt(s) reviewed, 4 to go" in first.stdout
     assert "this session: 2 recorded (1 good, 1 bad), 1 skipped; 2 of 4 reviewed, 2 to go" in first.stdout
-    assert f"resume with: tunesmith review {review_model} --prompts {prompts} --out {out} --max-tokens 8" \
-        in first.stdout
+    assert (
+        f"resume with: tunesmith review {review_model} --prompts {prompts} --out {out} --max-tokens 8" in first.stdout
+    )
 
     # The rerun starts with the skipped prompt (a messages prompt) and never shows the reviewed ones;
     # the end of input quits like q.
@@ -85,7 +111,10 @@ def test_good_bad_skip_quit_then_resume(review_model, write_jsonl, home, tmp_pat
     assert PROMPTS[0]["prompt"] not in second.stdout and PROMPTS[1]["prompt"] not in second.stdout
     assert lines(out)[:2] == recorded
     assert {k: v for k, v in lines(out)[2].items() if k != "response"} == {
-        "messages": PROMPTS[2]["messages"], "verdict": "bad", "correction": "Open 10 to 4."}
+        "messages": PROMPTS[2]["messages"],
+        "verdict": "bad",
+        "correction": "Open 10 to 4.",
+    }
     assert len(lines(out)) == 3
 
     # What the review wrote is a valid corrections file.
@@ -96,11 +125,18 @@ def test_good_bad_skip_quit_then_resume(review_model, write_jsonl, home, tmp_pat
 def test_sigint_while_waiting_keeps_every_recorded_review(review_model, write_jsonl, home, tmp_path):
     prompts = write_jsonl("prompts.jsonl", PROMPTS)
     out = tmp_path / "corrections.jsonl"
-    process = subprocess.Popen(review_command(review_model, prompts, out), stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=environment(home))
+    process = subprocess.Popen(
+        review_command(review_model, prompts, out),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=environment(home),
+    )
     transcript = bytearray()
-    reader = threading.Thread(target=lambda: [transcript.extend(chunk) for chunk in iter(
-        lambda: process.stdout.read1(4096), b"")], daemon=True)
+    reader = threading.Thread(
+        target=lambda: [transcript.extend(chunk) for chunk in iter(lambda: process.stdout.read1(4096), b"")],
+        daemon=True,
+    )
     reader.start()
     try:
         wait_for(transcript, 1)
@@ -168,9 +204,15 @@ def test_a_record_the_corrections_rules_refuse_is_not_written(write_jsonl, tmp_p
 
 
 def test_bad_files_stop_before_a_model_is_loaded(write_jsonl, tmp_path, home, capsys):
-    prompts = write_jsonl("prompts.jsonl", [
-        {"prompt": "fine"}, {"text": "not a prompt"},
-        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}, "[1]"])
+    prompts = write_jsonl(
+        "prompts.jsonl",
+        [
+            {"prompt": "fine"},
+            {"text": "not a prompt"},
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
+            "[1]",
+        ],
+    )
     code = main(["review", "no-such-model", "--prompts", str(prompts), "--out", str(tmp_path / "c.jsonl")])
     stderr = capsys.readouterr().err
     assert code == 1
@@ -182,25 +224,32 @@ def test_bad_files_stop_before_a_model_is_loaded(write_jsonl, tmp_path, home, ca
     out = write_jsonl("corrections.jsonl", [{"prompt": "fine", "response": "r", "verdict": "maybe"}])
     good_prompts = write_jsonl("good.jsonl", [{"prompt": "fine"}])
     assert main(["review", "no-such-model", "--prompts", str(good_prompts), "--out", str(out)]) == 1
-    assert f"{out}:1: error: verdict: must be \"good\" or \"bad\", got 'maybe'" in capsys.readouterr().err
+    assert f'{out}:1: error: verdict: must be "good" or "bad", got \'maybe\'' in capsys.readouterr().err
 
 
 def test_nothing_pending_needs_no_model(write_jsonl, tmp_path, home, capsys):
     prompts = write_jsonl("prompts.jsonl", [{"prompt": "fine"}, {"prompt": "fine"}])
-    out = write_jsonl("corrections.jsonl", [{"messages": [{"role": "user", "content": "fine"}], "response": "r",
-                                             "verdict": "good"}])
+    out = write_jsonl(
+        "corrections.jsonl", [{"messages": [{"role": "user", "content": "fine"}], "response": "r", "verdict": "good"}]
+    )
     assert main(["review", "no-such-model", "--prompts", str(prompts), "--out", str(out)]) == 0
     stdout = capsys.readouterr().out
     assert "All 1 prompt(s)" in stdout and "next: tunesmith data from-corrections" in stdout
 
 
 def test_the_answer_is_the_models_with_its_system_prompt(tiny_model_dir, write_jsonl, tmp_path, one_torch_thread):
-    from tunesmith.inference import generate, load
-    from tunesmith.review import answer
+    from tunesmith.feedback.session import answer
+    from tunesmith.inference.loaded import generate, load
 
     loaded = load(str(tiny_model_dir))
     loaded.system_prompt = "You are the Spokes & Co. assistant."  # as a registry version stores it
     session = ReviewSession(write_jsonl("prompts.jsonl", PROMPTS[:1]), tmp_path / "c.jsonl")
-    expected = generate(loaded, messages=[{"role": "system", "content": loaded.system_prompt},
-                                          {"role": "user", "content": PROMPTS[0]["prompt"]}], max_tokens=8)
+    expected = generate(
+        loaded,
+        messages=[
+            {"role": "system", "content": loaded.system_prompt},
+            {"role": "user", "content": PROMPTS[0]["prompt"]},
+        ],
+        max_tokens=8,
+    )
     assert answer(loaded, session.pending()[0], max_tokens=8) == expected

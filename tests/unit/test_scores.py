@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tunesmith.errors import TunesmithError
+from tunesmith.core.errors import TunesmithError
 from tunesmith.evaluation.scores import (
     DEFAULT_PRICES,
     bits_per_byte,
@@ -164,8 +164,9 @@ def test_chrf_hand_worked():
 
 
 def test_generation_scores_exact_match_and_rouge_tokenizer():
-    s = generation_scores(["Paris.", "  The  Cat  ", "dog", "Hello, World!"],
-                          ["paris", "the cat", "cat", "hello world"])
+    s = generation_scores(
+        ["Paris.", "  The  Cat  ", "dog", "Hello, World!"], ["paris", "the cat", "cat", "hello world"]
+    )
     # normalize_answer keeps the inner comma of "Hello, World!", so that pair is not an exact match...
     assert [e["exact"] for e in s["per_example"]] == [True, True, False, False]
     assert s["exact_match"] == pytest.approx(0.5)

@@ -18,11 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 import torch
-from conftest import REPO, RunningServer, sharpen
 
+from conftest import REPO, RunningServer, sharpen
 from tunesmith.cli import main
 from tunesmith.data.render import render_prompt
-from tunesmith.inference import LoadedModel
+from tunesmith.inference.loaded import LoadedModel
 from tunesmith.serve import catalog, generation_thread
 from tunesmith.serve.model_pool import ModelPool, model_bytes
 from tunesmith.serve.sampling import Sampling, _Watcher, generate_choice, new_generator
@@ -50,17 +50,43 @@ def served(tmp_path_factory, tiny_model_dir):
     sharpen(model)
     model.save_pretrained(base)
     chat = root / "orders.jsonl"
-    chat.write_text("".join(json.dumps({"messages": [
-        {"role": "user", "content": question},
-        {"role": "assistant", "content": f"The code of order {i} is CU-{1000 + 7 * i}."}]}) + "\n"
-        for i, question in enumerate(QUESTIONS)))
+    chat.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": question},
+                        {"role": "assistant", "content": f"The code of order {i} is CU-{1000 + 7 * i}."},
+                    ]
+                }
+            )
+            + "\n"
+            for i, question in enumerate(QUESTIONS)
+        )
+    )
     (root / "config.yaml").write_text(f"system_prompt: {SYSTEM}\n")
     text = root / "orders.txt"
     text.write_text("\n\n".join(f"Order {i} shipped on day {i % 7} with code CU-{1000 + i}." for i in range(30)))
-    assert main(["train", str(chat), "--base", str(base), "--name", "tiny", "--epochs", "1",
-                 "-c", str(root / "config.yaml")]) == 0
-    assert main(["train", str(text), "--base", str(base), "--name", "tiny-text", "--task", "text",
-                 "--epochs", "1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(chat),
+                "--base",
+                str(base),
+                "--name",
+                "tiny",
+                "--epochs",
+                "1",
+                "-c",
+                str(root / "config.yaml"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["train", str(text), "--base", str(base), "--name", "tiny-text", "--task", "text", "--epochs", "1"]) == 0
+    )
     server = RunningServer(root / "home", root / "server.log", extra_args=("--no-worker",)).start()
     yield server
     server.stop()
@@ -95,8 +121,9 @@ def prompt_tokens(tokenizer, *turns: tuple[str, str]) -> int:
 
 def post(served, path: str, body) -> tuple[int, dict]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(f"{served.base_url}{path}", data=data,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{served.base_url}{path}", data=data, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())
@@ -148,18 +175,32 @@ def test_chat_plain_stream_and_usage(served, client, tokenizer):
     assert texts == {0: choice.message.content} and finish == {0: choice.finish_reason}
 
     # a system message of the request's own replaces the stored one; parts join into one text
-    own = client.chat.completions.create(model="tiny:1", temperature=0, max_tokens=4, messages=[
-        {"role": "developer", "content": "Be brief."},
-        {"role": "user", "content": [{"type": "text", "text": "What is the code "},
-                                     {"type": "text", "text": "of order 3?"}]}])
+    own = client.chat.completions.create(
+        model="tiny:1",
+        temperature=0,
+        max_tokens=4,
+        messages=[
+            {"role": "developer", "content": "Be brief."},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "What is the code "}, {"type": "text", "text": "of order 3?"}],
+            },
+        ],
+    )
     assert own.usage.prompt_tokens == prompt_tokens(tokenizer, ("system", "Be brief."), ("user", PROMPTS[0]))
 
 
 def test_raw_event_stream(served, client):
     import httpx2
 
-    body = {"model": "tiny:1", "messages": [{"role": "user", "content": PROMPTS[1]}], "temperature": 0,
-            "max_tokens": 8, "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": "tiny:1",
+        "messages": [{"role": "user", "content": PROMPTS[1]}],
+        "temperature": 0,
+        "max_tokens": 8,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     with httpx2.stream("POST", f"{served.base_url}/chat/completions", json=body, timeout=60) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -167,7 +208,7 @@ def test_raw_event_stream(served, client):
     events = [block for block in raw.split("\n\n") if block]
     assert all(event.startswith("data: ") for event in events)
     assert events[-1] == "data: [DONE]"
-    chunks = [json.loads(event[len("data: "):]) for event in events[:-1]]
+    chunks = [json.loads(event[len("data: ") :]) for event in events[:-1]]
     assert {chunk["object"] for chunk in chunks} == {"chat.completion.chunk"}
     assert len({chunk["id"] for chunk in chunks}) == 1
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
@@ -196,8 +237,9 @@ def test_completions_plain_and_stream(served, client, tokenizer):
     single = client.completions.create(model="tiny", prompt=prompts[1], temperature=0, max_tokens=10)
     assert single.choices[0].text == texts[2]
 
-    streamed, finish = stream_text(client.completions.create(model="tiny", prompt=prompts, n=2, temperature=0,
-                                                             max_tokens=10, stream=True))
+    streamed, finish = stream_text(
+        client.completions.create(model="tiny", prompt=prompts, n=2, temperature=0, max_tokens=10, stream=True)
+    )
     assert streamed == dict(enumerate(texts))
     assert finish == {c.index: c.finish_reason for c in plain.choices}
 
@@ -223,14 +265,17 @@ def test_sampling_is_reproducible_with_a_seed(served, client):
 def test_stop_strings_and_length(served, client):
     full = chat(client, PROMPTS[0], max_tokens=40).choices[0].message.content
     # a stop string that really occurs: three printable characters from the middle of the greedy answer
-    start = next(i for i in range(3, len(full) - 3) if full[i:i + 3].isascii() and full[i:i + 3].isprintable())
-    stop = full[start:start + 3]
+    start = next(i for i in range(3, len(full) - 3) if full[i : i + 3].isascii() and full[i : i + 3].isprintable())
+    stop = full[start : start + 3]
     expected = full[: full.index(stop)]
     stopped = chat(client, PROMPTS[0], max_tokens=40, stop=[stop, "never-there"])
     assert stopped.choices[0].message.content == expected
     assert stopped.choices[0].finish_reason == "stop"
-    pieces = [c.choices[0].delta.content for c in chat(client, PROMPTS[0], max_tokens=40, stop=stop, stream=True)
-              if c.choices and c.choices[0].delta.content]
+    pieces = [
+        c.choices[0].delta.content
+        for c in chat(client, PROMPTS[0], max_tokens=40, stop=stop, stream=True)
+        if c.choices and c.choices[0].delta.content
+    ]
     assert "".join(pieces) == expected and not any(stop in piece for piece in pieces)
 
     capped = chat(client, PROMPTS[0], max_tokens=3)
@@ -240,24 +285,28 @@ def test_stop_strings_and_length(served, client):
 
 def test_malformed_requests_are_400_naming_the_field(served, client):
     user = [{"role": "user", "content": "hi"}]
-    cases = [({"model": "tiny"}, "messages"),
-             ({"model": "tiny", "messages": []}, "messages"),
-             ({"model": "tiny", "messages": user, "temperature": "hot"}, "temperature"),
-             ({"model": "tiny", "messages": user, "n": 9}, "n"),
-             ({"model": "tiny", "messages": user, "max_tokens": 5000}, "max_tokens"),
-             ({"model": "tiny", "messages": user, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
-             ({"model": "tiny", "messages": [{"role": "tool", "content": "x"}]}, "messages.0.role"),
-             ({"model": "tiny", "messages": user, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-             ({"model": "tiny", "messages": user, "logprobs": True}, "logprobs"),
-             ({"model": "tiny", "messages": user, "response_format": {"type": "json_object"}}, "response_format")]
+    cases = [
+        ({"model": "tiny"}, "messages"),
+        ({"model": "tiny", "messages": []}, "messages"),
+        ({"model": "tiny", "messages": user, "temperature": "hot"}, "temperature"),
+        ({"model": "tiny", "messages": user, "n": 9}, "n"),
+        ({"model": "tiny", "messages": user, "max_tokens": 5000}, "max_tokens"),
+        ({"model": "tiny", "messages": user, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"model": "tiny", "messages": [{"role": "tool", "content": "x"}]}, "messages.0.role"),
+        ({"model": "tiny", "messages": user, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"model": "tiny", "messages": user, "logprobs": True}, "logprobs"),
+        ({"model": "tiny", "messages": user, "response_format": {"type": "json_object"}}, "response_format"),
+    ]
     for body, param in cases:
         status, answer = post(served, "/chat/completions", body)
         assert status == 400, (body, answer)
         assert answer["error"]["param"] == param and answer["error"]["type"] == "invalid_request_error", answer
-    for body, param in [({"model": "tiny", "prompt": "x", "echo": True}, "echo"),
-                        ({"model": "tiny", "prompt": "x", "suffix": "y"}, "suffix"),
-                        ({"model": "tiny", "prompt": [1, 2]}, "prompt.0"),
-                        ({"model": "tiny", "prompt": ["x"] * 65}, "prompt")]:
+    for body, param in [
+        ({"model": "tiny", "prompt": "x", "echo": True}, "echo"),
+        ({"model": "tiny", "prompt": "x", "suffix": "y"}, "suffix"),
+        ({"model": "tiny", "prompt": [1, 2]}, "prompt.0"),
+        ({"model": "tiny", "prompt": ["x"] * 65}, "prompt"),
+    ]:
         status, answer = post(served, "/completions", body)
         assert status == 400 and answer["error"]["param"] == param, (body, answer)
     assert post(served, "/chat/completions", b"{not json")[0] == 400
@@ -394,8 +443,9 @@ def test_watcher_holds_back_a_possible_stop_string(tiny_tokenizer):
 def test_end_of_turn_ends_a_choice_with_stop(served):
     loaded = catalog.load("tiny:1")
     tokenizer = loaded.tokenizer
-    prompt = tokenizer(render_prompt(tokenizer, loaded.conversation([{"role": "user", "content": "hi"}])),
-                       add_special_tokens=False)["input_ids"]
+    prompt = tokenizer(
+        render_prompt(tokenizer, loaded.conversation([{"role": "user", "content": "hi"}])), add_special_tokens=False
+    )["input_ids"]
     eos = tokenizer.eos_token_id
     calls = []
 
@@ -405,12 +455,14 @@ def test_end_of_turn_ends_a_choice_with_stop(served):
             output[..., -1, eos] = 1e4
         return output
 
-    free = generate_choice(loaded, prompt, Sampling(max_tokens=3, temperature=0), new_generator(loaded.model, 0),
-                           threading.Event())
+    free = generate_choice(
+        loaded, prompt, Sampling(max_tokens=3, temperature=0), new_generator(loaded.model, 0), threading.Event()
+    )
     hook = loaded.model.get_output_embeddings().register_forward_hook(end_of_turn_fourth)
     try:
-        ended = generate_choice(loaded, prompt, Sampling(max_tokens=10, temperature=0),
-                                new_generator(loaded.model, 0), threading.Event())
+        ended = generate_choice(
+            loaded, prompt, Sampling(max_tokens=10, temperature=0), new_generator(loaded.model, 0), threading.Event()
+        )
     finally:
         hook.remove()
     assert (ended.finish_reason, ended.completion_tokens) == ("stop", 4)

@@ -9,23 +9,33 @@ import sys
 
 import pytest
 
-from tunesmith import paths
+from tunesmith.core import paths
 from tunesmith.registry import store as registry
 from tunesmith.serve.job_runner import comparison_message, run_job
 from tunesmith.serve.store import JobStore, job_object
 
 # classification: the closing comparison scores labels (fast) instead of generating from a random model
-ROWS = [{"text": f"Customer: CU-{1000 + i} Issue: no signal.", "label": "positive" if i % 2 else "negative"}
-        for i in range(24)]
+ROWS = [
+    {"text": f"Customer: CU-{1000 + i} Issue: no signal.", "label": "positive" if i % 2 else "negative"}
+    for i in range(24)
+]
 
 
 def running_job(store: JobStore, home, model: str, lines: list, hyperparameters: dict) -> str:
     (home / "files").mkdir(parents=True, exist_ok=True)
     (home / "files" / "file-t.jsonl").write_text("".join(json.dumps(row) + "\n" for row in lines))
     store.add_file("file-t", "calls.jsonl", "file-t.jsonl", 1, "fine-tune")
-    store.create_job("ftjob-t", model, "file-t", None, "calls", 0,
-                     {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"} | hyperparameters,
-                     "calls-t", None)
+    store.create_job(
+        "ftjob-t",
+        model,
+        "file-t",
+        None,
+        "calls",
+        0,
+        {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"} | hyperparameters,
+        "calls-t",
+        None,
+    )
     store.transition("ftjob-t", "queued", ("validating_files",))
     assert store.claim_next()["id"] == "ftjob-t"
     return "ftjob-t"
@@ -38,8 +48,9 @@ def messages(store: JobStore, job_id: str) -> list[str]:
 
 def test_a_job_trains_publishes_and_is_never_trained_twice(home, tiny_model_dir):
     store = JobStore(paths.serve_db())
-    job_id = running_job(store, home, str(tiny_model_dir), ROWS,
-                         {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 30.0})
+    job_id = running_job(
+        store, home, str(tiny_model_dir), ROWS, {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 30.0}
+    )
     assert run_job(store, store.get_job(job_id), parent=None) == 0
 
     job = job_object(store.get_job(job_id))
@@ -62,8 +73,12 @@ def test_a_job_trains_publishes_and_is_never_trained_twice(home, tiny_model_dir)
     assert len(comparison) == 1 and "fine_tuned" in json.loads(comparison[0]["data"])
     assert "New fine-tuned model created: calls-t:1" in said
     checkpoints = [(row["step"], row["model"]) for row in store.list_checkpoints(job_id, None, 100)[0]]
-    assert checkpoints == [(12, "calls-t:1"), (9, "calls-t:ckpt-step-9"), (6, "calls-t:ckpt-step-6"),
-                           (3, "calls-t:ckpt-step-3")]
+    assert checkpoints == [
+        (12, "calls-t:1"),
+        (9, "calls-t:ckpt-step-9"),
+        (6, "calls-t:ckpt-step-6"),
+        (3, "calls-t:ckpt-step-3"),
+    ]
 
     # a crash after publishing, before the job was marked: the next attempt finds the version again
     assert store.transition(job_id, "running", ("succeeded",), fine_tuned_model=None)
@@ -95,26 +110,34 @@ def test_a_cancelled_job_is_not_marked_succeeded(home, tiny_model_dir):
 
 
 def test_comparison_message_says_how_clearly_it_helped():
-    comparison = {"base": {"accuracy": 0.5}, "few_shot": {"accuracy": 0.6, "shots": 8},
-                  "fine_tuned": {"accuracy": 0.65}, "helped": True, "helped_clearly": False,
-                  "significance": {"few_shot": {"n": 32, "clear": False}}}
+    comparison = {
+        "base": {"accuracy": 0.5},
+        "few_shot": {"accuracy": 0.6, "shots": 8},
+        "fine_tuned": {"accuracy": 0.65},
+        "helped": True,
+        "helped_clearly": False,
+        "significance": {"few_shot": {"n": 32, "clear": False}},
+    }
     assert comparison_message("classify", comparison) == (
         "validation: accuracy fine-tuned 65.0% vs base 50.0% vs 8-shot 60.0%; fine-tuning helped, "
-        "but not clearly (within the noise of 32 examples)")
+        "but not clearly (within the noise of 32 examples)"
+    )
     assert comparison_message("classify", comparison | {"helped_clearly": True}).endswith("; fine-tuning helped")
 
 
 def test_the_runner_obeys_sigint_even_when_started_ignoring_it(home):
     """A server started in the background (`nohup tunesmith serve &`) hands its children SIGINT ignored;
     the worker still stops a runner with SIGINT, also outside the training loop (loading, evaluating)."""
-    child = ("import os, signal, sys, time\n"
-             "signal.signal(signal.SIGINT, signal.SIG_IGN)  # as inherited from a background server\n"
-             "from tunesmith.serve import job_runner\n"
-             "assert job_runner.main(['ftjob-none']) == 0  # no such job: nothing to run\n"
-             "try:\n"
-             "    os.kill(os.getpid(), signal.SIGINT)\n"
-             "    time.sleep(5)\n"
-             "except KeyboardInterrupt:\n"
-             "    sys.exit(130)\n")
+    child = (
+        "import os, signal, sys, time\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)  # as inherited from a background server\n"
+        "from tunesmith.serve import job_runner\n"
+        "assert job_runner.main(['ftjob-none']) == 0  # no such job: nothing to run\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(5)\n"
+        "except KeyboardInterrupt:\n"
+        "    sys.exit(130)\n"
+    )
     done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
     assert done.returncode == 130, done.stderr

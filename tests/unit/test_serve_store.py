@@ -10,8 +10,10 @@ import pytest
 
 from tunesmith.serve.store import UNFINISHED, JobStore, UnknownCursor, event_object, job_object
 
-ROWS = [{"text": f"review number {i} was {'great' if i % 2 else 'awful'}", "label": "pos" if i % 2 else "neg"}
-        for i in range(12)]
+ROWS = [
+    {"text": f"review number {i} was {'great' if i % 2 else 'awful'}", "label": "pos" if i % 2 else "neg"}
+    for i in range(12)
+]
 HYPER = {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}
 
 
@@ -85,7 +87,9 @@ def test_events_checkpoints_and_reported_steps(store):
     store.add_checkpoint("ftjob-1", 4, "m:1", {"step": 4, "final": True}, replace=True)  # the published model
     rows, more = store.list_checkpoints("ftjob-1", None, 10)
     assert [(row["step"], row["model"], json.loads(row["metrics"])) for row in rows] == [
-        (4, "m:1", {"step": 4, "final": True}), (2, "m:ckpt-step-2", {"step": 2})]
+        (4, "m:1", {"step": 4, "final": True}),
+        (2, "m:ckpt-step-2", {"step": 2}),
+    ]
     assert not more
 
 
@@ -130,8 +134,10 @@ def test_files_upload_list_retrieve_content_delete(home, start_server):
     assert missing.value.body["param"] == "file_id"
 
     with pytest.raises(openai.BadRequestError) as bad:
-        api.files.create(file=("reviews.jsonl", jsonl(ROWS[:2] + ['{"text": oops}', {"text": "x", "label": ""}])),
-                         purpose="fine-tune")
+        api.files.create(
+            file=("reviews.jsonl", jsonl(ROWS[:2] + ['{"text": oops}', {"text": "x", "label": ""}])),
+            purpose="fine-tune",
+        )
     assert "reviews.jsonl:3" in bad.value.message and "bad JSON" in bad.value.message
     assert "reviews.jsonl:4" in bad.value.message and str(home) not in bad.value.message
     with pytest.raises(openai.BadRequestError) as wrong:
@@ -149,7 +155,8 @@ def test_uploads_over_the_limit_or_without_the_key_are_refused(home, start_serve
     small = jsonl(ROWS[:4])
     with pytest.raises(openai.AuthenticationError):  # refused before the body is read
         openai.OpenAI(base_url=server.base_url, api_key="wrong", max_retries=0).files.create(
-            file=("small.jsonl", jsonl(ROWS * 100)), purpose="fine-tune")
+            file=("small.jsonl", jsonl(ROWS * 100)), purpose="fine-tune"
+        )
     assert len(small) < 1048 and api.files.create(file=("small.jsonl", small), purpose="fine-tune").bytes == len(small)
     for size in (5_000, 200_000):  # counted while copied; refused from Content-Length before parsing
         rows = [{"text": "x" * 90 + str(i), "label": "pos" if i % 2 else "neg"} for i in range(size // 100)]
@@ -176,8 +183,13 @@ def test_job_creation_checks_the_request(home, start_server):
     (home / "registry" / "mine" / "1" / "manifest.json").write_text("{}")
     assert refused(openai.BadRequestError, hyperparameters={"n_epochs": 0})["param"] == "hyperparameters.n_epochs"
     assert refused(openai.BadRequestError, hyperparameters={"batch_size": 2.5})["param"] == "hyperparameters.batch_size"
-    assert refused(openai.BadRequestError, method={"type": "supervised", "supervised": {"hyperparameters": {
-        "learning_rate_multiplier": -1}}})["param"] == "method.supervised.hyperparameters.learning_rate_multiplier"
+    assert (
+        refused(
+            openai.BadRequestError,
+            method={"type": "supervised", "supervised": {"hyperparameters": {"learning_rate_multiplier": -1}}},
+        )["param"]
+        == "method.supervised.hyperparameters.learning_rate_multiplier"
+    )
     assert refused(openai.BadRequestError, method={"type": "dpo"})["param"] == "method.type"
     assert refused(openai.BadRequestError, suffix="../evil")["param"] == "suffix"
     assert refused(openai.BadRequestError, suffix="x" * 41)["param"] == "suffix"
@@ -186,8 +198,13 @@ def test_job_creation_checks_the_request(home, start_server):
     assert built_on.model == "mine:1" and built_on.status == "queued"
     assert built_on.fine_tuned_model is None and api.fine_tuning.jobs.cancel(built_on.id).status == "cancelled"
 
-    job = api.fine_tuning.jobs.create(model="smollm2-135m", training_file=train.id, suffix="reviews", seed=3,
-                                      hyperparameters={"n_epochs": 2, "learning_rate_multiplier": "auto"})
+    job = api.fine_tuning.jobs.create(
+        model="smollm2-135m",
+        training_file=train.id,
+        suffix="reviews",
+        seed=3,
+        hyperparameters={"n_epochs": 2, "learning_rate_multiplier": "auto"},
+    )
     assert job.status == "queued" and job.seed == 3 and job.user_provided_suffix == "reviews"
     assert job.hyperparameters.n_epochs == 2 and job.hyperparameters.batch_size == "auto"
     assert job.method.supervised.hyperparameters.n_epochs == 2 and job.fine_tuned_model is None
@@ -226,8 +243,10 @@ def test_job_list_pagination_cancel_and_events(home, start_server):
     assert api.fine_tuning.jobs.retrieve(jobs[1].id).status == "queued"
 
     events = api.fine_tuning.jobs.list_events(jobs[0].id, limit=2)
-    assert [event.message for event in events.data] == ["Fine-tuning job cancelled",
-                                                        "Files validated, moving job to queued state"]
+    assert [event.message for event in events.data] == [
+        "Fine-tuning job cancelled",
+        "Files validated, moving job to queued state",
+    ]
     assert events.has_more and all(event.object == "fine_tuning.job.event" for event in events.data)
     older = api.fine_tuning.jobs.list_events(jobs[0].id, after=events.data[-1].id, limit=10)
     assert [event.message for event in older.data][-1].startswith("Created fine-tuning job")

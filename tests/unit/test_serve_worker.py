@@ -10,22 +10,34 @@ import subprocess
 import sys
 import time
 
-from tunesmith import paths
+from tunesmith.core import paths
 from tunesmith.serve.store import JobStore
 
-ROWS = [{"text": f"Customer: CU-{1000 + i} Issue: no signal.", "label": "positive" if i % 2 else "negative"}
-        for i in range(24)]
+ROWS = [
+    {"text": f"Customer: CU-{1000 + i} Issue: no signal.", "label": "positive" if i % 2 else "negative"}
+    for i in range(24)
+]
 
 
 def queue(store: JobStore, job_id: str, model: str) -> None:
-    store.create_job(job_id, model, "file-t", None, None, 0,
-                     {"n_epochs": 1, "batch_size": 8, "learning_rate_multiplier": "auto"}, f"m-{job_id[-1]}", None)
+    store.create_job(
+        job_id,
+        model,
+        "file-t",
+        None,
+        None,
+        0,
+        {"n_epochs": 1, "batch_size": 8, "learning_rate_multiplier": "auto"},
+        f"m-{job_id[-1]}",
+        None,
+    )
     store.transition(job_id, "queued", ("validating_files",))
 
 
 def start_worker(log) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tunesmith.serve.worker"], env=os.environ.copy(),
-                            stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tunesmith.serve.worker"], env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT
+    )
 
 
 def test_worker_runs_jobs_in_order_and_a_second_worker_waits(home, tiny_model_dir, tmp_path):

@@ -9,9 +9,9 @@ from test_kernels import assert_grads_close, make_model
 
 from tunesmith.data.batching import MIN_SHARED_PREFIX, Row, collate, shared_prefix_length
 from tunesmith.data.render import IGNORE, Rendered
-from tunesmith.evaluation import metrics
-from tunesmith.evaluation.metrics import answer_loss, loss_batch, sequence_log_likelihoods, token_loss_sums
+from tunesmith.training import loss as metrics
 from tunesmith.training.kernels import cpu_training_attention, training_kernels
+from tunesmith.training.loss import answer_loss, loss_batch, sequence_log_likelihoods, token_loss_sums
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

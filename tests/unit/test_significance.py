@@ -58,8 +58,9 @@ def test_perplexity_weights_blocks_by_tokens_and_lower_is_better():
     assert tested["intervals"]["base"] == pytest.approx([math.exp(2.0)] * 2)
     # Redraws of (block 1, block 1), mixed, (block 2, block 2): perplexity e^1, e^1.5, e^3.
     assert tested["intervals"]["fine_tuned"] == pytest.approx([math.exp(1.0), math.exp(3.0)])
-    uniformly_lower = bootstrap({"fine_tuned": Sample([1.0] * 4), "base": Sample([2.0] * 4)}, ["base"],
-                                higher_is_better=False, exponential=True)["differences"]["base"]
+    uniformly_lower = bootstrap(
+        {"fine_tuned": Sample([1.0] * 4), "base": Sample([2.0] * 4)}, ["base"], higher_is_better=False, exponential=True
+    )["differences"]["base"]
     assert uniformly_lower["clear"] and uniformly_lower["high"] < 0
 
 
@@ -72,14 +73,16 @@ def test_same_seed_same_interval_and_mismatched_systems_refused():
 
 
 def test_significance_reads_the_primary_metric_of_the_task():
-    measured = {"base": Measured({}, scores=[2.0, 2.0], weights=[5.0, 5.0]),
-                "fine_tuned": Measured({}, scores=[1.0, 1.0], weights=[5.0, 5.0]),
-                "teacher": Measured({}, scores=[0.5, 0.5], weights=[5.0, 5.0])}
+    measured = {
+        "base": Measured({}, scores=[2.0, 2.0], weights=[5.0, 5.0]),
+        "fine_tuned": Measured({}, scores=[1.0, 1.0], weights=[5.0, 5.0]),
+        "teacher": Measured({}, scores=[0.5, 0.5], weights=[5.0, 5.0]),
+    }
     tested = significance("text", measured)
     # Perplexity: lower is better, compared as exp(mean loss); the teacher is a reference, not a baseline.
     assert list(tested["differences"]) == ["base"]
     d = tested["differences"]["base"]
-    assert d["metric"] == "perplexity" and d["clear"] and d["difference"] == pytest.approx(math.e - math.e ** 2)
+    assert d["metric"] == "perplexity" and d["clear"] and d["difference"] == pytest.approx(math.e - math.e**2)
     assert set(tested["intervals"]) == {"base", "fine_tuned", "teacher"}
 
 
@@ -92,15 +95,17 @@ def test_helped_clearly_needs_every_difference_clear():
 
 
 def test_verdict_wording():
-    results = {"base": {"accuracy": 0.5}, "few_shot": {"accuracy": 0.6, "shots": 8},
-               "fine_tuned": {"accuracy": 0.65}}
-    tested = {"base": {"difference": 0.15, "low": 0.05, "high": 0.25, "clear": True, "n": 32},
-              "few_shot": {"difference": 0.05, "low": -0.06, "high": 0.16, "clear": False, "n": 32}}
+    results = {"base": {"accuracy": 0.5}, "few_shot": {"accuracy": 0.6, "shots": 8}, "fine_tuned": {"accuracy": 0.65}}
+    tested = {
+        "base": {"difference": 0.15, "low": 0.05, "high": 0.25, "clear": True, "n": 32},
+        "few_shot": {"difference": 0.05, "low": -0.06, "high": 0.16, "clear": False, "n": 32},
+    }
     lines = verdict("classify", results, True, tested)
     assert lines[0].startswith("[yellow]fine-tuning helped, but not clearly:")
     assert "base + 8-shot prompt" in lines[0] and "32 examples" in lines[0]
-    assert lines[1].strip() == ("accuracy against base (zero-shot): +15.0 points (95% interval +5.0 to +25.0): "
-                                "clearly better")
+    assert lines[1].strip() == (
+        "accuracy against base (zero-shot): +15.0 points (95% interval +5.0 to +25.0): clearly better"
+    )
     assert lines[2].strip().endswith("+5.0 points (95% interval -6.0 to +16.0): within the noise")
     tested["few_shot"].update(low=0.01, clear=True)
     assert verdict("classify", results, True, tested)[0].startswith("[green]fine-tuning helped, beyond")

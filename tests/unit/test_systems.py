@@ -9,19 +9,16 @@ from collections import Counter
 import pytest
 import torch
 
-from tunesmith.data.formats import Example
-from tunesmith.data.render import IGNORE, classify_prompt, render_messages
+from tunesmith.data.labels import classify_prompt
+from tunesmith.data.records import Example, example_record
+from tunesmith.data.render import IGNORE, render_messages
+from tunesmith.data.shots import POOL_SIZE, load_pool, pick_shots, pool_records
 from tunesmith.evaluation.systems import (
-    POOL_SIZE,
     adapter_merged,
     adapter_off,
     conversation,
     display_name,
-    example_record,
-    load_pool,
     same_model_systems,
-    pick_shots,
-    pool_records,
     split_answer,
 )
 from tunesmith.models.load import add_lora, load_model
@@ -35,10 +32,12 @@ def classify_pool(n: int = 20, labels=LABELS) -> list[Example]:
 
 def chat_example(i: int, system: str | None = None) -> Example:
     messages = [{"role": "system", "content": system, "weight": 1}] if system else []
-    messages += [{"role": "user", "content": f"question {i}", "weight": 1},
-                 {"role": "assistant", "content": f"first answer {i}", "weight": 0},
-                 {"role": "user", "content": f"follow-up {i}", "weight": 1},
-                 {"role": "assistant", "content": f"answer {i}", "weight": 1}]
+    messages += [
+        {"role": "user", "content": f"question {i}", "weight": 1},
+        {"role": "assistant", "content": f"first answer {i}", "weight": 0},
+        {"role": "user", "content": f"follow-up {i}", "weight": 1},
+        {"role": "assistant", "content": f"answer {i}", "weight": 1},
+    ]
     return Example(line=i + 1, messages=messages)
 
 
@@ -47,6 +46,7 @@ def lines(examples: list[Example]) -> list[int]:
 
 
 # pick_shots ---------------------------------------------------------------------------------------
+
 
 def test_pick_shots_is_seeded():
     pool = classify_pool()
@@ -93,6 +93,7 @@ def test_pick_shots_sizes():
 
 # conversation / split_answer ----------------------------------------------------------------------
 
+
 def test_conversation_puts_the_shots_first_with_no_loss(tiny_tokenizer):
     shots = pick_shots(classify_pool(), 4, seed=0)
     example = Example(line=1, text="the soup was great", label="positive")
@@ -110,7 +111,7 @@ def test_conversation_puts_the_shots_first_with_no_loss(tiny_tokenizer):
     rendered = render_messages(tiny_tokenizer, messages)
     targets = [label for label in rendered.labels if label != IGNORE]
     assert tiny_tokenizer.decode(targets) == "positive<|im_end|>\n"  # only the final answer is learnt
-    assert rendered.labels[-len(targets):] == targets  # and it is the last thing in the row
+    assert rendered.labels[-len(targets) :] == targets  # and it is the last thing in the row
 
 
 def test_conversation_without_shots_or_system_prompt(tiny_tokenizer):
@@ -129,8 +130,16 @@ def test_conversation_of_chat_examples_keeps_their_weights(tiny_tokenizer):
     assert all(m["role"] != "system" for m in messages[1:])  # the shots' system messages are dropped
     shot_turns, own = messages[1:9], messages[9:]
     assert all(m["weight"] == 0 for m in shot_turns)
-    assert [m["content"] for m in shot_turns] == ["question 10", "first answer 10", "follow-up 10", "answer 10",
-                                                  "question 11", "first answer 11", "follow-up 11", "answer 11"]
+    assert [m["content"] for m in shot_turns] == [
+        "question 10",
+        "first answer 10",
+        "follow-up 10",
+        "answer 10",
+        "question 11",
+        "first answer 11",
+        "follow-up 11",
+        "answer 11",
+    ]
     assert own == example.messages[1:]  # the example's own turns, weights as they were
     assert [m["weight"] for m in own] == [1, 0, 1, 1]
 
@@ -155,16 +164,21 @@ def test_split_answer():
 
 # records and the pool kept with a version ----------------------------------------------------------
 
+
 def test_example_record():
     assert example_record(Example(line=3, text="t", label="positive")) == {"text": "t", "label": "positive"}
     assert example_record(Example(line=3, text="raw text")) == {"text": "raw text"}
     record = example_record(chat_example(1, system="s"))
-    assert record == {"messages": [{key: m[key] for key in ("role", "content", "weight")}
-                                   for m in chat_example(1, system="s").messages]}
+    assert record == {
+        "messages": [
+            {key: m[key] for key in ("role", "content", "weight")} for m in chat_example(1, system="s").messages
+        ]
+    }
     # a message without a weight keeps having none
     bare = Example(line=1, messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])
-    assert example_record(bare) == {"messages": [{"role": "user", "content": "q"},
-                                                 {"role": "assistant", "content": "a"}]}
+    assert example_record(bare) == {
+        "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    }
 
 
 @pytest.mark.parametrize("kind", ["classify", "chat"])
@@ -194,6 +208,7 @@ def test_pool_is_capped_and_balanced():
 
 
 # the LoRA systems --------------------------------------------------------------------------------
+
 
 def test_same_model_systems_switch_the_adapter(tiny_model_dir):
     torch.manual_seed(0)

@@ -11,22 +11,28 @@ import torch
 import yaml
 
 from tunesmith.cli import main
-from tunesmith.config import TrainConfig
-from tunesmith.errors import DataError, TunesmithError
+from tunesmith.core.config import TrainConfig
+from tunesmith.core.errors import DataError, TunesmithError
 from tunesmith.evaluation.compare import sample
 from tunesmith.evaluation.measure import EvalOptions
-from tunesmith.evaluation.run import evaluate
 from tunesmith.registry import store
 from tunesmith.training.loop import TrainHooks
-from tunesmith.training.run import train
+from tunesmith.workflows.evaluate import evaluate
+from tunesmith.workflows.train import train
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def rows(n: int = 24) -> list[dict]:
-    return [{"messages": [{"role": "user", "content": f"Customer: CU-{1000 + i} Issue: no signal."},
-                          {"role": "assistant", "content": "positive" if i % 2 else "negative"}]}
-            for i in range(n)]
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": f"Customer: CU-{1000 + i} Issue: no signal."},
+                {"role": "assistant", "content": "positive" if i % 2 else "negative"},
+            ]
+        }
+        for i in range(n)
+    ]
 
 
 def config(data, tiny_model_dir, **overrides) -> TrainConfig:
@@ -51,8 +57,15 @@ def test_train_publishes_versions(home, write_jsonl, tiny_model_dir, capsys):
     version = result.version
     assert version.ref == "tiny:1" and version.path == home / "registry" / "tiny" / "1"
     assert not (home / "runs" / "tiny").exists()  # the work folder is gone once published
-    for name in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "config.yaml",
-                 "metrics.jsonl", "loss.png", "manifest.json", "tokenizer.json"):
+    for name in (
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "config.yaml",
+        "metrics.jsonl",
+        "loss.png",
+        "manifest.json",
+        "tokenizer.json",
+    ):
         assert (version.path / name).is_file(), name
     assert (version.path / "loss.png").read_bytes().startswith(PNG)
     assert json.loads((version.path / "adapter" / "adapter_config.json").read_text())["r"] == 8
@@ -74,8 +87,9 @@ def test_train_publishes_versions(home, write_jsonl, tiny_model_dir, capsys):
     assert list(metrics) == ["base", "few_shot", "fine_tuned", "helped", "helped_clearly", "significance"]
     assert metrics["few_shot"]["shots"] == 8
     assert metrics["few_shot"]["prompt_tokens_mean"] > metrics["base"]["prompt_tokens_mean"]
-    assert metrics["helped"] == all(metrics["fine_tuned"]["rouge_l"] > metrics[b]["rouge_l"]
-                                    for b in ("base", "few_shot"))
+    assert metrics["helped"] == all(
+        metrics["fine_tuned"]["rouge_l"] > metrics[b]["rouge_l"] for b in ("base", "few_shot")
+    )
     # how clearly: the baselines' per-example scores were kept from before training for the intervals
     for baseline in ("base", "few_shot"):
         tested = metrics["significance"][baseline]
@@ -116,10 +130,10 @@ def test_hooks_follow_the_loop_and_provenance_reaches_the_manifest(home, write_j
     hooks = TrainHooks(
         on_start=lambda config, total, start: seen["start"].append((config.epochs, config.lr, total, start)),
         on_metrics=seen["metrics"].append,
-        on_checkpoint=lambda step, folder, entry: seen["checkpoints"].append((step, folder.name, entry["step"])))
+        on_checkpoint=lambda step, folder, entry: seen["checkpoints"].append((step, folder.name, entry["step"])),
+    )
     data = write_jsonl("calls.jsonl", rows())
-    result = train(config(data, tiny_model_dir, lr=None, lr_multiplier=2.0), hooks=hooks,
-                   provenance={"job": "ftjob-1"})
+    result = train(config(data, tiny_model_dir, lr=None, lr_multiplier=2.0), hooks=hooks, provenance={"job": "ftjob-1"})
     assert seen["start"] == [(2, pytest.approx(6e-4), 12, 0)]  # resolved: 3e-4 x 2
     assert seen["metrics"] == result.loop.history and any("val_loss" in entry for entry in seen["metrics"])
     # 12 steps: a checkpoint every 3 (about 5 per run)
@@ -159,7 +173,8 @@ def test_raw_text_closing_comparison_bootstraps_held_out_blocks(home, tmp_path, 
         kept = sample(figures, system)
         assert kept.weights == [b["tokens"] for b in blocks]
         assert math.exp(sum(v * w for v, w in zip(kept.values, kept.weights)) / sum(kept.weights)) == pytest.approx(
-            figures["results"][system]["perplexity"], rel=1e-5)
+            figures["results"][system]["perplexity"], rel=1e-5
+        )
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])

@@ -192,8 +192,9 @@ class SharedPrefixLayout:
         return cls(query_index, key_index, mask[:, None], token_slot)
 
     def to(self, device) -> SharedPrefixLayout:
-        return SharedPrefixLayout(self.query_index.to(device), self.key_index.to(device), self.mask.to(device),
-                                  self.token_slot.to(device))
+        return SharedPrefixLayout(
+            self.query_index.to(device), self.key_index.to(device), self.mask.to(device), self.token_slot.to(device)
+        )
 
 
 def collate_shared_prefix(rows: list[Row], prefix: int) -> dict:

@@ -7,13 +7,20 @@ time estimate. ``train`` reuses the rendered examples of the report instead of r
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunesmith.data.formats import Findings, Issue, ParsedFile, read_file
-from tunesmith.data.render import Rendered, RenderedPair, render_example, tokenize_document
+from tunesmith.data.formats import ParsedFile, read_file
+from tunesmith.data.records import Findings, Issue
+from tunesmith.data.render import (
+    Rendered,
+    RenderedPair,
+    render_example,
+    tokenize_document,
+)
 
 MAX_LISTED = 5  # line numbers quoted per warning
 
@@ -37,6 +44,20 @@ class DataReport(Findings):
     def ok(self) -> bool:
         return not self.errors
 
+    def tokens_per_epoch(self) -> int:
+        """Tokens one pass over the rendered training data processes: raw text whole, a preference pair
+        both answers, any other example up to max_length."""
+        cap = self.max_length or 0
+        if self.task == "text":
+            return sum(len(r.input_ids) for r in self.rendered)
+        if self.task == "preference":
+            return sum(
+                min(len(r.chosen.input_ids), cap) + min(len(r.rejected.input_ids), cap)
+                for r in self.rendered
+                if isinstance(r, RenderedPair)
+            )
+        return sum(min(len(r.input_ids), cap) for r in self.rendered)
+
     def to_json(self) -> dict:
         return {
             "file": str(self.train.path),
@@ -55,8 +76,9 @@ class DataReport(Findings):
         }
 
 
-def check_structure(data: Path, task: str = "auto", val_data: Path | None = None,
-                    labels: list[str] | None = None) -> DataReport:
+def check_structure(
+    data: Path, task: str = "auto", val_data: Path | None = None, labels: list[str] | None = None
+) -> DataReport:
     """Parse the files and report structural problems; no tokenizer needed."""
     train = read_file(Path(data), task)
     issues = list(train.issues)
@@ -75,13 +97,16 @@ def check_structure(data: Path, task: str = "auto", val_data: Path | None = None
     return DataReport(train=train, val=val, task=train.task, labels=label_set, issues=issues)
 
 
-def check_data(data: Path, task: str = "auto", tokenizer=None, max_length: int | None = None,
-               val_data: Path | None = None, labels: list[str] | None = None,
-               system_prompt: str | None = None, n_params: int | None = None,
-               method: str = "lora") -> DataReport:
+def check_data(
+    data: Path,
+    task: str = "auto",
+    tokenizer=None,
+    max_length: int | None = None,
+    val_data: Path | None = None,
+    labels: list[str] | None = None,
+    system_prompt: str | None = None,
+) -> DataReport:
     """The full check. Without a tokenizer only the structural part runs."""
-    from tunesmith.training.defaults import default_max_length, estimate_seconds
-
     report = check_structure(data, task, val_data, labels)
     if tokenizer is None or not report.ok:
         return report
@@ -91,21 +116,12 @@ def check_data(data: Path, task: str = "auto", tokenizer=None, max_length: int |
         report.val_rendered = [render(example) for example in report.val.examples]
     lengths = [len(r.input_ids) for r in report.rendered]
     report.max_length = max_length or default_max_length(
-        lengths, report.task, getattr(tokenizer, "model_max_length", None))
+        lengths, report.task, getattr(tokenizer, "model_max_length", None)
+    )
     report.stats = _length_stats(lengths, [r.n_target for r in report.rendered])
     if report.task != "text":
         report.issues += _truncation(report.train, report.rendered, report.max_length)
     report.preview = _preview(tokenizer, report.rendered[0], report.max_length) if report.rendered else []
-    if n_params:
-        if report.task == "text":
-            tokens = sum(lengths)
-        elif report.task == "preference":  # both answers of every pair, trained with DPO
-            tokens = sum(min(len(r.chosen.input_ids), report.max_length) +
-                         min(len(r.rejected.input_ids), report.max_length) for r in report.rendered)
-            method = "dpo"
-        else:
-            tokens = sum(min(n, report.max_length) for n in lengths)
-        report.estimate_seconds = estimate_seconds(tokens, n_params, method)  # one epoch
     return report
 
 
@@ -125,17 +141,40 @@ def _label_issues(train: ParsedFile, val: ParsedFile | None, labels: list[str], 
             continue
         for example in parsed.examples:
             if example.label and example.label not in known:
-                issues.append(Issue("error", str(parsed.path), example.line, "label",
-                                    f"unknown label {example.label!r}",
-                                    f"labels must be one of {sorted(known)} ({source})"))
+                issues.append(
+                    Issue(
+                        "error",
+                        str(parsed.path),
+                        example.line,
+                        "label",
+                        f"unknown label {example.label!r}",
+                        f"labels must be one of {sorted(known)} ({source})",
+                    )
+                )
     counts = Counter(e.label for e in train.examples if e.label)
     if len(counts) == 1:
-        issues.append(Issue("error", str(train.path), None, "label", "only one label in the data",
-                            "classification needs examples of at least two labels"))
+        issues.append(
+            Issue(
+                "error",
+                str(train.path),
+                None,
+                "label",
+                "only one label in the data",
+                "classification needs examples of at least two labels",
+            )
+        )
     elif counts and max(counts.values()) > 3 * min(counts.values()):
         shares = ", ".join(f"{label} {n}" for label, n in counts.most_common())
-        issues.append(Issue("warning", str(train.path), None, "label", f"label imbalance: {shares}",
-                            "the model may learn to favour the common label; add examples of the rare ones"))
+        issues.append(
+            Issue(
+                "warning",
+                str(train.path),
+                None,
+                "label",
+                f"label imbalance: {shares}",
+                "the model may learn to favour the common label; add examples of the rare ones",
+            )
+        )
     return issues
 
 
@@ -152,9 +191,16 @@ def _duplicates(parsed: ParsedFile) -> list[Issue]:
         return []
     listed = ", ".join(f"line {line} = line {original}" for line, original in repeats[:MAX_LISTED])
     more = f" and {len(repeats) - MAX_LISTED} more" if len(repeats) > MAX_LISTED else ""
-    return [Issue("warning", str(parsed.path), repeats[0][0], None,
-                  f"{len(repeats)} duplicate example(s): {listed}{more}",
-                  "duplicates weigh those examples more; remove them unless that is intended")]
+    return [
+        Issue(
+            "warning",
+            str(parsed.path),
+            repeats[0][0],
+            None,
+            f"{len(repeats)} duplicate example(s): {listed}{more}",
+            "duplicates weigh those examples more; remove them unless that is intended",
+        )
+    ]
 
 
 def _overlap(train: ParsedFile, val: ParsedFile) -> list[Issue]:
@@ -163,22 +209,37 @@ def _overlap(train: ParsedFile, val: ParsedFile) -> list[Issue]:
     if not shared:
         return []
     lines = ", ".join(str(line) for line in shared[:MAX_LISTED])
-    return [Issue("warning", str(val.path), shared[0], None,
-                  f"{len(shared)} validation example(s) also in the training data (lines {lines})",
-                  "overlap makes validation scores look better than they are; remove them")]
+    return [
+        Issue(
+            "warning",
+            str(val.path),
+            shared[0],
+            None,
+            f"{len(shared)} validation example(s) also in the training data (lines {lines})",
+            "overlap makes validation scores look better than they are; remove them",
+        )
+    ]
 
 
 def _truncation(parsed: ParsedFile, rendered: list[Rendered], max_length: int) -> list[Issue]:
-    cut = [(example.line, r.n_target - r.truncated(max_length).n_target)
-           for example, r in zip(parsed.examples, rendered)]
+    cut = [
+        (example.line, r.n_target - r.truncated(max_length).n_target) for example, r in zip(parsed.examples, rendered)
+    ]
     cut = [(line, lost) for line, lost in cut if lost > 0]
     if not cut:
         return []
     lines = ", ".join(str(line) for line, _ in cut[:MAX_LISTED])
-    return [Issue("warning", str(parsed.path), cut[0][0], "max_length",
-                  f"{len(cut)} example(s) lose answer tokens at max_length {max_length} "
-                  f"({sum(lost for _, lost in cut)} answer tokens in all; lines {lines})",
-                  "raise --max-length or shorten those examples")]
+    return [
+        Issue(
+            "warning",
+            str(parsed.path),
+            cut[0][0],
+            "max_length",
+            f"{len(cut)} example(s) lose answer tokens at max_length {max_length} "
+            f"({sum(lost for _, lost in cut)} answer tokens in all; lines {lines})",
+            "raise --max-length or shorten those examples",
+        )
+    ]
 
 
 def _length_stats(lengths: list[int], targets: list[int]) -> dict:
@@ -198,3 +259,20 @@ def _length_stats(lengths: list[int], targets: list[int]) -> dict:
 def _preview(tokenizer, rendered: Rendered, max_length: int) -> list[tuple[str, bool]]:
     head = rendered.truncated(max_length)
     return [(tokenizer.decode([token]), label != -100) for token, label in zip(head.input_ids, head.labels)]
+
+
+def default_max_length(lengths: list[int], task: str, model_max_length: int | None) -> int:
+    """Tokens per example when not given: raw text 512-token blocks (less for a shorter corpus); otherwise
+    the 99th percentile of rendered lengths rounded up to 32, between 64 and 2048, within the model's context."""
+    ceiling = min(2048, model_max_length or 2048)
+    if task == "text":
+        return max(64, min(512, ceiling, _round_up(sum(lengths), 32)))
+    if not lengths:
+        return min(512, ceiling)
+    ordered = sorted(lengths)
+    p99 = ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+    return max(64, min(ceiling, _round_up(p99, 32)))
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return multiple * math.ceil(value / multiple)

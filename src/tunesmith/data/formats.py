@@ -20,12 +20,11 @@ import csv
 import io
 import json
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-Severity = Literal["error", "warning"]
-TASKS = ("chat", "completion", "text", "classify", "preference")
+from tunesmith.data.records import Example, Findings, Issue
+
 ROLES = ("system", "user", "assistant")
 
 # Line format -> (task, required keys, optional keys)
@@ -38,59 +37,6 @@ LINE_FORMATS: dict[str, tuple[str, frozenset[str], frozenset[str]]] = {
     "preference": ("preference", frozenset({"prompt", "chosen", "rejected"}), frozenset()),
 }
 MESSAGE_KEYS = frozenset({"role", "content", "weight"})
-
-
-@dataclass
-class Issue:
-    """One finding of the data check; ``line`` is 1-based, ``None`` for the whole file."""
-
-    severity: Severity
-    file: str
-    line: int | None
-    field: str | None
-    message: str
-    hint: str = ""
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        what = f"{self.field}: " if self.field else ""
-        hint = f" (hint: {self.hint})" if self.hint else ""
-        return f"{where}: {self.severity}: {what}{self.message}{hint}"
-
-
-class Findings:
-    """``errors`` and ``warnings`` of a result that holds ``issues: list[Issue]``."""
-
-    @property
-    def errors(self) -> list[Issue]:
-        return [issue for issue in self.issues if issue.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Issue]:
-        return [issue for issue in self.issues if issue.severity == "warning"]
-
-
-@dataclass
-class Example:
-    """A record in a task-neutral shape: chat-like tasks as messages, raw text as ``text``; a
-    preference pair as the prompt's messages (ending with a user turn) and two answers."""
-
-    line: int
-    messages: list[dict] = field(default_factory=list)  # {"role", "content", "weight"}
-    text: str | None = None
-    label: str | None = None
-    chosen: str | None = None
-    rejected: str | None = None
-
-    def key(self) -> str:
-        """Identity used for duplicate and overlap detection (a pair: its prompt and both answers, since
-        one prompt with several reviewed answers is normal)."""
-        if self.text is not None:  # raw text and classification: the text itself
-            return self.text.strip()
-        turns = [(m["role"], m["content"].strip()) for m in self.messages]
-        if self.chosen is not None:
-            turns += [("chosen", self.chosen.strip()), ("rejected", (self.rejected or "").strip())]
-        return json.dumps(turns)
 
 
 @dataclass
@@ -136,8 +82,16 @@ def read_file(path: Path, task: str = "auto") -> ParsedFile:
 def _read_txt(path: Path, task: str) -> ParsedFile:
     issues: list[Issue] = []
     if task not in ("auto", "text"):
-        issues.append(Issue("error", str(path), None, None, f"a .txt file is raw text, not task {task!r}",
-                            "use --task text, or convert the file to JSONL"))
+        issues.append(
+            Issue(
+                "error",
+                str(path),
+                None,
+                None,
+                f"a .txt file is raw text, not task {task!r}",
+                "use --task text, or convert the file to JSONL",
+            )
+        )
     text = _read_text(path, issues)
     if text is not None and not text.strip():
         issues.append(Issue("error", str(path), None, None, "the file is empty", "add some text"))
@@ -149,8 +103,16 @@ def _read_csv(path: Path, task: str) -> ParsedFile:
     name = str(path)
     issues: list[Issue] = []
     if task not in ("auto", "classify"):
-        issues.append(Issue("error", name, None, None, f"CSV files hold classification data, not task {task!r}",
-                            "use --task classify, or convert the file to JSONL"))
+        issues.append(
+            Issue(
+                "error",
+                name,
+                None,
+                None,
+                f"CSV files hold classification data, not task {task!r}",
+                "use --task classify, or convert the file to JSONL",
+            )
+        )
     text = _read_text(path, issues)
     examples: list[Example] = []
     if text is None:
@@ -158,8 +120,16 @@ def _read_csv(path: Path, task: str) -> ParsedFile:
     reader = csv.DictReader(io.StringIO(text, newline=""))  # keeps newlines inside quoted fields
     header = set(reader.fieldnames or [])
     if not {"text", "label"} <= header:
-        issues.append(Issue("error", name, 1, None, f"CSV header has {sorted(header)}, needs text and label",
-                            "first row must be: text,label"))
+        issues.append(
+            Issue(
+                "error",
+                name,
+                1,
+                None,
+                f"CSV header has {sorted(header)}, needs text and label",
+                "first row must be: text,label",
+            )
+        )
         return ParsedFile(path, "classify", examples, issues)
     for unknown in sorted(header - {"text", "label"}):
         issues.append(Issue("error", name, 1, unknown, "unknown column", "allowed columns: text, label"))
@@ -186,12 +156,28 @@ def read_json_objects(path: Path, issues: list[Issue]) -> list[tuple[int, dict]]
         try:
             obj = json.loads(raw)
         except json.JSONDecodeError as err:
-            issues.append(Issue("error", name, number, None, f"bad JSON: {err.msg} at column {err.colno}",
-                                "each line must be one complete JSON object"))
+            issues.append(
+                Issue(
+                    "error",
+                    name,
+                    number,
+                    None,
+                    f"bad JSON: {err.msg} at column {err.colno}",
+                    "each line must be one complete JSON object",
+                )
+            )
             continue
         if not isinstance(obj, dict):
-            issues.append(Issue("error", name, number, None, f"expected a JSON object, got {type(obj).__name__}",
-                                "each line must be one JSON object like {\"messages\": [...]}"))
+            issues.append(
+                Issue(
+                    "error",
+                    name,
+                    number,
+                    None,
+                    f"expected a JSON object, got {type(obj).__name__}",
+                    'each line must be one JSON object like {"messages": [...]}',
+                )
+            )
             continue
         objects.append((number, obj))
     if text is not None and not objects and not issues:
@@ -217,31 +203,56 @@ def _majority_task(objects: list[tuple[int, dict, str | None]]) -> str:
     return counts.most_common(1)[0][0] if counts else "chat"
 
 
-def _parse_object(obj: dict, line: int, line_format: str | None, task: str, name: str,
-                  issues: list[Issue]) -> Example | None:
+def _parse_object(
+    obj: dict, line: int, line_format: str | None, task: str, name: str, issues: list[Issue]
+) -> Example | None:
     expected = [fmt for fmt, (fmt_task, _, _) in LINE_FORMATS.items() if fmt_task == task]
     if line_format is None or line_format not in expected:
         # Explain against the closest format of the file's task.
         wanted = " or ".join("{" + ", ".join(sorted(LINE_FORMATS[f][1])) + "}" for f in expected)
         if line_format is not None:
-            issues.append(Issue("error", name, line, None,
-                                f"mixed formats: this line is {line_format}, the file is {task}",
-                                f"every line must use one format; for {task} that is {wanted}"))
+            issues.append(
+                Issue(
+                    "error",
+                    name,
+                    line,
+                    None,
+                    f"mixed formats: this line is {line_format}, the file is {task}",
+                    f"every line must use one format; for {task} that is {wanted}",
+                )
+            )
         else:
             missing = sorted(LINE_FORMATS[expected[0]][1] - set(obj))
-            issues.append(Issue("error", name, line, ", ".join(missing) or None, "missing key(s)",
-                                f"a {task} line looks like {wanted}"))
+            issues.append(
+                Issue(
+                    "error",
+                    name,
+                    line,
+                    ", ".join(missing) or None,
+                    "missing key(s)",
+                    f"a {task} line looks like {wanted}",
+                )
+            )
         return None
     _, required, optional = LINE_FORMATS[line_format]
     for unknown in sorted(set(obj) - required - optional):
-        issues.append(Issue("error", name, line, unknown, "unknown key",
-                            f"allowed keys for {line_format}: {', '.join(sorted(required | optional))}"))
+        issues.append(
+            Issue(
+                "error",
+                name,
+                line,
+                unknown,
+                "unknown key",
+                f"allowed keys for {line_format}: {', '.join(sorted(required | optional))}",
+            )
+        )
     if line_format == "preference":
         return _parse_preference(obj, line, name, issues)
     for key in sorted(required | (optional & set(obj))):
         if key != "messages" and not isinstance(obj[key], str):
-            issues.append(Issue("error", name, line, key, f"must be a string, got {type(obj[key]).__name__}",
-                                "quote the value"))
+            issues.append(
+                Issue("error", name, line, key, f"must be a string, got {type(obj[key]).__name__}", "quote the value")
+            )
             return None
 
     if line_format == "chat":
@@ -274,14 +285,30 @@ def _parse_object(obj: dict, line: int, line_format: str | None, task: str, name
 def _parse_preference(obj: dict, line: int, name: str, issues: list[Issue]) -> Example | None:
     missing = sorted(LINE_FORMATS["preference"][1] - set(obj))
     if missing:
-        issues.append(Issue("error", name, line, ", ".join(missing), "missing key(s)",
-                            'a preference line looks like {"prompt": ..., "chosen": ..., "rejected": ...}'))
+        issues.append(
+            Issue(
+                "error",
+                name,
+                line,
+                ", ".join(missing),
+                "missing key(s)",
+                'a preference line looks like {"prompt": ..., "chosen": ..., "rejected": ...}',
+            )
+        )
         return None
     before = len(issues)
     for key in ("chosen", "rejected"):
         if not isinstance(obj[key], str):
-            issues.append(Issue("error", name, line, key, f"must be a string, got {type(obj[key]).__name__}",
-                                "give the answer's text"))
+            issues.append(
+                Issue(
+                    "error",
+                    name,
+                    line,
+                    key,
+                    f"must be a string, got {type(obj[key]).__name__}",
+                    "give the answer's text",
+                )
+            )
         elif not obj[key].strip():
             issues.append(Issue("error", name, line, key, "empty answer", f"write the {key} answer or drop the line"))
     prompt = obj["prompt"]
@@ -294,28 +321,61 @@ def _parse_preference(obj: dict, line: int, name: str, issues: list[Issue]) -> E
     elif isinstance(prompt, list):
         messages = check_prompt_messages(prompt, line, name, issues)
     else:
-        issues.append(Issue("error", name, line, "prompt", f"must be a string or a list of messages, got "
-                            f"{type(prompt).__name__}", 'use "prompt": "..." or "prompt": [{"role": "user", ...}]'))
+        issues.append(
+            Issue(
+                "error",
+                name,
+                line,
+                "prompt",
+                f"must be a string or a list of messages, got {type(prompt).__name__}",
+                'use "prompt": "..." or "prompt": [{"role": "user", ...}]',
+            )
+        )
     if len(issues) > before or messages is None:
         return None
     if obj["chosen"].strip() == obj["rejected"].strip():
-        issues.append(Issue("warning", name, line, "rejected", "chosen and rejected are the same answer",
-                            "a pair teaches nothing unless the answers differ; fix or drop the line"))
+        issues.append(
+            Issue(
+                "warning",
+                name,
+                line,
+                "rejected",
+                "chosen and rejected are the same answer",
+                "a pair teaches nothing unless the answers differ; fix or drop the line",
+            )
+        )
     return Example(line=line, messages=messages, chosen=obj["chosen"], rejected=obj["rejected"])
 
 
-def check_prompt_messages(messages: object, line: int, name: str, issues: list[Issue],
-                          field: str = "prompt") -> list[dict] | None:
+def check_prompt_messages(
+    messages: object, line: int, name: str, issues: list[Issue], field: str = "prompt"
+) -> list[dict] | None:
     """A conversation that waits for the assistant's answer (a preference prompt, a reviewed prompt):
     the chat rules, ending with a user turn. ``field`` names the key it came from in errors."""
     if not isinstance(messages, list) or not messages:
-        issues.append(Issue("error", name, line, field, "must be a non-empty list of messages",
-                            'use [{"role": "user", "content": "..."}]'))
+        issues.append(
+            Issue(
+                "error",
+                name,
+                line,
+                field,
+                "must be a non-empty list of messages",
+                'use [{"role": "user", "content": "..."}]',
+            )
+        )
         return None
     last = messages[-1].get("role") if isinstance(messages[-1], dict) else None
     if last in ROLES and last != "user":
-        issues.append(Issue("error", name, line, field, "the conversation must end with a user turn",
-                            "the answer is the assistant's reply to the last user message; drop what follows it"))
+        issues.append(
+            Issue(
+                "error",
+                name,
+                line,
+                field,
+                "the conversation must end with a user turn",
+                "the answer is the assistant's reply to the last user message; drop what follows it",
+            )
+        )
         return None
     # The chat check wants an assistant turn to learn from: lend it the answer slot, then drop it
     # (and anything it says about that borrowed turn).
@@ -326,11 +386,27 @@ def check_prompt_messages(messages: object, line: int, name: str, issues: list[I
     before = len(issues)
     for issue in shadow:
         if not (issue.field or "").startswith(borrowed):
-            issues.append(Issue(issue.severity, name, line, (issue.field or field).replace("messages", field, 1),
-                                issue.message, issue.hint))
+            issues.append(
+                Issue(
+                    issue.severity,
+                    name,
+                    line,
+                    (issue.field or field).replace("messages", field, 1),
+                    issue.message,
+                    issue.hint,
+                )
+            )
     if checked is None and len(issues) == before:  # only the borrowed turn was objected to
-        issues.append(Issue("error", name, line, field, "the conversation must end with a user turn",
-                            "the answer is the assistant's reply to the last user message"))
+        issues.append(
+            Issue(
+                "error",
+                name,
+                line,
+                field,
+                "the conversation must end with a user turn",
+                "the answer is the assistant's reply to the last user message",
+            )
+        )
     return None if checked is None else [_msg(m["role"], m["content"]) for m in checked[:-1]]
 
 
@@ -340,8 +416,16 @@ def _msg(role: str, content: str, weight: int = 1) -> dict:
 
 def _check_messages(messages: object, line: int, name: str, issues: list[Issue]) -> list[dict] | None:
     if not isinstance(messages, list) or not messages:
-        issues.append(Issue("error", name, line, "messages", "must be a non-empty list",
-                            'use [{"role": "user", "content": ...}, {"role": "assistant", ...}]'))
+        issues.append(
+            Issue(
+                "error",
+                name,
+                line,
+                "messages",
+                "must be a non-empty list",
+                'use [{"role": "user", "content": ...}, {"role": "assistant", ...}]',
+            )
+        )
         return None
     before = len(issues)
     result: list[dict] = []
@@ -349,39 +433,119 @@ def _check_messages(messages: object, line: int, name: str, issues: list[Issue])
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
         if not isinstance(message, dict):
-            issues.append(Issue("error", name, line, where, "must be an object with role and content",
-                                'write it as {"role": "user", "content": "..."}'))
+            issues.append(
+                Issue(
+                    "error",
+                    name,
+                    line,
+                    where,
+                    "must be an object with role and content",
+                    'write it as {"role": "user", "content": "..."}',
+                )
+            )
             continue
         for unknown in sorted(set(message) - MESSAGE_KEYS):
-            issues.append(Issue("error", name, line, f"{where}.{unknown}", "unknown key",
-                                "a message has role, content and optionally weight (0 or 1)"))
+            issues.append(
+                Issue(
+                    "error",
+                    name,
+                    line,
+                    f"{where}.{unknown}",
+                    "unknown key",
+                    "a message has role, content and optionally weight (0 or 1)",
+                )
+            )
         role, content, weight = message.get("role"), message.get("content"), message.get("weight", 1)
         if role not in ROLES:
-            issues.append(Issue("error", name, line, f"{where}.role", f"unknown role {role!r}",
-                                "roles are system, user and assistant"))
+            issues.append(
+                Issue(
+                    "error",
+                    name,
+                    line,
+                    f"{where}.role",
+                    f"unknown role {role!r}",
+                    "roles are system, user and assistant",
+                )
+            )
         elif role == "system" and index != 0:
-            issues.append(Issue("error", name, line, f"{where}.role", "system message after the start",
-                                "put the system message first, once"))
+            issues.append(
+                Issue(
+                    "error",
+                    name,
+                    line,
+                    f"{where}.role",
+                    "system message after the start",
+                    "put the system message first, once",
+                )
+            )
         elif role != "system" and previous == role:
-            issues.append(Issue("error", name, line, f"{where}.role", f"two {role} messages in a row",
-                                "user and assistant turns must alternate"))
+            issues.append(
+                Issue(
+                    "error",
+                    name,
+                    line,
+                    f"{where}.role",
+                    f"two {role} messages in a row",
+                    "user and assistant turns must alternate",
+                )
+            )
         elif role == "assistant" and previous in (None, "system"):
-            issues.append(Issue("error", name, line, f"{where}.role", "assistant speaks before the user",
-                                "start the conversation with a user message"))
+            issues.append(
+                Issue(
+                    "error",
+                    name,
+                    line,
+                    f"{where}.role",
+                    "assistant speaks before the user",
+                    "start the conversation with a user message",
+                )
+            )
         if not isinstance(content, str) or not content.strip():
-            issues.append(Issue("error", name, line, f"{where}.content", "empty content",
-                                "every message needs non-empty text content"))
+            issues.append(
+                Issue(
+                    "error",
+                    name,
+                    line,
+                    f"{where}.content",
+                    "empty content",
+                    "every message needs non-empty text content",
+                )
+            )
         if weight not in (0, 1) or isinstance(weight, bool):
-            issues.append(Issue("error", name, line, f"{where}.weight", f"weight must be 0 or 1, got {weight!r}",
-                                "0 = do not train on this turn, 1 = train on it"))
+            issues.append(
+                Issue(
+                    "error",
+                    name,
+                    line,
+                    f"{where}.weight",
+                    f"weight must be 0 or 1, got {weight!r}",
+                    "0 = do not train on this turn, 1 = train on it",
+                )
+            )
         elif role != "assistant" and "weight" in message:
-            issues.append(Issue("error", name, line, f"{where}.weight", "weight only applies to assistant messages",
-                                "drop the weight key from this message"))
+            issues.append(
+                Issue(
+                    "error",
+                    name,
+                    line,
+                    f"{where}.weight",
+                    "weight only applies to assistant messages",
+                    "drop the weight key from this message",
+                )
+            )
         previous = role if role in ROLES else previous
         result.append(_msg(str(role), content if isinstance(content, str) else "", weight))
     if not any(m["role"] == "assistant" and m["weight"] == 1 for m in result):
-        issues.append(Issue("error", name, line, "messages", "no assistant turn to learn from",
-                            "add an assistant message with weight 1 (or no weight key)"))
+        issues.append(
+            Issue(
+                "error",
+                name,
+                line,
+                "messages",
+                "no assistant turn to learn from",
+                "add an assistant message with weight 1 (or no weight key)",
+            )
+        )
     return None if len(issues) > before else result
 
 

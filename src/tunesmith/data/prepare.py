@@ -8,7 +8,7 @@ import torch
 
 from tunesmith.data.batching import PairRow, Row, pack_documents
 from tunesmith.data.check import DataReport
-from tunesmith.data.formats import Example
+from tunesmith.data.records import Example
 from tunesmith.data.render import Rendered, RenderedPair
 
 
@@ -38,12 +38,17 @@ def split(report: DataReport, fraction: float, seed: int) -> Splits:
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     val_index, train_index = sorted(order[:n_val]), sorted(order[n_val:])
     pick = lambda items, index: [items[i] for i in index]  # noqa: E731
-    return Splits(pick(report.train.examples, train_index), pick(report.train.examples, val_index),
-                  pick(report.rendered, train_index), pick(report.rendered, val_index))
+    return Splits(
+        pick(report.train.examples, train_index),
+        pick(report.train.examples, val_index),
+        pick(report.rendered, train_index),
+        pick(report.rendered, val_index),
+    )
 
 
-def build_rows(task: str, splits: Splits, max_length: int, fraction: float, seed: int,
-               has_val_file: bool) -> tuple[list[Row], list[Row]]:
+def build_rows(
+    task: str, splits: Splits, max_length: int, fraction: float, seed: int, has_val_file: bool
+) -> tuple[list[Row], list[Row]]:
     """Rows for the loop: one example per row (truncated), or packed blocks for raw text."""
     if task == "text":
         train = pack_documents([r.input_ids for r in splits.train_rendered], max_length)

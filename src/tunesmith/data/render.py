@@ -10,14 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tunesmith.data.formats import Example
-from tunesmith.errors import TunesmithError
+from tunesmith.core.errors import TunesmithError
+from tunesmith.data.labels import classify_prompt
+from tunesmith.data.records import Example
 
 IGNORE = -100  # label of positions that carry no loss (PyTorch's cross-entropy ignore_index)
-
-CLASSIFY_TEMPLATE = (
-    "Classify the text as one of: {labels}. Answer with the label only.\n\nText: {text}"
-)
 
 
 @dataclass
@@ -59,12 +56,7 @@ class RenderedPair:
         return RenderedPair(self.chosen.truncated(max_length), self.rejected.truncated(max_length))
 
 
-def classify_prompt(text: str, labels: list[str]) -> str:
-    return CLASSIFY_TEMPLATE.format(labels=", ".join(labels), text=text)
-
-
-def example_messages(example: Example, labels: list[str] | None = None,
-                     system_prompt: str | None = None) -> list[dict]:
+def example_messages(example: Example, labels: list[str] | None = None, system_prompt: str | None = None) -> list[dict]:
     """The conversation an example stands for (classification becomes question -> label, a
     preference pair the prompt answered with the chosen answer)."""
     if example.chosen is not None:
@@ -119,13 +111,15 @@ def render_messages(tokenizer, messages: list[dict]) -> Rendered:
     return Rendered(ids, labels)
 
 
-def render_example(tokenizer, example: Example, labels: list[str] | None = None,
-                   system_prompt: str | None = None) -> Rendered | RenderedPair:
+def render_example(
+    tokenizer, example: Example, labels: list[str] | None = None, system_prompt: str | None = None
+) -> Rendered | RenderedPair:
     messages = example_messages(example, labels, system_prompt)
     if example.rejected is None:
         return render_messages(tokenizer, messages)
-    return RenderedPair(render_messages(tokenizer, messages),
-                        render_messages(tokenizer, with_answer(messages, example.rejected)))
+    return RenderedPair(
+        render_messages(tokenizer, messages), render_messages(tokenizer, with_answer(messages, example.rejected))
+    )
 
 
 def with_answer(messages: list[dict], answer: str) -> list[dict]:

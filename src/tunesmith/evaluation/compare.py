@@ -9,15 +9,41 @@ from tunesmith.evaluation.significance import Sample, bootstrap
 from tunesmith.evaluation.systems import display_name
 
 # Which metric decides "did it help", and whether higher is better.
-PRIMARY = {"classify": ("accuracy", True), "chat": ("rouge_l", True),
-           "completion": ("rouge_l", True), "text": ("perplexity", False),
-           "preference": ("preference_accuracy", True)}
-HIGHER_IS_BETTER = {"accuracy", "macro_f1", "rouge_l", "chrf", "exact_match", "tokens_per_s",
-                    "preference_accuracy", "preference_margin"}
-TABLE_METRICS = ("accuracy", "macro_f1", "ece", "preference_accuracy", "preference_margin",
-                 "rouge_l", "chrf", "exact_match", "loss", "perplexity",
-                 "bits_per_byte", "prompt_tokens_mean", "latency_ms_p50", "latency_ms_p90", "tokens_per_s",
-                 "parameters")
+PRIMARY = {
+    "classify": ("accuracy", True),
+    "chat": ("rouge_l", True),
+    "completion": ("rouge_l", True),
+    "text": ("perplexity", False),
+    "preference": ("preference_accuracy", True),
+}
+HIGHER_IS_BETTER = {
+    "accuracy",
+    "macro_f1",
+    "rouge_l",
+    "chrf",
+    "exact_match",
+    "tokens_per_s",
+    "preference_accuracy",
+    "preference_margin",
+}
+TABLE_METRICS = (
+    "accuracy",
+    "macro_f1",
+    "ece",
+    "preference_accuracy",
+    "preference_margin",
+    "rouge_l",
+    "chrf",
+    "exact_match",
+    "loss",
+    "perplexity",
+    "bits_per_byte",
+    "prompt_tokens_mean",
+    "latency_ms_p50",
+    "latency_ms_p90",
+    "tokens_per_s",
+    "parameters",
+)
 PERCENT = {"accuracy", "macro_f1", "rouge_l", "exact_match", "preference_accuracy"}
 # Systems shown for reference (distillation's teacher), not baselines the fine-tune has to beat.
 REFERENCES = {"teacher"}
@@ -36,8 +62,12 @@ def comparison_table(task: str, results: dict[str, dict], title: str) -> Table:
         if not present:
             continue
         best = max(present) if metric in HIGHER_IS_BETTER else min(present)
-        cells = ["–" if v is None else (f"[bold]{format_value(metric, v)}[/]" if v == best and len(present) > 1
-                                        else format_value(metric, v)) for v in values]
+        cells = [
+            "–"
+            if v is None
+            else (f"[bold]{format_value(metric, v)}[/]" if v == best and len(present) > 1 else format_value(metric, v))
+            for v in values
+        ]
         table.add_row(f"{metric} *" if metric == primary else metric, *cells)
     return table
 
@@ -52,8 +82,11 @@ def format_value(metric: str, value: float) -> str:
     if metric == "perplexity":
         return f"{value:.2f}"
     if metric == "parameters":
-        return next(f"{value / scale:.3g}{unit}" for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K"), (1, ""))
-                    if value >= scale or scale == 1)
+        return next(
+            f"{value / scale:.3g}{unit}"
+            for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K"), (1, ""))
+            if value >= scale or scale == 1
+        )
     return f"{value:.3f}"
 
 
@@ -65,8 +98,9 @@ def helped(task: str, results: dict[str, dict]) -> bool | None:
     """Whether the fine-tuned model beats every baseline on the primary metric (None: nothing to compare)."""
     primary = PRIMARY[task][0]
     tuned = results.get("fine_tuned", {}).get(primary)
-    baselines = [m[primary] for name, m in results.items()
-                 if name != "fine_tuned" and name not in REFERENCES and primary in m]
+    baselines = [
+        m[primary] for name, m in results.items() if name != "fine_tuned" and name not in REFERENCES and primary in m
+    ]
     if tuned is None or not baselines:
         return None
     return all(better(primary, tuned, value) for value in baselines)
@@ -84,8 +118,11 @@ def judge(task: str, measured: dict[str, object], seed: int = 0) -> tuple[dict, 
     """({"helped", "helped_clearly", "significance"}, each system's interval) for the ``measured`` systems."""
     helped_ = helped(task, {name: m.metrics for name, m in measured.items()})
     tested = significance(task, measured, seed)
-    judged = {"helped": helped_, "helped_clearly": helped_clearly(tested["differences"], helped_),
-              "significance": tested["differences"]}
+    judged = {
+        "helped": helped_,
+        "helped_clearly": helped_clearly(tested["differences"], helped_),
+        "significance": tested["differences"],
+    }
     return judged, tested["intervals"]
 
 
@@ -95,8 +132,9 @@ def significance(task: str, measured: dict[str, object], seed: int = 0) -> dict:
     primary, higher_is_better = PRIMARY[task]
     samples = {name: Sample(m.scores, m.weights) for name, m in measured.items() if m.scores}
     baselines = [name for name in samples if name != "fine_tuned" and name not in REFERENCES]
-    tested = bootstrap(samples, baselines, higher_is_better=higher_is_better,
-                       exponential=primary == "perplexity", seed=seed)
+    tested = bootstrap(
+        samples, baselines, higher_is_better=higher_is_better, exponential=primary == "perplexity", seed=seed
+    )
     for difference in tested["differences"].values():
         difference["metric"] = primary
     return tested
@@ -116,9 +154,13 @@ def verdict(task: str, results: dict[str, dict], helped_: bool | None, differenc
         style = "yellow" if note.startswith("but") else "green"
         lines = [f"[{style}]fine-tuning helped{escape(', ' + note) if note else ''}[/]"]
     for name, d in differences.items():
-        lines.append(escape(f"  {primary} against {display_name(name, shots)}: "
-                            f"{format_difference(primary, d['difference'])} (95% interval "
-                            f"{format_interval(primary, d)}): {reading(d)}"))
+        lines.append(
+            escape(
+                f"  {primary} against {display_name(name, shots)}: "
+                f"{format_difference(primary, d['difference'])} (95% interval "
+                f"{format_interval(primary, d)}): {reading(d)}"
+            )
+        )
     return lines
 
 
@@ -129,8 +171,10 @@ def clarity(differences: dict, shots: int = 0) -> str:
     unclear = [display_name(name, shots) for name, d in differences.items() if not d["clear"]]
     if not unclear:
         return "beyond this test set's noise (every 95% interval of the difference excludes zero)"
-    return (f"but not clearly: against {' and '.join(unclear)} the difference is within the noise of "
-            f"{sample_size(differences)} (more held-out data would tell)")
+    return (
+        f"but not clearly: against {' and '.join(unclear)} the difference is within the noise of "
+        f"{sample_size(differences)} (more held-out data would tell)"
+    )
 
 
 def sample_size(differences: dict) -> str:
@@ -148,8 +192,10 @@ def reading(difference: dict) -> str:
 
 def format_interval(metric: str, difference: dict) -> str:
     """A difference's interval: ``+3.0 to +18.0`` (rates in points)."""
-    return f"{format_difference(metric, difference['low'], unit=False)} to " \
-           f"{format_difference(metric, difference['high'], unit=False)}"
+    return (
+        f"{format_difference(metric, difference['low'], unit=False)} to "
+        f"{format_difference(metric, difference['high'], unit=False)}"
+    )
 
 
 def format_gain(point: dict, previous: dict | None) -> str:
@@ -168,13 +214,18 @@ def format_difference(metric: str, value: float, unit: bool = True) -> str:
     return f"{value:+.2f}" if metric == "perplexity" else f"{value:+.3f}"
 
 
-def per_example(inputs: list[str], references: list[str], lines: list[int],
-                measured: dict[str, object]) -> list[dict]:
+def per_example(inputs: list[str], references: list[str], lines: list[int], measured: dict[str, object]) -> list[dict]:
     """One record per example: each system's output and per-example score."""
-    return [{"line": lines[i], "input": inputs[i], "reference": references[i],
-             "outputs": {name: m.outputs[i] for name, m in measured.items() if m.outputs},
-             "scores": {name: m.scores[i] for name, m in measured.items() if m.scores}}
-            for i in range(len(inputs))]
+    return [
+        {
+            "line": lines[i],
+            "input": inputs[i],
+            "reference": references[i],
+            "outputs": {name: m.outputs[i] for name, m in measured.items() if m.outputs},
+            "scores": {name: m.scores[i] for name, m in measured.items() if m.scores},
+        }
+        for i in range(len(inputs))
+    ]
 
 
 def blocks(measured: dict[str, object]) -> list[dict]:
@@ -182,8 +233,10 @@ def blocks(measured: dict[str, object]) -> list[dict]:
     first = next((m for m in measured.values() if m.scores), None)
     if first is None:
         return []
-    return [{"tokens": first.weights[i], "losses": {name: m.scores[i] for name, m in measured.items() if m.scores}}
-            for i in range(len(first.scores))]
+    return [
+        {"tokens": first.weights[i], "losses": {name: m.scores[i] for name, m in measured.items() if m.scores}}
+        for i in range(len(first.scores))
+    ]
 
 
 def sample(figures: dict, system: str) -> Sample | None:
@@ -213,11 +266,20 @@ def diffs(examples: list[dict], measured: dict[str, object], higher_is_better: b
                 delta = -delta
             if abs(delta) < 1e-9:
                 continue
-            item = {**example, "against": baseline, "delta": round(delta, 4),
-                    "kind": "regression" if delta < 0 else "improvement"}
+            item = {
+                **example,
+                "against": baseline,
+                "delta": round(delta, 4),
+                "kind": "regression" if delta < 0 else "improvement",
+            }
             if confidence:  # classify: the fine-tuned model's probability of its own answer
                 item["confidence"] = round(confidence[index], 4)
             found.append(item)
-    found.sort(key=lambda d: (d["kind"] != "regression", d["delta"] if d["kind"] == "regression" else -d["delta"],
-                              -d.get("confidence", 0.0)))
+    found.sort(
+        key=lambda d: (
+            d["kind"] != "regression",
+            d["delta"] if d["kind"] == "regression" else -d["delta"],
+            -d.get("confidence", 0.0),
+        )
+    )
     return found

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 
 from tunesmith.data.batching import common_prefix_length
 from tunesmith.data.render import IGNORE, Rendered
-from tunesmith.evaluation.metrics import hidden_and_head, output_head
-from tunesmith.generation import expanded_cache, prefix_cache
+from tunesmith.models.kv_cache import expanded_cache, prefix_cache
+from tunesmith.models.parts import eval_mode, hidden_and_head, output_head
 
 ROW_TOKENS = 4096  # tokens per forward pass (rows x row length): bounds activation memory
 MIN_PACK = 256  # tokens per packed row at least; at most about the prefix length more (see score_candidates)
@@ -33,10 +33,11 @@ MIN_PACK = 256  # tokens per packed row at least; at most about the prefix lengt
 @dataclass
 class _Tree:
     """Examples laid out as shared tokens + one branch per candidate (one example, or several packed)."""
+
     tokens: list[int]
     positions: list[int]
-    branch: list[int]             # -1 for shared tokens, else the candidate index
-    group: list[int]              # which packed example each token belongs to
+    branch: list[int]  # -1 for shared tokens, else the candidate index
+    group: list[int]  # which packed example each token belongs to
     targets: list[tuple[int, int, int, int]]  # (example, candidate, row position predicting it, token id)
 
 
@@ -98,17 +99,18 @@ def _tree_mask(trees: list[_Tree], width: int, prefix: int, dtype) -> torch.Tens
         length = len(tree.tokens)
         # a key is visible if it is in the query's example, shared or on the query's branch, not in the future
         same = (group[None, :] == group[:, None]) & ((branch[None, :] == -1) | (branch[None, :] == branch[:, None]))
-        allowed[row, :length, prefix:prefix + length] = same & causal[:length, :length]
+        allowed[row, :length, prefix : prefix + length] = same & causal[:length, :length]
         allowed[row, length:, :] = False
-        allowed[row, length:, prefix + length:] = torch.eye(width - length, dtype=torch.bool)  # padding: itself
+        allowed[row, length:, prefix + length :] = torch.eye(width - length, dtype=torch.bool)  # padding: itself
     mask = torch.zeros(allowed.shape, dtype=dtype)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask[:, None]
 
 
 @torch.no_grad()
-def score_candidates(model, candidates: list[list[Rendered]], row_tokens: int = ROW_TOKENS,
-                     pack_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def score_candidates(
+    model, candidates: list[list[Rendered]], row_tokens: int = ROW_TOKENS, pack_tokens: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """[n_examples, n_candidates] summed log-probability of each candidate's target tokens, and
     the number of target tokens. ``candidates[i][j]`` is example i rendered with answer j.
 
@@ -119,44 +121,62 @@ def score_candidates(model, candidates: list[list[Rendered]], row_tokens: int = 
     counts = torch.zeros(len(candidates), n_candidates)
     if not candidates:
         return scores, counts
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    everything = [c for example in candidates for c in example]
-    prefix_len = min(common_prefix_length([c.input_ids for c in everything]),
-                     min(_first_target(c) for c in everything) - 1)
-    prefix_len = max(prefix_len, 0)
-    prefix = prefix_cache(model, everything[0].input_ids[:prefix_len]) if prefix_len else None
-    # The head in fp32 even for a bf16 model: bf16 logits of ~20 are rounded to steps of 0.125, enough
-    # to flip near-tied labels (measured: 8% of zero-shot predictions, 3% with this); it runs on a few rows.
-    head = output_head(model)
-    head_weight = head.weight.float() if head is not None else None  # cast once, not per batch
+    with eval_mode(model):
+        device = next(model.parameters()).device
+        dtype = next(model.parameters()).dtype
+        everything = [c for example in candidates for c in example]
+        prefix_len = min(
+            common_prefix_length([c.input_ids for c in everything]), min(_first_target(c) for c in everything) - 1
+        )
+        prefix_len = max(prefix_len, 0)
+        prefix = prefix_cache(model, everything[0].input_ids[:prefix_len]) if prefix_len else None
+        # The head in fp32 even for a bf16 model: bf16 logits of ~20 are rounded to steps of 0.125, enough
+        # to flip near-tied labels (measured: 8% of zero-shot predictions, 3% with this); it runs on a few rows.
+        head = output_head(model)
+        head_weight = head.weight.float() if head is not None else None  # cast once, not per batch
 
-    trees = sorted((_tree(example, prefix_len, index) for index, example in enumerate(candidates)),
-                   key=lambda tree: len(tree.tokens))
-    rows = sorted(_pack(trees, pack_tokens or max(MIN_PACK, prefix_len)), key=lambda row: len(row.tokens))
-    start = 0
-    while start < len(rows):  # batches of similar length, at most row_tokens tokens (at least one row)
-        end = start + 1
-        while end < len(rows) and len(rows[end].tokens) * (end - start + 1) <= row_tokens:
-            end += 1
-        _score_batch(model, rows[start:end], len(rows[end - 1].tokens), prefix, prefix_len, device, dtype,
-                     head_weight, scores, counts)
-        start = end
-    model.train(was_training)
+        trees = sorted(
+            (_tree(example, prefix_len, index) for index, example in enumerate(candidates)),
+            key=lambda tree: len(tree.tokens),
+        )
+        rows = sorted(_pack(trees, pack_tokens or max(MIN_PACK, prefix_len)), key=lambda row: len(row.tokens))
+        start = 0
+        while start < len(rows):  # batches of similar length, at most row_tokens tokens (at least one row)
+            end = start + 1
+            while end < len(rows) and len(rows[end].tokens) * (end - start + 1) <= row_tokens:
+                end += 1
+            _score_batch(
+                model,
+                rows[start:end],
+                len(rows[end - 1].tokens),
+                prefix,
+                prefix_len,
+                device,
+                dtype,
+                head_weight,
+                scores,
+                counts,
+            )
+            start = end
     return scores, counts
 
 
-def _score_batch(model, rows: list[_Tree], width, prefix, prefix_len, device, dtype, head_weight,
-                 scores, counts) -> None:
+def _score_batch(
+    model, rows: list[_Tree], width, prefix, prefix_len, device, dtype, head_weight, scores, counts
+) -> None:
     pad = lambda values, fill: values + [fill] * (width - len(values))  # noqa: E731
     input_ids = torch.tensor([pad(r.tokens, 0) for r in rows], device=device)
     position_ids = torch.tensor([pad(r.positions, r.positions[-1] + 1) for r in rows], device=device)
     mask = _tree_mask(rows, width, prefix_len, dtype).to(device)
     cache = expanded_cache(prefix, len(rows)) if prefix is not None else None
-    hidden, head = hidden_and_head(model, input_ids=input_ids, position_ids=position_ids, attention_mask=mask,
-                                   past_key_values=cache, use_cache=cache is not None)
+    hidden, head = hidden_and_head(
+        model,
+        input_ids=input_ids,
+        position_ids=position_ids,
+        attention_mask=mask,
+        cache=cache,
+        use_cache=cache is not None,
+    )
     targets = [(index, *target) for index, row in enumerate(rows) for target in row.targets]
     row_index = torch.tensor([t[0] for t in targets], device=device)
     columns = torch.tensor([t[3] for t in targets], device=device)

@@ -1,13 +1,13 @@
 """Every figure of one system on one set of held-out examples: quality and cost per request.
 
-    classify            label scoring (one forward pass per example, all labels) -> accuracy,
-                        macro-F1, per-label precision/recall, confusion matrix, ECE, answer loss
-    chat / completion   batched greedy generation -> ROUGE-L, chrF, exact match (short answers);
-                        teacher-forced answer loss and perplexity
-    text                perplexity and bits per byte of the held-out text
-    preference          preference accuracy: how often the chosen answer gets the higher summed
-                        log-likelihood than the rejected one; the mean margin between them (nats)
-    cost                prompt tokens, and latency of single requests (generation, batch of one)
+classify            label scoring (one forward pass per example, all labels) -> accuracy,
+                    macro-F1, per-label precision/recall, confusion matrix, ECE, answer loss
+chat / completion   batched greedy generation -> ROUGE-L, chrF, exact match (short answers);
+                    teacher-forced answer loss and perplexity
+text                perplexity and bits per byte of the held-out text
+preference          preference accuracy: how often the chosen answer gets the higher summed
+                    log-likelihood than the rejected one; the mean margin between them (nats)
+cost                prompt tokens, and latency of single requests (generation, batch of one)
 """
 
 from __future__ import annotations
@@ -21,13 +21,29 @@ from dataclasses import dataclass, field
 import torch
 
 from tunesmith.data.batching import Row, pack_documents
-from tunesmith.data.formats import Example
-from tunesmith.data.render import IGNORE, render_messages, render_prompt, tokenize_document, with_answer
+from tunesmith.data.records import Example
+from tunesmith.data.render import (
+    IGNORE,
+    render_messages,
+    render_prompt,
+    tokenize_document,
+    with_answer,
+)
 from tunesmith.evaluation.label_scoring import score_candidates
-from tunesmith.evaluation.metrics import answer_loss, mean_loss, row_loss_sums, sequence_log_likelihoods
-from tunesmith.evaluation.scores import bits_per_byte, classification_scores, generation_scores, latency_summary
+from tunesmith.evaluation.scores import (
+    bits_per_byte,
+    classification_scores,
+    generation_scores,
+    latency_summary,
+)
 from tunesmith.evaluation.systems import System, conversation, split_answer
-from tunesmith.generation import generate_batch
+from tunesmith.models.generation import generate_batch
+from tunesmith.training.loss import (
+    answer_loss,
+    mean_loss,
+    row_loss_sums,
+    sequence_log_likelihoods,
+)
 
 SHORT_ANSWER_WORDS = 10  # exact match is reported when references average at most this many words
 MAX_NEW_TOKENS = 256
@@ -60,9 +76,17 @@ class Measured:
     weights: list[float] | None = None  # per score: how much it counts in the metric (text: tokens); None: 1 each
 
 
-def measure(system: System, tokenizer, task: str, examples: list[Example], labels: list[str] | None,
-            system_prompt: str | None, options: EvalOptions, max_length: int,
-            text_rows: list[Row] | None = None) -> Measured:
+def measure(
+    system: System,
+    tokenizer,
+    task: str,
+    examples: list[Example],
+    labels: list[str] | None,
+    system_prompt: str | None,
+    options: EvalOptions,
+    max_length: int,
+    text_rows: list[Row] | None = None,
+) -> Measured:
     """``text_rows``: already packed held-out blocks (training's validation split) for raw text."""
     started = time.perf_counter()
     with system.context():
@@ -89,8 +113,9 @@ def _classify(system, tokenizer, examples, labels, system_prompt):
         candidate = Example(line=example.line, text=example.text, label=label)
         return render_messages(tokenizer, conversation(candidate, labels, system_prompt, system.shots))
 
-    log_likelihoods, counts = score_candidates(system.model, [[rendered(e, label) for label in labels]
-                                                             for e in examples])
+    log_likelihoods, counts = score_candidates(
+        system.model, [[rendered(e, label) for label in labels] for e in examples]
+    )
     gold = [labels.index(example.label) for example in examples]
     scores = classification_scores(torch.softmax(log_likelihoods, dim=1), gold, labels)
     picked = torch.arange(len(examples)), torch.tensor(gold)
@@ -99,8 +124,9 @@ def _classify(system, tokenizer, examples, labels, system_prompt):
     metrics.update(loss=loss, perplexity=math.exp(min(loss, 50.0)))
     correct = [float(p == g) for p, g in zip(scores["predictions"], gold)]
     measured = Measured(metrics, [labels[p] for p in scores["predictions"]], correct, scores["confidences"])
-    prompts = [_prompt_ids(tokenizer, split_answer(conversation(e, labels, system_prompt, system.shots))[0])
-               for e in examples]
+    prompts = [
+        _prompt_ids(tokenizer, split_answer(conversation(e, labels, system_prompt, system.shots))[0]) for e in examples
+    ]
     longest_label = max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels)
     return measured, prompts, longest_label + 1  # the label and the end-of-turn token
 
@@ -138,8 +164,11 @@ def _preference(system, tokenizer, examples, system_prompt):
     log_likelihoods = sequence_log_likelihoods(system.model, rows, tokenizer.pad_token_id)
     margins = (log_likelihoods[0::2] - log_likelihoods[1::2]).tolist()
     preferred = [float(margin > 0) for margin in margins]
-    metrics = {"preference_accuracy": statistics.fmean(preferred), "preference_margin": statistics.fmean(margins),
-               "n": len(examples)}
+    metrics = {
+        "preference_accuracy": statistics.fmean(preferred),
+        "preference_margin": statistics.fmean(margins),
+        "n": len(examples),
+    }
     measured = Measured(metrics, ["chosen" if p else "rejected" for p in preferred], preferred)
     return measured, prompts, auto_max_new_tokens(tokenizer, [e.chosen for e in examples])
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from tunesmith.errors import TunesmithError
+from tunesmith.core.errors import TunesmithError
 
 # Ballpark on-demand cloud prices (one vCPU-hour, one datacenter-GPU-hour); a user overrides them
 # with their own numbers via `prices=` or a prices file (`load_prices`).
@@ -130,13 +131,18 @@ def generation_scores(predictions: list[str], references: list[str]) -> dict:
         raise ValueError("generation_scores: no examples to score")
     from rouge_score import rouge_scorer
     from sacrebleu.metrics import CHRF
+
     rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
     chrf = CHRF()
     # rouge-score takes (target, prediction); the order matters for precision vs recall.
-    per_example = [{"rouge_l": float(rouge.score(reference, prediction)["rougeL"].fmeasure),
-                    "chrf": float(chrf.sentence_score(prediction, [reference]).score),
-                    "exact": normalize_answer(prediction) == normalize_answer(reference)}
-                   for prediction, reference in zip(predictions, references)]
+    per_example = [
+        {
+            "rouge_l": float(rouge.score(reference, prediction)["rougeL"].fmeasure),
+            "chrf": float(chrf.sentence_score(prediction, [reference]).score),
+            "exact": normalize_answer(prediction) == normalize_answer(reference),
+        }
+        for prediction, reference in zip(predictions, references)
+    ]
     return {
         "rouge_l": float(np.mean([e["rouge_l"] for e in per_example])),
         # Corpus chrF pools character n-gram counts over all pairs; it is not the mean of sentence chrF.
@@ -218,7 +224,9 @@ def break_even(
         "training_cost_usd": training_cost,
         "saved_usd_per_1k_requests": saved_usd_per_request * 1000,
         # A CPU price of 0 saves no money however many seconds are saved, so it never pays back either.
-        "requests_to_pay_back_cost": _ceil(training_cost / saved_usd_per_request) if saved_usd_per_request > 0 else None,
+        "requests_to_pay_back_cost": _ceil(training_cost / saved_usd_per_request)
+        if saved_usd_per_request > 0
+        else None,
         "prices": merged,
     }
 

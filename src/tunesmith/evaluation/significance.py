@@ -45,9 +45,16 @@ def _metric_of(values: np.ndarray, weights: np.ndarray, exponential: bool) -> np
     return np.exp(np.minimum(mean, 50.0)) if exponential else mean  # exp as measure's perplexity caps it
 
 
-def bootstrap(samples: dict[str, Sample], baselines: list[str], tuned: str = "fine_tuned",
-              higher_is_better: bool = True, exponential: bool = False, resamples: int = RESAMPLES,
-              seed: int = 0, confidence: float = CONFIDENCE) -> dict:
+def bootstrap(
+    samples: dict[str, Sample],
+    baselines: list[str],
+    tuned: str = "fine_tuned",
+    higher_is_better: bool = True,
+    exponential: bool = False,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+    confidence: float = CONFIDENCE,
+) -> dict:
     """Each system's interval, and the difference ``tuned - baseline`` with its interval for each of
     ``baselines``, from one set of paired redraws.
 
@@ -84,8 +91,11 @@ def bootstrap(samples: dict[str, Sample], baselines: list[str], tuned: str = "fi
     if tuned in samples:
         for baseline in (b for b in baselines if b in samples and b != tuned):
             low, high = interval(redrawn[tuned] - redrawn[baseline])
-            differences[baseline] = {"difference": round(point[tuned] - point[baseline], DECIMALS),
-                                     "low": low, "high": high,
-                                     "clear": low > 0 if higher_is_better else high < 0, "n": n}
+            differences[baseline] = {
+                "difference": round(point[tuned] - point[baseline], DECIMALS),
+                "low": low,
+                "high": high,
+                "clear": low > 0 if higher_is_better else high < 0,
+                "n": n,
+            }
     return {"intervals": {name: interval(values) for name, values in redrawn.items()}, "differences": differences}
-

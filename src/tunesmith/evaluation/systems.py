@@ -15,22 +15,21 @@ its latency is that of the merged model users serve.
 
 from __future__ import annotations
 
-import json
-import random
-from collections import defaultdict
 from collections.abc import Callable
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from tunesmith.data.formats import Example
+from tunesmith.data.records import Example
 from tunesmith.data.render import example_messages
 
 SYSTEM_ORDER = ("base", "few_shot", "parent", "fine_tuned", "teacher")
-DISPLAY = {"base": "base (zero-shot)", "few_shot": "base + {shots}-shot prompt", "parent": "starting fine-tune",
-           "fine_tuned": "fine-tuned", "teacher": "teacher"}
-POOL_FILE = "fewshot.jsonl"
-POOL_SIZE = 64  # training examples kept with a version for few-shot baselines
+DISPLAY = {
+    "base": "base (zero-shot)",
+    "few_shot": "base + {shots}-shot prompt",
+    "parent": "starting fine-tune",
+    "fine_tuned": "fine-tuned",
+    "teacher": "teacher",
+}
 
 
 @dataclass
@@ -61,8 +60,7 @@ def adapter_merged(model):
         model.unmerge_adapter()
 
 
-def same_model_systems(model, shots: list[Example], lora: bool = True,
-                       parent: str | None = None) -> dict[str, System]:
+def same_model_systems(model, shots: list[Example], lora: bool = True, parent: str | None = None) -> dict[str, System]:
     """base / few_shot / fine_tuned on one model. With LoRA the adapter is switched off for the
     baselines and merged for the fine-tuned model; without it (a full fine-tune, in training) the
     baselines are measured before training and the fine-tuned model after. Given a ``parent`` (the
@@ -77,32 +75,13 @@ def same_model_systems(model, shots: list[Example], lora: bool = True,
     return systems
 
 
-def pick_shots(pool: list[Example], k: int, seed: int) -> list[Example]:
-    """K examples, seeded; for classification a round-robin over labels so every label is shown."""
-    if k <= 0 or not pool:
-        return []
-    rng = random.Random(seed)
-    if pool[0].label is None:
-        return rng.sample(pool, min(k, len(pool)))
-    by_label: dict[str, list[Example]] = defaultdict(list)
-    for example in pool:
-        by_label[example.label].append(example)
-    for examples in by_label.values():
-        rng.shuffle(examples)
-    picked: list[Example] = []
-    while len(picked) < min(k, len(pool)):
-        for label in sorted(by_label):
-            if by_label[label] and len(picked) < k:
-                picked.append(by_label[label].pop())
-    return picked
-
-
-def conversation(example: Example, labels: list[str] | None, system_prompt: str | None,
-                 shots: list[Example]) -> list[dict]:
+def conversation(
+    example: Example, labels: list[str] | None, system_prompt: str | None, shots: list[Example]
+) -> list[dict]:
     """The example's messages, after the shots as earlier turns (which carry no loss)."""
     messages = example_messages(example, labels, None)
     own_system = [m for m in messages[:1] if m["role"] == "system"]
-    messages = messages[len(own_system):]
+    messages = messages[len(own_system) :]
     shot_turns = []
     for shot in shots:
         turns = [m for m in example_messages(shot, labels, None) if m["role"] != "system"]
@@ -115,31 +94,3 @@ def split_answer(messages: list[dict]) -> tuple[list[dict], str]:
     """(the conversation before the last assistant turn, that turn's text): prompt and reference."""
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
     return messages[:last], messages[last]["content"]
-
-
-def pool_records(examples: list[Example], seed: int) -> list[dict]:
-    """A seeded, label-balanced sample of training examples, as JSON records, kept with a version."""
-    return [example_record(example) for example in pick_shots(examples, POOL_SIZE, seed)]
-
-
-def load_pool(path: Path) -> list[Example]:
-    examples = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        record = json.loads(line)
-        messages = record.get("messages") or record.get("prompt") or []
-        examples.append(Example(line=number, messages=messages, text=record.get("text"), label=record.get("label"),
-                                chosen=record.get("chosen"), rejected=record.get("rejected")))
-    return examples
-
-
-def example_record(example: Example) -> dict:
-    """An example as a line of the canonical JSONL format of its task."""
-    if example.label is not None:
-        return {"text": example.text, "label": example.label}
-    if example.chosen is not None:
-        prompt = [{key: m[key] for key in ("role", "content")} for m in example.messages]
-        return {"prompt": prompt, "chosen": example.chosen, "rejected": example.rejected}
-    if not example.messages:
-        return {"text": example.text}
-    return {"messages": [{key: m[key] for key in ("role", "content", "weight") if key in m}
-                         for m in example.messages]}

@@ -21,39 +21,61 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from tunesmith.data.distill import normalize_label
-from tunesmith.data.formats import Example
-from tunesmith.errors import TunesmithError
-from tunesmith.evaluation.measure import SHORT_ANSWER_WORDS, EvalOptions, Measured, auto_max_new_tokens
-from tunesmith.evaluation.scores import classification_scores, generation_scores, latency_summary
+from tunesmith.core.errors import TunesmithError
+from tunesmith.data.labels import normalize_label
+from tunesmith.data.records import Example
+from tunesmith.evaluation.measure import (
+    SHORT_ANSWER_WORDS,
+    EvalOptions,
+    Measured,
+    auto_max_new_tokens,
+)
+from tunesmith.evaluation.scores import (
+    classification_scores,
+    generation_scores,
+    latency_summary,
+)
 from tunesmith.evaluation.systems import conversation, split_answer
-from tunesmith.openai_client import Reply, Teacher
+from tunesmith.models.openai_client import Reply, Teacher
 
 CONCURRENCY = 4  # quality requests in flight; latency is timed one request at a time
 CLASSIFY_MAX_TOKENS = 32
 TASKS = ("classify", "chat", "completion")
 
 
-def measure_teacher(teacher: Teacher, tokenizer, task: str, examples: list[Example], labels: list[str] | None,
-                    system_prompt: str | None, options: EvalOptions, parameters: int | None = None) -> Measured:
+def measure_teacher(
+    teacher: Teacher,
+    tokenizer,
+    task: str,
+    examples: list[Example],
+    labels: list[str] | None,
+    system_prompt: str | None,
+    options: EvalOptions,
+    parameters: int | None = None,
+) -> Measured:
     """``tokenizer`` is the student's: it sizes the generation cap exactly as for the local systems."""
     if task not in TASKS:
-        raise TunesmithError(f"the teacher is measured on {', '.join(TASKS)} data, not {task}: over HTTP it "
-                             "can only answer, not score text")
+        raise TunesmithError(
+            f"the teacher is measured on {', '.join(TASKS)} data, not {task}: over HTTP it "
+            "can only answer, not score text"
+        )
     prompts, references = [], []
     for example in examples:
-        before, reference = split_answer(conversation(example, labels if task == "classify" else None,
-                                                      system_prompt, []))
+        before, reference = split_answer(
+            conversation(example, labels if task == "classify" else None, system_prompt, [])
+        )
         prompts.append(before)
         references.append(reference)
-    max_tokens = CLASSIFY_MAX_TOKENS if task == "classify" else \
-        options.max_new_tokens or auto_max_new_tokens(tokenizer, references)
+    max_tokens = (
+        CLASSIFY_MAX_TOKENS
+        if task == "classify"
+        else options.max_new_tokens or auto_max_new_tokens(tokenizer, references)
+    )
 
     started = time.perf_counter()
     with ThreadPoolExecutor(CONCURRENCY) as pool:
         replies = list(pool.map(lambda messages: teacher.chat(messages, max_tokens), prompts))
-    measured = _classify(replies, references, labels or []) if task == "classify" else \
-        _generation(replies, references)
+    measured = _classify(replies, references, labels or []) if task == "classify" else _generation(replies, references)
     metrics = measured.metrics
     metrics["eval_seconds"] = round(time.perf_counter() - started, 3)
     if all(reply.prompt_tokens is not None for reply in replies):
@@ -75,12 +97,15 @@ def _classify(replies: list[Reply], gold_labels: list[str], labels: list[str]) -
     gold = [labels.index(label) for label in gold_labels]
     scores = classification_scores(one_hot, gold, [*labels, "(invalid)"])
     per_label = {label: scores["per_label"][label] for label in labels}
-    metrics = {"accuracy": scores["accuracy"],
-               "macro_f1": statistics.fmean(figures["f1"] for figures in per_label.values()),
-               "per_label": per_label,
-               # Over the answers that name a label; invalid_answers counts the rest.
-               "confusion": [row[:len(labels)] for row in scores["confusion"][:len(labels)]],
-               "invalid_answers": sum(label is None for label in predicted), "n": scores["n"]}
+    metrics = {
+        "accuracy": scores["accuracy"],
+        "macro_f1": statistics.fmean(figures["f1"] for figures in per_label.values()),
+        "per_label": per_label,
+        # Over the answers that name a label; invalid_answers counts the rest.
+        "confusion": [row[: len(labels)] for row in scores["confusion"][: len(labels)]],
+        "invalid_answers": sum(label is None for label in predicted),
+        "n": scores["n"],
+    }
     outputs = [label if label is not None else reply.text for label, reply in zip(predicted, replies)]
     return Measured(metrics, outputs, [float(p == g) for p, g in zip(predicted, gold_labels)])
 
@@ -97,8 +122,10 @@ def _generation(replies: list[Reply], references: list[str]) -> Measured:
 def _latency(teacher: Teacher, prompts: list[list[dict]], max_tokens: int, options: EvalOptions) -> dict:
     """The same seeded sample of requests the local systems time, sent one at a time after one untimed
     warm-up (a server may load the model on its first request)."""
-    sample = [prompts[i] for i in random.Random(options.seed).sample(range(len(prompts)),
-                                                                     min(options.latency_samples, len(prompts)))]
+    sample = [
+        prompts[i]
+        for i in random.Random(options.seed).sample(range(len(prompts)), min(options.latency_samples, len(prompts)))
+    ]
     teacher.chat(sample[0], max_tokens)
     seconds, tokens = [], []
     for messages in sample:

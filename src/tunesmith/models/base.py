@@ -18,8 +18,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith import paths
-from tunesmith.errors import TunesmithError
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tunesmith.core import paths
+from tunesmith.core.errors import TunesmithError
+from tunesmith.models.load import quiet_transformers
 
 DEFAULT_BASE = "smollm2-135m"
 
@@ -92,10 +96,6 @@ def resolve_base(spec: str, convert: bool = True) -> Path:
 
 
 def _convert_embedded(base: EmbeddedBase) -> Path:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from tunesmith.models.load import quiet_transformers
-
     quiet_transformers()
     folder = base.gguf_folder()
     target = base.cache_path()
@@ -112,8 +112,9 @@ def _convert_embedded(base: EmbeddedBase) -> Path:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / "tunesmith-base.json").write_text(
-            json.dumps({"name": base.name, "package": f"{base.package}=={base.version}",
-                        "gguf_file": base.gguf_file}, indent=2)
+            json.dumps(
+                {"name": base.name, "package": f"{base.package}=={base.version}", "gguf_file": base.gguf_file}, indent=2
+            )
         )
         os.rename(staging, target)
     except OSError:
@@ -130,14 +131,16 @@ def list_bases() -> list[dict]:
     for base in EMBEDDED.values():
         converted = is_model_folder(base.cache_path())
         installed = base.gguf_folder() is not None
-        result.append({
-            "name": base.name,
-            "available": converted or installed,
-            "converted": converted,
-            "path": str(base.cache_path()),
-            "description": base.description,
-            "install": None if installed else base.install_command,
-        })
+        result.append(
+            {
+                "name": base.name,
+                "available": converted or installed,
+                "converted": converted,
+                "path": str(base.cache_path()),
+                "description": base.description,
+                "install": None if installed else base.install_command,
+            }
+        )
     return result
 
 
@@ -167,8 +170,6 @@ def weights_hash(folder: Path) -> str:
 
 def parameter_count(folder: Path) -> int | None:
     """Parameters of a safetensors model, read from the file headers (no weights loaded)."""
-    from safetensors import safe_open
-
     files = sorted(Path(folder).glob("*.safetensors"))
     if not files:
         return None

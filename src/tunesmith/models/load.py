@@ -8,31 +8,17 @@ import warnings
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
-from tunesmith.config import PRECISIONS
-from tunesmith.errors import TunesmithError
-
-
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def precision_dtype(precision: str = "auto") -> torch.dtype:
-    """The weights' dtype for using a model (eval, generate, chat, serve). ``auto``: bf16 on a GPU that
-    has it, else fp32. On a CPU with AMX bf16 is opt-in: measured there it scores labels 3.3-3.9x and
-    generates batches 1.4-1.5x faster, but decodes a single stream 8-25% slower, and it moved the
-    fine-tuned demo classifier from 95% to 93% accuracy (bench/RESULTS.md)."""
-    if precision not in PRECISIONS:
-        raise TunesmithError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-    return torch.bfloat16 if precision == "bf16" else torch.float32
+from tunesmith.core.errors import TunesmithError
+from tunesmith.models.precision import device, precision_dtype
 
 
 def quiet_transformers() -> None:
     """Progress bars and advisory warnings from transformers would drown ours."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -41,24 +27,22 @@ def quiet_transformers() -> None:
 
 
 def load_tokenizer(folder: Path | str):
-    from transformers import AutoTokenizer
-
     quiet_transformers()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except OSError as err:
         raise TunesmithError(f"cannot load a tokenizer from {folder}: {err}") from None
     if not getattr(tokenizer, "chat_template", None):
-        raise TunesmithError(f"{folder}: the tokenizer has no chat template; tunesmith needs one "
-                             "to render chat data the way the model is used")
+        raise TunesmithError(
+            f"{folder}: the tokenizer has no chat template; tunesmith needs one "
+            "to render chat data the way the model is used"
+        )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
 def load_model(folder: Path | str, dtype: torch.dtype | None = None):
-    from transformers import AutoModelForCausalLM
-
     quiet_transformers()
     try:
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype or precision_dtype())
@@ -69,8 +53,6 @@ def load_model(folder: Path | str, dtype: torch.dtype | None = None):
 
 def add_lora(model, rank: int, alpha: float, dropout: float, targets):
     """Wrap ``model`` with fresh LoRA adapters (PEFT). ``targets``: module names or 'all-linear'."""
-    from peft import LoraConfig, get_peft_model
-
     config = LoraConfig(
         r=rank,
         lora_alpha=alpha,
@@ -82,8 +64,6 @@ def add_lora(model, rank: int, alpha: float, dropout: float, targets):
 
 
 def load_adapter(model, adapter_folder: Path, trainable: bool = False):
-    from peft import PeftModel
-
     return PeftModel.from_pretrained(model, str(adapter_folder), is_trainable=trainable)
 
 

@@ -28,13 +28,13 @@ from pathlib import Path
 
 import torch
 
-from tunesmith.config import TrainConfig
+from tunesmith.core.config import TrainConfig
 from tunesmith.data.check import DataReport
-from tunesmith.data.render import CLASSIFY_TEMPLATE
-from tunesmith.evaluation.systems import POOL_FILE, pool_records
+from tunesmith.data.labels import CLASSIFY_TEMPLATE
+from tunesmith.data.shots import POOL_FILE, pool_records
 from tunesmith.models.base import EMBEDDED, weights_hash
-from tunesmith.models.lineage import StartingPoint
 from tunesmith.registry import store
+from tunesmith.registry.lineage import StartingPoint
 
 
 def file_sha256(path: Path) -> str:
@@ -55,15 +55,29 @@ def library_versions() -> dict:
     return versions
 
 
-def write_version(name: str, model, tokenizer, config: TrainConfig, report: DataReport, start: StartingPoint,
-                  loop, comparison: dict, wall_seconds: float, run_dir: Path,
-                  shot_pool: list | None = None, provenance: dict | None = None) -> store.ModelVersion:
+def write_version(
+    name: str,
+    model,
+    tokenizer,
+    config: TrainConfig,
+    report: DataReport,
+    start: StartingPoint,
+    loop,
+    comparison: dict,
+    wall_seconds: float,
+    run_dir: Path,
+    shot_pool: list | None = None,
+    provenance: dict | None = None,
+) -> store.ModelVersion:
     staging = store.staging_dir()
     try:
         weights = staging / ("adapter" if config.uses_adapter else "model")
         model.save_pretrained(weights)
-        lineage = _copy_lineage(start, staging) if config.uses_adapter else [
-            ancestor.manifest_entry(None) for ancestor in start.lineage]  # all weights are in model/
+        lineage = (
+            _copy_lineage(start, staging)
+            if config.uses_adapter
+            else [ancestor.manifest_entry(None) for ancestor in start.lineage]
+        )  # all weights are in model/
         tokenizer.save_pretrained(staging)
         (staging / "config.yaml").write_text(config.to_yaml())
         shutil.copy(run_dir / "metrics.jsonl", staging / "metrics.jsonl")

@@ -16,9 +16,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith import paths
-from tunesmith.config import check_name
-from tunesmith.errors import TunesmithError
+from tunesmith.core import paths
+from tunesmith.core.config import check_name
+from tunesmith.core.errors import TunesmithError
 
 MANIFEST = "manifest.json"
 
@@ -106,8 +106,9 @@ def versions(name: str) -> list[ModelVersion]:
     folder = paths.registry_dir() / name
     if not folder.is_dir():
         return []
-    found = [ModelVersion(name, int(p.name), p) for p in folder.iterdir()
-             if p.name.isdigit() and (p / MANIFEST).is_file()]
+    found = [
+        ModelVersion(name, int(p.name), p) for p in folder.iterdir() if p.name.isdigit() and (p / MANIFEST).is_file()
+    ]
     return sorted(found, key=lambda v: v.version)
 
 
@@ -134,8 +135,7 @@ def get(ref: str) -> ModelVersion:
     for candidate in available:
         if candidate.version == version:
             return candidate
-    raise TunesmithError(f"{name} has no version {version}; versions: "
-                         f"{', '.join(str(v.version) for v in available)}")
+    raise TunesmithError(f"{name} has no version {version}; versions: {', '.join(str(v.version) for v in available)}")
 
 
 def dependents(refs: set[str]) -> dict[str, list[str]]:
@@ -163,9 +163,11 @@ def remove(ref: str, force: bool = False) -> list[ModelVersion]:
     blocked = {} if force else dependents({entry.ref for entry in doomed})
     if blocked:
         listed = "; ".join(f"{full} is the starting point of {', '.join(refs)}" for full, refs in blocked.items())
-        raise TunesmithError(f"nothing removed: {listed} (a full fine-tune's weights are not copied into the "
-                             f"models built on it, so they would no longer load). Remove those first, or pass "
-                             f"--force to remove {ref} anyway")
+        raise TunesmithError(
+            f"nothing removed: {listed} (a full fine-tune's weights are not copied into the "
+            f"models built on it, so they would no longer load). Remove those first, or pass "
+            f"--force to remove {ref} anyway"
+        )
     for entry in doomed:
         (entry.path.parent / f".removed-{entry.version}").touch()  # the number is never reused
         # Rename first so a crash mid-delete never leaves a half-version that looks valid.
@@ -173,3 +175,11 @@ def remove(ref: str, force: bool = False) -> list[ModelVersion]:
         os.rename(entry.path, trash)
         shutil.rmtree(trash)
     return doomed
+
+
+def version_for_job(name: str, job_id: str) -> ModelVersion | None:
+    """The version of ``name`` a `tunesmith serve` job published, if any (its manifest's provenance)."""
+    for version in versions(name):
+        if (version.manifest.get("provenance") or {}).get("job") == job_id:
+            return version
+    return None

@@ -19,12 +19,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tunesmith import paths
-from tunesmith.errors import TunesmithError
+from tunesmith.core import paths
+from tunesmith.core.errors import TunesmithError
+from tunesmith.core.version import VERSION
 from tunesmith.serve import catalog, completions, files, jobs
 from tunesmith.serve.model_pool import ModelPool
-from tunesmith.serve.protocol import (APIError, api_error_response, error_body, require_api_key,
-                                      validation_error_response)
+from tunesmith.serve.protocol import (
+    APIError,
+    api_error_response,
+    error_body,
+    require_api_key,
+    validation_error_response,
+)
 from tunesmith.serve.store import JobStore, UnknownCursor
 
 log = logging.getLogger("tunesmith.serve")
@@ -42,8 +48,11 @@ class ServeSettings:
 
 def create_app(settings: ServeSettings | None = None) -> FastAPI:
     settings = settings or ServeSettings()
-    app = FastAPI(title="tunesmith", version=_version(),
-                  description="OpenAI-compatible API for using and fine-tuning small language models locally.")
+    app = FastAPI(
+        title="tunesmith",
+        version=VERSION,
+        description="OpenAI-compatible API for using and fine-tuning small language models locally.",
+    )
     app.state.settings = settings
     app.state.pool = ModelPool(settings.model_memory_bytes, partial(catalog.load, precision=settings.precision))
     app.state.store = JobStore(paths.serve_db())
@@ -81,12 +90,3 @@ def _tunesmith_error(_request: Request, error: TunesmithError) -> JSONResponse:
 def _unexpected_error(_request: Request, error: Exception) -> JSONResponse:
     log.exception("unexpected error", exc_info=error)
     return JSONResponse(error_body(500, f"internal error: {type(error).__name__}: {error}"), status_code=500)
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("tunesmith")
-    except PackageNotFoundError:
-        return "0"

@@ -11,8 +11,8 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from tunesmith import inference
-from tunesmith.errors import TunesmithError
+from tunesmith.core.errors import TunesmithError
+from tunesmith.inference import loaded as inference
 from tunesmith.models.base import EMBEDDED, list_bases
 from tunesmith.registry import store
 from tunesmith.serve.protocol import not_found

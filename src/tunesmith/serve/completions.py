@@ -25,12 +25,13 @@ from functools import lru_cache
 import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
+from jinja2 import TemplateError
 from starlette.concurrency import run_in_threadpool
 
-from tunesmith import __version__
+from tunesmith.core.errors import TunesmithError
+from tunesmith.core.version import VERSION
 from tunesmith.data.render import render_prompt
-from tunesmith.errors import TunesmithError
-from tunesmith.inference import LoadedModel
+from tunesmith.inference.loaded import LoadedModel
 from tunesmith.serve import catalog, generation_thread
 from tunesmith.serve.protocol import APIError, error_body, new_id
 from tunesmith.serve.sampling import Choice, Sampling, generate_choices
@@ -70,8 +71,13 @@ class _Call:
 
     @property
     def head(self) -> dict:
-        return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
-                "created": self.created, "model": self.key, "system_fingerprint": _fingerprint(self.key)}
+        return {
+            "id": self.id,
+            "object": "chat.completion" if self.chat else "text_completion",
+            "created": self.created,
+            "model": self.key,
+            "system_fingerprint": _fingerprint(self.key),
+        }
 
     def usage(self, choices: list[Choice]) -> dict:
         prompt = sum(len(ids) for ids in self.prompts)
@@ -80,11 +86,20 @@ class _Call:
 
     def response(self, choices: list[Choice]) -> dict:
         if self.chat:
-            listed = [{"index": i, "message": {"role": "assistant", "content": c.text},
-                       "logprobs": None, "finish_reason": c.finish_reason} for i, c in enumerate(choices)]
+            listed = [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": c.text},
+                    "logprobs": None,
+                    "finish_reason": c.finish_reason,
+                }
+                for i, c in enumerate(choices)
+            ]
         else:
-            listed = [{"text": c.text, "index": i, "logprobs": None, "finish_reason": c.finish_reason}
-                      for i, c in enumerate(choices)]
+            listed = [
+                {"text": c.text, "index": i, "logprobs": None, "finish_reason": c.finish_reason}
+                for i, c in enumerate(choices)
+            ]
         return self.head | {"choices": listed, "usage": self.usage(choices)}
 
     def chunk(self, index: int, text: str | None = None, role: bool = False, finish: str | None = None) -> str:
@@ -113,8 +128,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     messages = [message.as_dict() for message in body.messages]
     prompt = await run_in_threadpool(_chat_prompt, loaded, messages)
     max_new = _fit(loaded, [prompt], body.new_tokens(), "messages")
-    call = _Call(True, key, loaded, [prompt], body.choices_per_prompt(), _sampling(body, max_new),
-                 body.include_usage())
+    call = _Call(True, key, loaded, [prompt], body.choices_per_prompt(), _sampling(body, max_new), body.include_usage())
     return await _answer(call, bool(body.stream), request.app.state.store)
 
 
@@ -124,8 +138,7 @@ async def completions(body: CompletionRequest, request: Request):
     key, loaded = await _load(request, body.model)
     prompts = await run_in_threadpool(lambda: [_completion_prompt(loaded, text) for text in body.prompt])
     max_new = _fit(loaded, prompts, body.new_tokens(), "prompt")
-    call = _Call(False, key, loaded, prompts, body.choices_per_prompt(), _sampling(body, max_new),
-                 body.include_usage())
+    call = _Call(False, key, loaded, prompts, body.choices_per_prompt(), _sampling(body, max_new), body.include_usage())
     return await _answer(call, bool(body.stream), request.app.state.store)
 
 
@@ -140,13 +153,10 @@ async def _load(request: Request, name: str) -> tuple[str, LoadedModel]:
 
 
 def _chat_prompt(loaded: LoadedModel, messages: list[dict]) -> list[int]:
-    from jinja2 import TemplateError
-
     try:
         text = render_prompt(loaded.tokenizer, loaded.conversation(messages))
     except TemplateError as error:  # templates that insist on an order of roles, for one
-        raise APIError(400, f"the model's chat template refused these messages: {error}", param="messages") \
-            from None
+        raise APIError(400, f"the model's chat template refused these messages: {error}", param="messages") from None
     return _tokens(loaded, text)
 
 
@@ -157,8 +167,9 @@ def _completion_prompt(loaded: LoadedModel, prompt: str) -> list[int]:
     if ids:
         return ids
     # an empty prompt starts a new document: the separator raw-text training put between documents
-    start = loaded.tokenizer.eos_token_id if loaded.tokenizer.eos_token_id is not None \
-        else loaded.tokenizer.bos_token_id
+    start = (
+        loaded.tokenizer.eos_token_id if loaded.tokenizer.eos_token_id is not None else loaded.tokenizer.bos_token_id
+    )
     if start is None:
         raise APIError(400, "this model cannot continue an empty prompt", param="prompt")
     return [start]
@@ -175,8 +186,12 @@ def _fit(loaded: LoadedModel, prompts: list[list[int]], requested: int | None, p
         return requested or MAX_TOKENS
     longest = max(len(ids) for ids in prompts)
     if longest >= window:
-        raise APIError(400, f"This model's maximum context length is {window} tokens; the prompt has {longest}",
-                       param=param, code="context_length_exceeded")
+        raise APIError(
+            400,
+            f"This model's maximum context length is {window} tokens; the prompt has {longest}",
+            param=param,
+            code="context_length_exceeded",
+        )
     return min(requested or MAX_TOKENS, window - longest)
 
 
@@ -188,13 +203,17 @@ def _sampling(body: ChatCompletionRequest | CompletionRequest, max_new: int) -> 
 
 async def _answer(call: _Call, stream: bool, store) -> dict | StreamingResponse:
     if not stream:
+
         def job(cancelled):
             _share_cores(store)
             return generate_choices(call.loaded, call.prompts, call.n, call.sampling, cancelled)
 
         return call.response(await generation_thread.run(job))
-    return StreamingResponse(_events(call, store), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        _events(call, store),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 def _share_cores(store) -> None:
@@ -208,9 +227,15 @@ def _share_cores(store) -> None:
 async def _events(call: _Call, store) -> AsyncIterator[str]:
     def job(cancelled, emit) -> None:
         _share_cores(store)
-        generate_choices(call.loaded, call.prompts, call.n, call.sampling, cancelled,
-                         on_text=lambda index, text: emit((index, text, None)),
-                         on_choice=lambda index, choice: emit((index, None, choice)))
+        generate_choices(
+            call.loaded,
+            call.prompts,
+            call.n,
+            call.sampling,
+            cancelled,
+            on_text=lambda index, text: emit((index, text, None)),
+            on_choice=lambda index, choice: emit((index, None, choice)),
+        )
 
     finished: list[Choice] = []
     opened: set[int] = set()
@@ -241,4 +266,4 @@ def _sse(payload: dict) -> str:
 @lru_cache(maxsize=256)
 def _fingerprint(key: str) -> str:
     """Changes when what answers changes: the model version (immutable), tunesmith, torch."""
-    return "fp_" + hashlib.sha256(f"{key}|{__version__}|{torch.__version__}".encode()).hexdigest()[:10]
+    return "fp_" + hashlib.sha256(f"{key}|{VERSION}|{torch.__version__}".encode()).hexdigest()[:10]

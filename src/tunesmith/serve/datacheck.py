@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunesmith import paths
+from tunesmith.core import paths
 from tunesmith.data.check import DataReport, check_structure
 from tunesmith.serve.store import JobStore
 
@@ -55,22 +55,43 @@ def validate_job(store: JobStore, job_id: str) -> bool:
     for param, row in rows.items():
         if row is None:  # deleted between the request's check and now
             message = f"{param} {job[param]} was deleted"
-            store.transition(job_id, "failed", ("validating_files",), message, level="error",
-                             error={"code": f"invalid_{param}", "param": param, "message": message})
+            store.transition(
+                job_id,
+                "failed",
+                ("validating_files",),
+                message,
+                level="error",
+                error={"code": f"invalid_{param}", "param": param, "message": message},
+            )
             return False
     train, val = rows["training_file"], rows.get("validation_file")
     names = {str(stored_path(row)): row["filename"] for row in rows.values()}
-    store.add_event(job_id, f"Validating training file: {train['id']}" +
-                    (f" and validation file: {val['id']}" if val else ""))
+    store.add_event(
+        job_id, f"Validating training file: {train['id']}" + (f" and validation file: {val['id']}" if val else "")
+    )
     report = check_structure(stored_path(train), "auto", stored_path(val) if val else None)
     for warning in report.warnings:
         store.add_event(job_id, user_text(str(warning), names), level="warn")
     if not report.ok:
         message = error_lines(report, names)
-        store.transition(job_id, "failed", ("validating_files",), message, level="error",
-                         error={"code": "invalid_training_file", "param": "training_file", "message": message})
+        store.transition(
+            job_id,
+            "failed",
+            ("validating_files",),
+            message,
+            level="error",
+            error={"code": "invalid_training_file", "param": "training_file", "message": message},
+        )
         return False
-    return store.transition(job_id, "queued", ("validating_files",), "Files validated, moving job to queued state",
-                            data={"task": report.task, "examples": len(report.train.examples),
-                                  "validation_examples": len(report.val.examples) if report.val else None,
-                                  "labels": report.labels})
+    return store.transition(
+        job_id,
+        "queued",
+        ("validating_files",),
+        "Files validated, moving job to queued state",
+        data={
+            "task": report.task,
+            "examples": len(report.train.examples),
+            "validation_examples": len(report.val.examples) if report.val else None,
+            "labels": report.labels,
+        },
+    )

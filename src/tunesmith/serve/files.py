@@ -18,7 +18,7 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 from fastapi.routing import APIRoute
 
-from tunesmith import paths
+from tunesmith.core import paths
 from tunesmith.serve.datacheck import check_upload, stored_path
 from tunesmith.serve.protocol import APIError, new_id, not_found, page, require_api_key
 from tunesmith.serve.store import JobStore, file_object
@@ -53,13 +53,20 @@ router = APIRouter(route_class=_SizeLimitedRoute)
 @router.post("/files")
 def upload_file(request: Request, file: UploadFile = File(...), purpose: str = Form(...)) -> dict:
     if purpose != "fine-tune":
-        raise APIError(400, f"purpose {purpose!r} is not supported here: upload training data with "
-                       "purpose 'fine-tune'", param="purpose")
+        raise APIError(
+            400,
+            f"purpose {purpose!r} is not supported here: upload training data with purpose 'fine-tune'",
+            param="purpose",
+        )
     filename = display_name(file.filename or "")
     extension = os.path.splitext(filename)[1].lower()
     if extension not in EXTENSIONS:
-        raise APIError(400, f"{filename or 'the file'}: use a file name ending in {', '.join(EXTENSIONS)} "
-                       "(the extension decides how it is read)", param="file")
+        raise APIError(
+            400,
+            f"{filename or 'the file'}: use a file name ending in {', '.join(EXTENSIONS)} "
+            "(the extension decides how it is read)",
+            param="file",
+        )
     store: JobStore = request.app.state.store
     limit = request.app.state.settings.max_upload_bytes
     folder = paths.files_dir()
@@ -71,8 +78,12 @@ def upload_file(request: Request, file: UploadFile = File(...), purpose: str = F
             size = _copy_limited(file.file, handle, limit)
         problems = check_upload(temporary, filename)
         if problems:
-            raise APIError(400, f"{filename}: the data check found errors; nothing was stored.\n{problems}",
-                           param="file", code="invalid_file")
+            raise APIError(
+                400,
+                f"{filename}: the data check found errors; nothing was stored.\n{problems}",
+                param="file",
+                code="invalid_file",
+            )
         file_id = new_id("file")
         os.replace(temporary, folder / f"{file_id}{extension}")
     finally:
@@ -81,8 +92,13 @@ def upload_file(request: Request, file: UploadFile = File(...), purpose: str = F
 
 
 @router.get("/files")
-def list_files(request: Request, after: str | None = None, limit: int = Query(10000, ge=1, le=10000),
-               order: Literal["asc", "desc"] = "desc", purpose: str | None = None) -> dict:
+def list_files(
+    request: Request,
+    after: str | None = None,
+    limit: int = Query(10000, ge=1, le=10000),
+    order: Literal["asc", "desc"] = "desc",
+    purpose: str | None = None,
+) -> dict:
     rows, more = request.app.state.store.list_files(after, limit, order == "asc", purpose)
     return page([file_object(row) for row in rows], more)
 
@@ -102,8 +118,12 @@ def delete_file(request: Request, file_id: str) -> dict:
     row = _file_row(request, file_id)
     job = request.app.state.store.delete_file(file_id)
     if job is not None:
-        raise APIError(409, f"{file_id} is used by fine-tuning job {job['id']} ({job['status']}); cancel the job "
-                       "or wait for it to finish before deleting the file", param="file_id")
+        raise APIError(
+            409,
+            f"{file_id} is used by fine-tuning job {job['id']} ({job['status']}); cancel the job "
+            "or wait for it to finish before deleting the file",
+            param="file_id",
+        )
     stored_path(row).unlink(missing_ok=True)
     return {"id": file_id, "object": "file", "deleted": True}
 
@@ -125,8 +145,13 @@ def _copy_limited(source, target, limit: int) -> int:
 
 
 def _too_large(limit: int) -> APIError:
-    return APIError(413, f"the file is larger than this server accepts ({limit:,} bytes; start the server "
-                    "with a larger --max-upload-mb)", param="file", code="file_too_large")
+    return APIError(
+        413,
+        f"the file is larger than this server accepts ({limit:,} bytes; start the server "
+        "with a larger --max-upload-mb)",
+        param="file",
+        code="file_too_large",
+    )
 
 
 def _file_row(request: Request, file_id: str):

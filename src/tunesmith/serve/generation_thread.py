@@ -64,8 +64,9 @@ async def run(job: Callable[[threading.Event], T], thread: GenerationThread = _t
         raise
 
 
-async def stream(job: Callable[[threading.Event, Emit], None],
-                 thread: GenerationThread = _thread) -> AsyncIterator[Any]:
+async def stream(
+    job: Callable[[threading.Event, Emit], None], thread: GenerationThread = _thread
+) -> AsyncIterator[Any]:
     """What ``job(cancelled, emit)`` emits on the generation thread, as it is emitted. Closing the
     iterator early (a client that went away) cancels the job."""
     loop = asyncio.get_running_loop()

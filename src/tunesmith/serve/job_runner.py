@@ -25,21 +25,19 @@ import sys
 import traceback
 from pathlib import Path
 
-from tunesmith import paths
+from tunesmith.core import paths
+from tunesmith.core.config import TrainConfig
+from tunesmith.core.errors import DataError, TunesmithError
+from tunesmith.evaluation.compare import PRIMARY, format_value, sample_size
+from tunesmith.registry.store import version_for_job
 from tunesmith.serve.datacheck import stored_path, user_text
+from tunesmith.serve.process import die_with_parent
 from tunesmith.serve.store import JobStore
+from tunesmith.training.checkpoint import latest_checkpoint
+from tunesmith.training.loop import TrainHooks
+from tunesmith.workflows.train import train
 
 HYPERPARAMETERS = {"n_epochs": "epochs", "batch_size": "batch_size", "learning_rate_multiplier": "lr_multiplier"}
-
-
-def job_version(name: str, job_id: str):
-    """The registry version this job published, if any (found by the job id in its manifest)."""
-    from tunesmith.registry import store as registry
-
-    for version in registry.versions(name):
-        if (version.manifest.get("provenance") or {}).get("job") == job_id:
-            return version
-    return None
 
 
 def resolved_hyperparameters(config) -> dict:
@@ -58,18 +56,23 @@ class JobHooks:
         self.valid_loss: float | None = None
 
     def as_hooks(self):
-        from tunesmith.training.loop import TrainHooks
-
         return TrainHooks(on_start=self.on_start, on_metrics=self.on_metrics, on_checkpoint=self.on_checkpoint)
 
     def on_start(self, config, total_steps: int, start_step: int) -> None:
         self.total_steps = total_steps
         hyperparameters = resolved_hyperparameters(config)
         self.store.update_job(self.job_id, resolved=hyperparameters)
-        data = {**hyperparameters, "total_steps": total_steps, "learning_rate": config.lr, "task": config.task,
-                "method": config.method, "precision": config.precision}
-        message = ("Fine-tuning job started" if start_step == 0 else
-                   f"Training continues at step {start_step}/{total_steps}")
+        data = {
+            **hyperparameters,
+            "total_steps": total_steps,
+            "learning_rate": config.lr,
+            "task": config.task,
+            "method": config.method,
+            "precision": config.precision,
+        }
+        message = (
+            "Fine-tuning job started" if start_step == 0 else f"Training continues at step {start_step}/{total_steps}"
+        )
         self.store.add_event(self.job_id, message, data=data)
 
     def on_metrics(self, entry: dict) -> None:
@@ -81,8 +84,13 @@ class JobHooks:
         if step <= self.reported:
             return
         self.reported = step
-        data = {"step": step, "total_steps": self.total_steps, "train_loss": entry["loss"],
-                "tokens_per_s": entry["tokens_per_s"], "epoch": entry["epoch"]}
+        data = {
+            "step": step,
+            "total_steps": self.total_steps,
+            "train_loss": entry["loss"],
+            "tokens_per_s": entry["tokens_per_s"],
+            "epoch": entry["epoch"],
+        }
         message = f"Step {step}/{self.total_steps}: training loss={entry['loss']:.4f}"
         if "val_loss" in entry:
             data["valid_loss"] = entry["val_loss"]
@@ -96,30 +104,41 @@ class JobHooks:
 
 
 def job_config(store: JobStore, job):
-    from tunesmith.config import TrainConfig
-    from tunesmith.errors import TunesmithError
-
-    chosen = {key: value for name, key in HYPERPARAMETERS.items()
-              if (value := json.loads(job["hyperparameters"])[name]) != "auto"}
-    files = {param: store.get_file(job[param]) if job[param] else None
-             for param in ("training_file", "validation_file")}
+    chosen = {
+        key: value
+        for name, key in HYPERPARAMETERS.items()
+        if (value := json.loads(job["hyperparameters"])[name]) != "auto"
+    }
+    files = {
+        param: store.get_file(job[param]) if job[param] else None for param in ("training_file", "validation_file")
+    }
     for param, row in files.items():
         if job[param] and row is None:
             raise TunesmithError(f"{param} {job[param]} was deleted")
     val = files["validation_file"]
-    return TrainConfig(data=stored_path(files["training_file"]), val_data=stored_path(val) if val else None,
-                       base=job["model"], name=job["registry_name"], seed=job["seed"], **chosen)
+    return TrainConfig(
+        data=stored_path(files["training_file"]),
+        val_data=stored_path(val) if val else None,
+        base=job["model"],
+        name=job["registry_name"],
+        seed=job["seed"],
+        **chosen,
+    )
 
 
 def comparison_message(task: str, comparison: dict) -> str:
     """``validation: accuracy fine-tuned 92.0% vs base 70.0% vs 8-shot 85.0%; fine-tuning helped``"""
-    from tunesmith.evaluation.compare import PRIMARY, format_value, sample_size
-
     metric = PRIMARY[task][0]
-    shown = {"fine_tuned": "fine-tuned", "base": "base",
-             "few_shot": f"{comparison.get('few_shot', {}).get('shots', 0)}-shot"}
-    parts = [f"{label} {format_value(metric, comparison[system][metric])}" for system, label in shown.items()
-             if metric in comparison.get(system, {})]
+    shown = {
+        "fine_tuned": "fine-tuned",
+        "base": "base",
+        "few_shot": f"{comparison.get('few_shot', {}).get('shots', 0)}-shot",
+    }
+    parts = [
+        f"{label} {format_value(metric, comparison[system][metric])}"
+        for system, label in shown.items()
+        if metric in comparison.get(system, {})
+    ]
     verdict = {True: "; fine-tuning helped", False: "; fine-tuning did not help"}.get(comparison.get("helped"), "")
     if comparison.get("helped") and comparison.get("helped_clearly") is False:
         verdict += f", but not clearly (within the noise of {sample_size(comparison['significance'])})"
@@ -134,36 +153,49 @@ def succeed(store: JobStore, job, version) -> None:
         store.add_event(job["id"], comparison_message(manifest["task"], comparison), type="metrics", data=comparison)
     history = (version.path / "metrics.jsonl").read_text().splitlines()
     last = json.loads(history[-1]) if history else {}
-    store.add_checkpoint(job["id"], training.get("steps", 0), version.ref,
-                         {"step": training.get("steps", 0), "train_loss": last.get("loss"),
-                          "valid_loss": training.get("best_val_loss")}, replace=True)
+    store.add_checkpoint(
+        job["id"],
+        training.get("steps", 0),
+        version.ref,
+        {"step": training.get("steps", 0), "train_loss": last.get("loss"), "valid_loss": training.get("best_val_loss")},
+        replace=True,
+    )
     store.add_event(job["id"], f"New fine-tuned model created: {version.ref}", data={"model": version.ref})
     # train() removes the run folder after publishing; a crash in between would have left it
     shutil.rmtree(paths.runs_dir() / job["registry_name"], ignore_errors=True)
-    store.transition(job["id"], "succeeded", ("running",), "The job has successfully completed",
-                     fine_tuned_model=version.ref, trained_tokens=training.get("tokens"),
-                     resolved=resolved_hyperparameters(manifest.get("config") or {}))
+    store.transition(
+        job["id"],
+        "succeeded",
+        ("running",),
+        "The job has successfully completed",
+        fine_tuned_model=version.ref,
+        trained_tokens=training.get("tokens"),
+        resolved=resolved_hyperparameters(manifest.get("config") or {}),
+    )
 
 
 def fail(store: JobStore, job_id: str, code: str, message: str, param: str | None = None) -> None:
-    store.transition(job_id, "failed", ("running",), message, level="error",
-                     error={"code": code, "message": message, "param": param})
+    store.transition(
+        job_id, "failed", ("running",), message, level="error", error={"code": code, "message": message, "param": param}
+    )
 
 
 def run_job(store: JobStore, job, parent: int | None) -> int:
-    from tunesmith.errors import DataError, TunesmithError
-    from tunesmith.training.checkpoint import latest_checkpoint
-    from tunesmith.training.run import train
-
     job_id, name = job["id"], job["registry_name"]
-    names = {str(stored_path(row)): row["filename"] for param in ("training_file", "validation_file")
-             if job[param] and (row := store.get_file(job[param])) is not None}
+    names = {
+        str(stored_path(row)): row["filename"]
+        for param in ("training_file", "validation_file")
+        if job[param] and (row := store.get_file(job[param])) is not None
+    }
     try:
-        version = job_version(name, job_id)
+        version = version_for_job(name, job_id)
         if version is None:
             hooks = JobHooks(store, job, parent).as_hooks()
-            provenance = {"job": job_id, "training_file": job["training_file"],
-                          "validation_file": job["validation_file"]}
+            provenance = {
+                "job": job_id,
+                "training_file": job["training_file"],
+                "validation_file": job["validation_file"],
+            }
             if latest_checkpoint(paths.runs_dir() / name) is not None:
                 result = train(resume=name, hooks=hooks, provenance=provenance)
             else:
@@ -178,14 +210,17 @@ def run_job(store: JobStore, job, parent: int | None) -> int:
         fail(store, job_id, "training_failed", user_text(str(problem), names))
     except Exception as problem:  # a bug: the job says so, the traceback goes to the job's log
         traceback.print_exc()
-        fail(store, job_id, "internal_error", f"internal error: {type(problem).__name__}: "
-             f"{user_text(str(problem), names)} (traceback in {paths.job_logs_dir() / (job_id + '.log')})")
+        fail(
+            store,
+            job_id,
+            "internal_error",
+            f"internal error: {type(problem).__name__}: "
+            f"{user_text(str(problem), names)} (traceback in {paths.job_logs_dir() / (job_id + '.log')})",
+        )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tunesmith.serve.worker import die_with_parent
-
     argv = sys.argv[1:] if argv is None else argv
     # The worker stops a runner with SIGINT. A server started in the background (`nohup tunesmith serve &`)
     # hands its children SIGINT ignored, and Python keeps it ignored: the training loop installs its own

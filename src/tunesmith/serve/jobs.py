@@ -17,18 +17,27 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from tunesmith.config import check_name
-from tunesmith.errors import TunesmithError
+from tunesmith.core.config import check_name
+from tunesmith.core.errors import TunesmithError
 from tunesmith.models.base import EMBEDDED, resolve_base
 from tunesmith.registry import store as registry
 from tunesmith.serve.datacheck import validate_job
 from tunesmith.serve.protocol import APIError, new_id, not_found, page
-from tunesmith.serve.store import UNFINISHED, JobStore, checkpoint_object, event_object, job_object
+from tunesmith.serve.store import (
+    UNFINISHED,
+    JobStore,
+    checkpoint_object,
+    event_object,
+    job_object,
+)
 
 MAX_SUFFIX = 40
 # name -> (integers only, lowest, highest, lowest allowed itself)
-LIMITS = {"n_epochs": (True, 1, 100, True), "batch_size": (True, 1, 256, True),
-          "learning_rate_multiplier": (False, 0, 100, False)}
+LIMITS = {
+    "n_epochs": (True, 1, 100, True),
+    "batch_size": (True, 1, 256, True),
+    "learning_rate_multiplier": (False, 0, 100, False),
+}
 
 router = APIRouter()
 
@@ -36,9 +45,9 @@ router = APIRouter()
 class Hyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    n_epochs: Any = Field("auto", description="Passes over the training data, or \"auto\" (from the data size).")
-    batch_size: Any = Field("auto", description="Examples per optimizer step, or \"auto\" (8).")
-    learning_rate_multiplier: Any = Field("auto", description="Scales the automatic learning rate, or \"auto\" (1).")
+    n_epochs: Any = Field("auto", description='Passes over the training data, or "auto" (from the data size).')
+    batch_size: Any = Field("auto", description='Examples per optimizer step, or "auto" (8).')
+    learning_rate_multiplier: Any = Field("auto", description='Scales the automatic learning rate, or "auto" (1).')
 
 
 class Supervised(BaseModel):
@@ -55,8 +64,10 @@ class Method(BaseModel):
 class JobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="Model to fine-tune: a base model (see `tunesmith base list`) or a "
-                       "fine-tuned model of this server (NAME:VERSION), to build on.")
+    model: str = Field(
+        description="Model to fine-tune: a base model (see `tunesmith base list`) or a "
+        "fine-tuned model of this server (NAME:VERSION), to build on."
+    )
     training_file: str = Field(description="Id of an uploaded file with purpose fine-tune.")
     validation_file: str | None = Field(None, description="Id of an uploaded file; else a split is held out.")
     hyperparameters: Hyperparameters | None = None
@@ -85,8 +96,17 @@ def create_job(request: Request, body: JobRequest) -> dict:
     # NAME:VERSION of a registry model -> NAME (a registry name has no ":"), cut to leave room for the tag.
     registry_name = f"{body.suffix}-{tag}" if body.suffix else f"{body.model.split(':')[0][:48]}-ft-{tag}"
     seed = body.seed if body.seed is not None else random.randrange(2**31)
-    store.create_job(job_id, body.model, body.training_file, body.validation_file, body.suffix, seed,
-                     hyperparameters, registry_name, body.metadata)
+    store.create_job(
+        job_id,
+        body.model,
+        body.training_file,
+        body.validation_file,
+        body.suffix,
+        seed,
+        hyperparameters,
+        registry_name,
+        body.metadata,
+    )
     store.add_event(job_id, f"Created fine-tuning job: {job_id}", data={"model": body.model})
     validate_job(store, job_id)
     return job_object(store.get_job(job_id))
@@ -110,22 +130,25 @@ def cancel_job(request: Request, job_id: str) -> dict:
     job = _job_row(request, job_id)
     if not store.transition(job_id, "cancelled", UNFINISHED, "Fine-tuning job cancelled"):
         job = store.get_job(job_id)
-        raise APIError(409, f"Job {job_id} is {job['status']}: only a job that is {', '.join(UNFINISHED)} "
-                       "can be cancelled", param="fine_tuning_job_id")
+        raise APIError(
+            409,
+            f"Job {job_id} is {job['status']}: only a job that is {', '.join(UNFINISHED)} can be cancelled",
+            param="fine_tuning_job_id",
+        )
     return job_object(store.get_job(job["id"]))
 
 
 @router.get("/fine_tuning/jobs/{job_id}/events")
-def list_events(request: Request, job_id: str, after: str | None = None,
-                limit: int = Query(20, ge=1, le=1000)) -> dict:
+def list_events(request: Request, job_id: str, after: str | None = None, limit: int = Query(20, ge=1, le=1000)) -> dict:
     _job_row(request, job_id)
     rows, more = request.app.state.store.list_events(job_id, after, limit)
     return page([event_object(row) for row in rows], more)
 
 
 @router.get("/fine_tuning/jobs/{job_id}/checkpoints")
-def list_checkpoints(request: Request, job_id: str, after: str | None = None,
-                     limit: int = Query(10, ge=1, le=100)) -> dict:
+def list_checkpoints(
+    request: Request, job_id: str, after: str | None = None, limit: int = Query(10, ge=1, le=100)
+) -> dict:
     _job_row(request, job_id)
     rows, more = request.app.state.store.list_checkpoints(job_id, after, limit)
     return page([checkpoint_object(row) for row in rows], more)
@@ -141,8 +164,11 @@ def _job_row(request: Request, job_id: str):
 def _hyperparameters(body: JobRequest) -> dict:
     """The requested values, "auto" where not given, from either place the API accepts them."""
     if body.method is not None and body.method.type != "supervised":
-        raise APIError(400, f"method {body.method.type!r} is not supported: this server fine-tunes with "
-                       "'supervised'", param="method.type")
+        raise APIError(
+            400,
+            f"method {body.method.type!r} is not supported: this server fine-tunes with 'supervised'",
+            param="method.type",
+        )
     places = {"hyperparameters": body.hyperparameters}
     if body.method is not None and body.method.supervised is not None:
         places["method.supervised.hyperparameters"] = body.method.supervised.hyperparameters
@@ -153,8 +179,12 @@ def _hyperparameters(body: JobRequest) -> dict:
                 continue
             value = _check_value(f"{place}.{name}", value, *LIMITS[name])
             if result[name] != "auto" and result[name] != value:
-                raise APIError(400, f"{name} is given twice with different values ({result[name]} and {value}); "
-                               "give it once, under method.supervised.hyperparameters", param=f"{place}.{name}")
+                raise APIError(
+                    400,
+                    f"{name} is given twice with different values ({result[name]} and {value}); "
+                    "give it once, under method.supervised.hyperparameters",
+                    param=f"{place}.{name}",
+                )
             result[name] = value
     return result
 
@@ -167,7 +197,7 @@ def _check_value(param: str, value: Any, integer: bool, low: float, high: float,
     in_range = number_ok and (low <= value if low_allowed else low < value) and value <= high
     if not in_range:
         bound = f"from {low}" if low_allowed else f"above {low}"
-        raise APIError(400, f"{param} must be \"auto\" or {kind} {bound} to {high}, not {value!r}", param=param)
+        raise APIError(400, f'{param} must be "auto" or {kind} {bound} to {high}, not {value!r}', param=param)
     return int(value) if integer else float(value)
 
 
@@ -183,9 +213,14 @@ def _check_model(model: str) -> None:
         return  # a registry fine-tune: the job builds on it, and the new version records the lineage
     except TunesmithError:
         pass
-    raise APIError(404, f"The model {model!r} does not exist or cannot be fine-tuned here; give a fine-tuned model "
-                   "from GET /v1/models or a base model: "
-                   f"{', '.join(EMBEDDED)}", param="model", code="model_not_found")
+    raise APIError(
+        404,
+        f"The model {model!r} does not exist or cannot be fine-tuned here; give a fine-tuned model "
+        "from GET /v1/models or a base model: "
+        f"{', '.join(EMBEDDED)}",
+        param="model",
+        code="model_not_found",
+    )
 
 
 def _check_suffix(suffix: str) -> None:

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tunesmith.inference import LoadedModel
+from tunesmith.inference.loaded import LoadedModel
 from tunesmith.serve import catalog
 
 

@@ -15,8 +15,14 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
-               409: "invalid_request_error", 413: "invalid_request_error", 500: "server_error"}
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    404: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    500: "server_error",
+}
 
 
 class APIError(Exception):
@@ -28,13 +34,20 @@ class APIError(Exception):
 
 
 def not_found(what: str, ident: str, param: str | None = None) -> APIError:
-    return APIError(404, f"No {what} with id {ident!r}", param=param,
-                    code="model_not_found" if what == "model" else None)
+    return APIError(
+        404, f"No {what} with id {ident!r}", param=param, code="model_not_found" if what == "model" else None
+    )
 
 
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": ERROR_TYPES.get(status, "invalid_request_error"),
-                      "param": param, "code": code}}
+    return {
+        "error": {
+            "message": message,
+            "type": ERROR_TYPES.get(status, "invalid_request_error"),
+            "param": param,
+            "code": code,
+        }
+    }
 
 
 def api_error_response(_request: Request, error: APIError) -> JSONResponse:
@@ -47,8 +60,10 @@ def validation_error_response(_request: Request, error: RequestValidationError) 
     first = problems[0] if problems else {"loc": (), "msg": "invalid request"}
     location = [str(part) for part in first["loc"] if part not in ("body", "query", "path")]
     param = ".".join(location) or None
-    details = "; ".join(f"{'.'.join(str(p) for p in e['loc'] if p not in ('body', 'query', 'path')) or 'body'}: "
-                        f"{e['msg']}" for e in problems[:5])
+    details = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'] if p not in ('body', 'query', 'path')) or 'body'}: {e['msg']}"
+        for e in problems[:5]
+    )
     return JSONResponse(error_body(400, f"Invalid request: {details}", param, "invalid_request"), status_code=400)
 
 
@@ -60,8 +75,11 @@ def require_api_key(request: Request) -> None:
     header = request.headers.get("authorization", "")
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
-        message = ("You didn't provide an API key: send `Authorization: Bearer KEY`" if not header else
-                   "Incorrect API key provided")
+        message = (
+            "You didn't provide an API key: send `Authorization: Bearer KEY`"
+            if not header
+            else "Incorrect API key provided"
+        )
         raise APIError(401, message, code="invalid_api_key")
 
 

@@ -22,10 +22,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
-from tunesmith.generation import answer_cache
-from tunesmith.inference import LoadedModel
+from tunesmith.inference.loaded import LoadedModel
+from tunesmith.models.kv_cache import answer_cache
 
 OnText = Callable[[int, str], None]  # (choice index, text that is final)
 
@@ -79,8 +84,14 @@ class _Watcher(StoppingCriteria):
     """Incremental detokenisation (a short window of earlier tokens gives each new piece the context
     it decodes in: leading spaces, multi-byte characters split over tokens), stop strings, cancellation."""
 
-    def __init__(self, tokenizer, prompt_ids: list[int], stop: tuple[str, ...], cancelled: threading.Event,
-                 on_text: Callable[[str], None] | None):
+    def __init__(
+        self,
+        tokenizer,
+        prompt_ids: list[int],
+        stop: tuple[str, ...],
+        cancelled: threading.Event,
+        on_text: Callable[[str], None] | None,
+    ):
         self.tokenizer, self.stop, self.cancelled, self.on_text = tokenizer, stop, cancelled, on_text
         self.ids = list(prompt_ids[-4:])
         self.prefix, self.read = 0, len(self.ids)
@@ -141,8 +152,14 @@ def _held_back(text: str, stops: tuple[str, ...]) -> int:
     return longest
 
 
-def generate_choice(loaded: LoadedModel, prompt_ids: list[int], sampling: Sampling, generator: torch.Generator,
-                    cancelled: threading.Event, on_text: Callable[[str], None] | None = None) -> Choice:
+def generate_choice(
+    loaded: LoadedModel,
+    prompt_ids: list[int],
+    sampling: Sampling,
+    generator: torch.Generator,
+    cancelled: threading.Event,
+    on_text: Callable[[str], None] | None = None,
+) -> Choice:
     """One completion of a tokenised prompt; ``on_text`` receives the text piece by piece as it is final."""
     model, tokenizer = loaded.model, loaded.tokenizer
     watcher = _Watcher(tokenizer, prompt_ids, sampling.stop, cancelled, on_text)
@@ -151,21 +168,36 @@ def generate_choice(loaded: LoadedModel, prompt_ids: list[int], sampling: Sampli
         processors.append(_Nucleus(sampling.temperature, sampling.top_p, generator))
     device = next(model.parameters()).device
     input_ids = torch.tensor([prompt_ids], device=device)
-    model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                   past_key_values=answer_cache(model, len(prompt_ids), sampling.max_tokens),
-                   max_new_tokens=sampling.max_tokens, do_sample=False, logits_processor=processors,
-                   stopping_criteria=StoppingCriteriaList([watcher]), eos_token_id=tokenizer.eos_token_id,
-                   pad_token_id=tokenizer.pad_token_id)
+    model.generate(
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        cache=answer_cache(model, len(prompt_ids), sampling.max_tokens),
+        max_new_tokens=sampling.max_tokens,
+        do_sample=False,
+        logits_processor=processors,
+        stopping_criteria=StoppingCriteriaList([watcher]),
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     text = watcher.finish()
     # short of max_tokens without eos or a stop string: a stopping rule of the model's own ended the turn
-    stopped = watcher.stopped_at is not None or watcher.last_token == tokenizer.eos_token_id \
+    stopped = (
+        watcher.stopped_at is not None
+        or watcher.last_token == tokenizer.eos_token_id
         or watcher.tokens < sampling.max_tokens
+    )
     return Choice(text, watcher.tokens, "stop" if stopped else "length")
 
 
-def generate_choices(loaded: LoadedModel, prompts: list[list[int]], n: int, sampling: Sampling,
-                     cancelled: threading.Event, on_text: OnText | None = None,
-                     on_choice: Callable[[int, Choice], None] | None = None) -> list[Choice]:
+def generate_choices(
+    loaded: LoadedModel,
+    prompts: list[list[int]],
+    n: int,
+    sampling: Sampling,
+    cancelled: threading.Event,
+    on_text: OnText | None = None,
+    on_choice: Callable[[int, Choice], None] | None = None,
+) -> list[Choice]:
     """``n`` choices for each prompt, indexed prompt by prompt (index = prompt * n + j), one after another
     from one random stream, so a seeded request is reproducible as a whole. Greedy choices of one prompt
     are all the same text: it is generated once."""

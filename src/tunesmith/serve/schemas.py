@@ -33,10 +33,16 @@ def _listed(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
-Stops = Annotated[list[StopString], BeforeValidator(_listed, json_schema_input_type=StopString | list[StopString]),
-                  Field(max_length=4)]
-Prompts = Annotated[list[Text], BeforeValidator(_listed, json_schema_input_type=Text | list[Text]),
-                    Field(min_length=1, max_length=MAX_PROMPTS)]
+Stops = Annotated[
+    list[StopString],
+    BeforeValidator(_listed, json_schema_input_type=StopString | list[StopString]),
+    Field(max_length=4),
+]
+Prompts = Annotated[
+    list[Text],
+    BeforeValidator(_listed, json_schema_input_type=Text | list[Text]),
+    Field(min_length=1, max_length=MAX_PROMPTS),
+]
 
 
 class StreamOptions(BaseModel):
@@ -54,13 +60,18 @@ def _parts(value: Any) -> Any:
 
 class Message(BaseModel):
     role: Literal["system", "developer", "user", "assistant"]
-    content: Annotated[list[TextPart], BeforeValidator(_parts, json_schema_input_type=Text | list[TextPart]),
-                       Field(min_length=1, max_length=64)]
+    content: Annotated[
+        list[TextPart],
+        BeforeValidator(_parts, json_schema_input_type=Text | list[TextPart]),
+        Field(min_length=1, max_length=64),
+    ]
 
     def as_dict(self) -> dict:
         """The message as the chat template takes it (``developer`` is the newer name of ``system``)."""
-        return {"role": "system" if self.role == "developer" else self.role,
-                "content": "".join(part.text for part in self.content)}
+        return {
+            "role": "system" if self.role == "developer" else self.role,
+            "content": "".join(part.text for part in self.content),
+        }
 
 
 class _Sampled(BaseModel):
@@ -73,8 +84,9 @@ class _Sampled(BaseModel):
     top_p: float | None = Field(1.0, ge=0, le=1)
     n: int | None = Field(1, ge=1, le=MAX_N)
     stop: Stops | None = None
-    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1,
-                             description="the same seed and request give the same text")
+    seed: int | None = Field(
+        None, ge=-(2**63), le=2**63 - 1, description="the same seed and request give the same text"
+    )
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     user: Annotated[str, StringConstraints(max_length=256)] | None = None  # accepted, unused
@@ -93,13 +105,16 @@ class _Sampled(BaseModel):
         return bool(self.stream_options and self.stream_options.include_usage)
 
     def refuse_unsupported(self) -> None:
-        refused = {"presence_penalty": self.presence_penalty not in (None, 0),
-                   "frequency_penalty": self.frequency_penalty not in (None, 0),
-                   "logit_bias": bool(self.logit_bias)} | self._refused()
+        refused = {
+            "presence_penalty": self.presence_penalty not in (None, 0),
+            "frequency_penalty": self.frequency_penalty not in (None, 0),
+            "logit_bias": bool(self.logit_bias),
+        } | self._refused()
         for field, is_set in refused.items():
             if is_set:
-                raise APIError(400, f"{field} is not supported by this server", param=field,
-                               code="unsupported_parameter")
+                raise APIError(
+                    400, f"{field} is not supported by this server", param=field, code="unsupported_parameter"
+                )
 
     def _refused(self) -> dict[str, bool]:
         return {}
@@ -108,8 +123,9 @@ class _Sampled(BaseModel):
 class ChatCompletionRequest(_Sampled):
     messages: Annotated[list[Message], Field(min_length=1, max_length=256)]
     max_tokens: NewTokens | None = None
-    max_completion_tokens: NewTokens | None = Field(None, description="wins over max_tokens; default: "
-                                                    f"the rest of the context window, at most {MAX_TOKENS}")
+    max_completion_tokens: NewTokens | None = Field(
+        None, description=f"wins over max_tokens; default: the rest of the context window, at most {MAX_TOKENS}"
+    )
     # refused unless at their no-op value
     tools: Annotated[list[dict[str, Any]], Field(max_length=128)] | None = None
     tool_choice: str | dict[str, Any] | None = None
@@ -125,11 +141,17 @@ class ChatCompletionRequest(_Sampled):
         return self.max_completion_tokens or self.max_tokens
 
     def _refused(self) -> dict[str, bool]:
-        return {"tools": bool(self.tools), "tool_choice": self.tool_choice not in (None, "none"),
-                "functions": bool(self.functions), "function_call": self.function_call not in (None, "none"),
-                "logprobs": bool(self.logprobs), "top_logprobs": bool(self.top_logprobs),
-                "response_format": self.response_format not in (None, {"type": "text"}),
-                "modalities": self.modalities not in (None, [], ["text"]), "audio": self.audio is not None}
+        return {
+            "tools": bool(self.tools),
+            "tool_choice": self.tool_choice not in (None, "none"),
+            "functions": bool(self.functions),
+            "function_call": self.function_call not in (None, "none"),
+            "logprobs": bool(self.logprobs),
+            "top_logprobs": bool(self.top_logprobs),
+            "response_format": self.response_format not in (None, {"type": "text"}),
+            "modalities": self.modalities not in (None, [], ["text"]),
+            "audio": self.audio is not None,
+        }
 
 
 class CompletionRequest(_Sampled):
@@ -145,5 +167,9 @@ class CompletionRequest(_Sampled):
         return self.max_tokens or 16
 
     def _refused(self) -> dict[str, bool]:
-        return {"echo": bool(self.echo), "suffix": bool(self.suffix), "logprobs": self.logprobs is not None,
-                "best_of": self.best_of not in (None, 1, self.n)}
+        return {
+            "echo": bool(self.echo),
+            "suffix": bool(self.suffix),
+            "logprobs": self.logprobs is not None,
+            "best_of": self.best_of not in (None, 1, self.n),
+        }

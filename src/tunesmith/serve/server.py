@@ -10,7 +10,10 @@ from __future__ import annotations
 import ipaddress
 import signal
 
-from tunesmith.errors import TunesmithError
+import uvicorn
+
+from tunesmith.core.errors import TunesmithError
+from tunesmith.serve import worker
 from tunesmith.serve.app import ServeSettings, create_app
 
 
@@ -27,19 +30,15 @@ def check_bind(host: str, api_key: str | None) -> None:
     if not api_key and not is_loopback(host):
         raise TunesmithError(
             f"refusing to serve on {host} without an API key: anyone who can reach this machine could use "
-            "and train models. Set --api-key KEY (or TUNESMITH_API_KEY), or bind to 127.0.0.1")
+            "and train models. Set --api-key KEY (or TUNESMITH_API_KEY), or bind to 127.0.0.1"
+        )
 
 
-def serve(host: str, port: int, settings: ServeSettings, worker_enabled: bool = True,
-          log_level: str = "info") -> None:
-    import uvicorn
-
+def serve(host: str, port: int, settings: ServeSettings, worker_enabled: bool = True, log_level: str = "info") -> None:
     check_bind(host, settings.api_key)
     app = create_app(settings)  # opens the store (creating it) before the worker looks at it
     process = None
     if worker_enabled:
-        from tunesmith.serve import worker
-
         process = worker.start_worker()
     # uvicorn re-raises the signal that stopped it once it has shut down. SIGTERM's default action would
     # end this process there and then (the worker would die by PDEATHSIG, its job unsaved); as an

@@ -118,8 +118,9 @@ class JobStore:
                 raise
             db.execute("COMMIT")
 
-    def _page(self, table: str, where: str, params: list, after: str | None, limit: int,
-              ascending: bool = False) -> tuple[list[sqlite3.Row], bool]:
+    def _page(
+        self, table: str, where: str, params: list, after: str | None, limit: int, ascending: bool = False
+    ) -> tuple[list[sqlite3.Row], bool]:
         """Rows newest first (or oldest first), starting after the object ``after``; and whether more follow."""
         with self._connect() as db:
             if after is not None:
@@ -127,48 +128,76 @@ class JobStore:
                 if cursor is None:
                     raise UnknownCursor(f"No {table[:-1]} with id {after!r} to page after")
                 where, params = f"{where} AND seq {'>' if ascending else '<'} ?", [*params, cursor["seq"]]
-            rows = db.execute(f"SELECT * FROM {table} WHERE {where} ORDER BY seq {'ASC' if ascending else 'DESC'} "
-                              "LIMIT ?", [*params, limit + 1]).fetchall()
+            rows = db.execute(
+                f"SELECT * FROM {table} WHERE {where} ORDER BY seq {'ASC' if ascending else 'DESC'} LIMIT ?",
+                [*params, limit + 1],
+            ).fetchall()
         return rows[:limit], len(rows) > limit
 
     # ------------------------------------------------------------------ files
 
     def add_file(self, file_id: str, filename: str, stored: str, size: int, purpose: str) -> sqlite3.Row:
         with self._connect() as db:
-            db.execute("INSERT INTO files (id, filename, stored, bytes, purpose, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                       (file_id, filename, stored, size, purpose, int(time.time())))
+            db.execute(
+                "INSERT INTO files (id, filename, stored, bytes, purpose, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (file_id, filename, stored, size, purpose, int(time.time())),
+            )
         return self.get_file(file_id)
 
     def get_file(self, file_id: str) -> sqlite3.Row | None:
         with self._connect() as db:
             return db.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone()
 
-    def list_files(self, after: str | None, limit: int, ascending: bool = False,
-                   purpose: str | None = None) -> tuple[list[sqlite3.Row], bool]:
+    def list_files(
+        self, after: str | None, limit: int, ascending: bool = False, purpose: str | None = None
+    ) -> tuple[list[sqlite3.Row], bool]:
         where, params = ("purpose = ?", [purpose]) if purpose else ("1", [])
         return self._page("files", where, params, after, limit, ascending)
 
     def delete_file(self, file_id: str) -> sqlite3.Row | None:
         """Delete the row unless an unfinished job uses the file; returns that job (None when deleted)."""
         with self._transaction() as db:
-            user = db.execute(f"SELECT * FROM jobs WHERE status IN ({_marks(UNFINISHED)}) AND "
-                              "(training_file = ? OR validation_file = ?) ORDER BY seq LIMIT 1",
-                              (*UNFINISHED, file_id, file_id)).fetchone()
+            user = db.execute(
+                f"SELECT * FROM jobs WHERE status IN ({_marks(UNFINISHED)}) AND "
+                "(training_file = ? OR validation_file = ?) ORDER BY seq LIMIT 1",
+                (*UNFINISHED, file_id, file_id),
+            ).fetchone()
             if user is None:
                 db.execute("DELETE FROM files WHERE id = ?", (file_id,))
             return user
 
     # ------------------------------------------------------------------ jobs
 
-    def create_job(self, job_id: str, model: str, training_file: str, validation_file: str | None,
-                   suffix: str | None, seed: int, hyperparameters: dict, registry_name: str,
-                   metadata: dict | None) -> sqlite3.Row:
+    def create_job(
+        self,
+        job_id: str,
+        model: str,
+        training_file: str,
+        validation_file: str | None,
+        suffix: str | None,
+        seed: int,
+        hyperparameters: dict,
+        registry_name: str,
+        metadata: dict | None,
+    ) -> sqlite3.Row:
         with self._connect() as db:
-            db.execute("INSERT INTO jobs (id, status, model, training_file, validation_file, suffix, seed, "
-                       "hyperparameters, registry_name, metadata, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (job_id, "validating_files", model, training_file, validation_file, suffix, seed,
-                        json.dumps(hyperparameters), registry_name,
-                        None if metadata is None else json.dumps(metadata), int(time.time())))
+            db.execute(
+                "INSERT INTO jobs (id, status, model, training_file, validation_file, suffix, seed, "
+                "hyperparameters, registry_name, metadata, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    "validating_files",
+                    model,
+                    training_file,
+                    validation_file,
+                    suffix,
+                    seed,
+                    json.dumps(hyperparameters),
+                    registry_name,
+                    None if metadata is None else json.dumps(metadata),
+                    int(time.time()),
+                ),
+            )
         return self.get_job(job_id)
 
     def get_job(self, job_id: str) -> sqlite3.Row | None:
@@ -181,18 +210,29 @@ class JobStore:
     def jobs_with_status(self, *statuses: str) -> list[sqlite3.Row]:
         """Oldest first."""
         with self._connect() as db:
-            return db.execute(f"SELECT * FROM jobs WHERE status IN ({_marks(statuses)}) ORDER BY seq",
-                              statuses).fetchall()
+            return db.execute(
+                f"SELECT * FROM jobs WHERE status IN ({_marks(statuses)}) ORDER BY seq", statuses
+            ).fetchall()
 
     def update_job(self, job_id: str, **fields) -> None:
         """Fields that are not the status (``resolved``, ``runner_pid``): no condition needed."""
         assert "status" not in fields, "statuses change only through transition()"
         with self._connect() as db:
-            db.execute(f"UPDATE jobs SET {', '.join(f'{key} = ?' for key in fields)} WHERE id = ?",
-                       (*(_column(value) for value in fields.values()), job_id))
+            db.execute(
+                f"UPDATE jobs SET {', '.join(f'{key} = ?' for key in fields)} WHERE id = ?",
+                (*(_column(value) for value in fields.values()), job_id),
+            )
 
-    def transition(self, job_id: str, status: str, expected: tuple[str, ...], message: str | None = None,
-                   level: str = "info", data: dict | None = None, **fields) -> bool:
+    def transition(
+        self,
+        job_id: str,
+        status: str,
+        expected: tuple[str, ...],
+        message: str | None = None,
+        level: str = "info",
+        data: dict | None = None,
+        **fields,
+    ) -> bool:
         """Move the job to ``status`` if it is in one of ``expected``, setting ``fields`` and recording the
         event with it; False (and nothing written) when it was not."""
         if status in ("succeeded", "failed", "cancelled"):
@@ -202,7 +242,8 @@ class JobStore:
             changed = db.execute(
                 f"UPDATE jobs SET {', '.join(f'{key} = ?' for key in fields)} "
                 f"WHERE id = ? AND status IN ({_marks(expected)})",
-                (*(_column(value) for value in fields.values()), job_id, *expected)).rowcount
+                (*(_column(value) for value in fields.values()), job_id, *expected),
+            ).rowcount
             if changed and message:
                 _insert_event(db, job_id, message, level, "message", data)
         return bool(changed)
@@ -218,8 +259,9 @@ class JobStore:
 
     # ------------------------------------------------------------------ events and checkpoints
 
-    def add_event(self, job_id: str, message: str, level: str = "info", type: str = "message",
-                  data: dict | None = None) -> None:
+    def add_event(
+        self, job_id: str, message: str, level: str = "info", type: str = "message", data: dict | None = None
+    ) -> None:
         with self._connect() as db:
             _insert_event(db, job_id, message, level, type, data)
 
@@ -229,8 +271,11 @@ class JobStore:
     def last_metrics_step(self, job_id: str) -> int:
         """The last training step already reported (steps replayed after a restart are not reported twice)."""
         with self._connect() as db:
-            row = db.execute("SELECT MAX(CAST(json_extract(data, '$.step') AS INTEGER)) AS step FROM events "
-                             "WHERE job_id = ? AND type = 'metrics'", (job_id,)).fetchone()
+            row = db.execute(
+                "SELECT MAX(CAST(json_extract(data, '$.step') AS INTEGER)) AS step FROM events "
+                "WHERE job_id = ? AND type = 'metrics'",
+                (job_id,),
+            ).fetchone()
         return row["step"] or 0
 
     def add_checkpoint(self, job_id: str, step: int, model: str, metrics: dict, replace: bool = False) -> bool:
@@ -238,9 +283,11 @@ class JobStore:
         (``replace``) takes the place of the checkpoint at its step. False when nothing was written."""
         conflict = "DO UPDATE SET model = excluded.model, metrics = excluded.metrics" if replace else "DO NOTHING"
         with self._connect() as db:
-            written = db.execute("INSERT INTO checkpoints (id, job_id, step, model, metrics, created_at) "
-                                 f"VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, step) {conflict}",
-                                 (new_id("ftckpt"), job_id, step, model, json.dumps(metrics), int(time.time())))
+            written = db.execute(
+                "INSERT INTO checkpoints (id, job_id, step, model, metrics, created_at) "
+                f"VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, step) {conflict}",
+                (new_id("ftckpt"), job_id, step, model, json.dumps(metrics), int(time.time())),
+            )
             return bool(written.rowcount)
 
     def list_checkpoints(self, job_id: str, after: str | None, limit: int) -> tuple[list[sqlite3.Row], bool]:
@@ -248,9 +295,10 @@ class JobStore:
 
 
 def _insert_event(db: sqlite3.Connection, job_id: str, message: str, level: str, type: str, data: dict | None) -> None:
-    db.execute("INSERT INTO events (id, job_id, created_at, level, type, message, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
-               (new_id("ftevent"), job_id, int(time.time()), level, type, message,
-                None if data is None else json.dumps(data)))
+    db.execute(
+        "INSERT INTO events (id, job_id, created_at, level, type, message, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (new_id("ftevent"), job_id, int(time.time()), level, type, message, None if data is None else json.dumps(data)),
+    )
 
 
 def _marks(values: tuple) -> str:
@@ -263,9 +311,18 @@ def _column(value):
 
 # ---------------------------------------------------------------------- rows -> OpenAI objects
 
+
 def file_object(row: sqlite3.Row) -> dict:
-    return {"id": row["id"], "object": "file", "bytes": row["bytes"], "created_at": row["created_at"],
-            "filename": row["filename"], "purpose": row["purpose"], "status": "processed", "status_details": None}
+    return {
+        "id": row["id"],
+        "object": "file",
+        "bytes": row["bytes"],
+        "created_at": row["created_at"],
+        "filename": row["filename"],
+        "purpose": row["purpose"],
+        "status": "processed",
+        "status_details": None,
+    }
 
 
 def job_hyperparameters(row: sqlite3.Row) -> dict:
@@ -276,24 +333,48 @@ def job_hyperparameters(row: sqlite3.Row) -> dict:
 def job_object(row: sqlite3.Row) -> dict:
     hyperparameters = job_hyperparameters(row)
     return {
-        "object": "fine_tuning.job", "id": row["id"], "model": row["model"], "created_at": row["created_at"],
-        "finished_at": row["finished_at"], "fine_tuned_model": row["fine_tuned_model"], "organization_id": "local",
-        "result_files": [], "status": row["status"], "validation_file": row["validation_file"],
-        "training_file": row["training_file"], "hyperparameters": hyperparameters,
-        "trained_tokens": row["trained_tokens"], "error": json.loads(row["error"]) if row["error"] else None,
-        "seed": row["seed"], "estimated_finish": None, "integrations": [],
+        "object": "fine_tuning.job",
+        "id": row["id"],
+        "model": row["model"],
+        "created_at": row["created_at"],
+        "finished_at": row["finished_at"],
+        "fine_tuned_model": row["fine_tuned_model"],
+        "organization_id": "local",
+        "result_files": [],
+        "status": row["status"],
+        "validation_file": row["validation_file"],
+        "training_file": row["training_file"],
+        "hyperparameters": hyperparameters,
+        "trained_tokens": row["trained_tokens"],
+        "error": json.loads(row["error"]) if row["error"] else None,
+        "seed": row["seed"],
+        "estimated_finish": None,
+        "integrations": [],
         "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
-        "user_provided_suffix": row["suffix"], "metadata": json.loads(row["metadata"]) if row["metadata"] else None,
+        "user_provided_suffix": row["suffix"],
+        "metadata": json.loads(row["metadata"]) if row["metadata"] else None,
     }
 
 
 def event_object(row: sqlite3.Row) -> dict:
-    return {"object": "fine_tuning.job.event", "id": row["id"], "created_at": row["created_at"],
-            "level": row["level"], "message": row["message"],
-            "data": json.loads(row["data"]) if row["data"] else {}, "type": row["type"]}
+    return {
+        "object": "fine_tuning.job.event",
+        "id": row["id"],
+        "created_at": row["created_at"],
+        "level": row["level"],
+        "message": row["message"],
+        "data": json.loads(row["data"]) if row["data"] else {},
+        "type": row["type"],
+    }
 
 
 def checkpoint_object(row: sqlite3.Row) -> dict:
-    return {"object": "fine_tuning.job.checkpoint", "id": row["id"], "created_at": row["created_at"],
-            "fine_tuned_model_checkpoint": row["model"], "fine_tuning_job_id": row["job_id"],
-            "metrics": json.loads(row["metrics"]), "step_number": row["step"]}
+    return {
+        "object": "fine_tuning.job.checkpoint",
+        "id": row["id"],
+        "created_at": row["created_at"],
+        "fine_tuned_model_checkpoint": row["model"],
+        "fine_tuning_job_id": row["job_id"],
+        "metrics": json.loads(row["metrics"]),
+        "step_number": row["step"],
+    }

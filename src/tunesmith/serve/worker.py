@@ -22,7 +22,6 @@ Life cycle
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import os
 import shutil
@@ -33,15 +32,17 @@ import time
 import traceback
 from pathlib import Path
 
-from tunesmith import paths
+from tunesmith.core import paths
+from tunesmith.registry import store as registry
+from tunesmith.registry.store import version_for_job
+from tunesmith.serve.datacheck import validate_job
+from tunesmith.serve.process import PARENT_ENV, die_with_parent
 from tunesmith.serve.store import JobStore
 
-PARENT_ENV = "TUNESMITH_PARENT_PID"  # the pid a worker or runner must die with
 IDLE_POLL_S = 1.0
 RUNNING_POLL_S = 0.5
 STOP_GRACE_S = 20  # a runner's time to checkpoint after SIGINT
 STALE_VALIDATION_S = 60  # a job validating this long was left by a server that stopped mid-request
-PR_SET_PDEATHSIG = 1
 
 
 def start_worker() -> subprocess.Popen:
@@ -61,19 +62,6 @@ def stop_worker(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
-
-
-def die_with_parent() -> int | None:
-    """Ask Linux to SIGKILL this process when its parent dies; exit now if it already has. Returns the
-    parent's pid (None when started without one: a worker run by hand)."""
-    expected = os.environ.pop(PARENT_ENV, None)
-    if expected is None:
-        return None
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != int(expected):  # the parent died before prctl took effect
-        os._exit(0)
-    return int(expected)
 
 
 class Worker:
@@ -120,12 +108,10 @@ class Worker:
 
     def next_job(self):
         """A job a dead worker left running (it resumes), else the oldest queued one."""
-        from tunesmith.serve.job_runner import job_version
-
         for job in self.store.jobs_with_status("running"):  # only ours can run while we hold the lock
             kill_stray_runner(job)
             step = checkpoint_step(paths.runs_dir() / job["registry_name"])
-            if job_version(job["registry_name"], job["id"]) is not None:
+            if version_for_job(job["registry_name"], job["id"]) is not None:
                 message = "Picked up again after a restart; the model was already published"
             elif step is not None:
                 message = f"Resumed from checkpoint at step {step} after a restart"
@@ -141,9 +127,13 @@ class Worker:
         logs = paths.job_logs_dir()
         logs.mkdir(parents=True, exist_ok=True)
         with open(logs / f"{job_id}.log", "ab") as output:
-            runner = subprocess.Popen([sys.executable, "-m", "tunesmith.serve.job_runner", job_id],
-                                      env={**os.environ, PARENT_ENV: str(os.getpid())}, stdout=output,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
+            runner = subprocess.Popen(
+                [sys.executable, "-m", "tunesmith.serve.job_runner", job_id],
+                env={**os.environ, PARENT_ENV: str(os.getpid())},
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.store.update_job(job_id, runner_pid=runner.pid)
         while runner.poll() is None:
             if self.stopping or self.orphaned():
@@ -160,8 +150,13 @@ class Worker:
             self.store.add_event(job_id, "Training stopped; its checkpoints were removed")
         elif status == "running":  # the runner ended without saying how
             if runner.returncode == 130:  # interrupted by someone else: it checkpointed, so it can go on
-                self.store.transition(job_id, "queued", ("running",), "Training was interrupted; the job is "
-                                      "queued again and resumes from its last checkpoint", level="warn")
+                self.store.transition(
+                    job_id,
+                    "queued",
+                    ("running",),
+                    "Training was interrupted; the job is queued again and resumes from its last checkpoint",
+                    level="warn",
+                )
             else:
                 self.fail(job_id, runner.returncode, logs / f"{job_id}.log")
         log(f"{job_id}: {self.store.get_job(job_id)['status']}")
@@ -174,8 +169,13 @@ class Worker:
         except subprocess.TimeoutExpired:
             runner.kill()
             runner.wait()
-        self.store.transition(job_id, "queued", ("running",), "The server stopped; the job is queued again and "
-                              "resumes from its last checkpoint when the server starts", level="warn")
+        self.store.transition(
+            job_id,
+            "queued",
+            ("running",),
+            "The server stopped; the job is queued again and resumes from its last checkpoint when the server starts",
+            level="warn",
+        )
 
     def fail(self, job_id: str, returncode: int, log_file: Path) -> None:
         if returncode < 0:
@@ -187,12 +187,16 @@ class Worker:
         lines = log_file.read_text(errors="replace").splitlines() if log_file.is_file() else []  # \r splits too
         tail = "\n".join(lines[-20:])[-3000:]
         message = f"internal error: the training process {how}. Last lines of {log_file}:\n{tail}"
-        self.store.transition(job_id, "failed", ("running",), message, level="error",
-                              error={"code": "internal_error", "param": None, "message": message})
+        self.store.transition(
+            job_id,
+            "failed",
+            ("running",),
+            message,
+            level="error",
+            error={"code": "internal_error", "param": None, "message": message},
+        )
 
     def revalidate_stale(self) -> None:
-        from tunesmith.serve.datacheck import validate_job
-
         for job in self.store.jobs_with_status("validating_files"):
             if time.time() - job["created_at"] > STALE_VALIDATION_S:
                 validate_job(self.store, job["id"])
@@ -207,11 +211,8 @@ class Worker:
 def discard_run(job) -> None:
     """A cancelled job leaves nothing: no run folder, no registry version (it may have published just
     before the cancel arrived)."""
-    from tunesmith.registry import store as registry
-    from tunesmith.serve.job_runner import job_version
-
     shutil.rmtree(paths.runs_dir() / job["registry_name"], ignore_errors=True)
-    version = job_version(job["registry_name"], job["id"])
+    version = version_for_job(job["registry_name"], job["id"])
     if version is not None:
         registry.remove(version.ref)
 

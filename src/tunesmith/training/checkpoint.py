@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from tunesmith.durable import atomic_write_text
+from tunesmith.core.durable import atomic_write_text
 
 KEEP = 2  # checkpoints kept on disk
 
@@ -55,8 +55,9 @@ def _fsync_tree(folder: Path) -> None:
             os.fsync(handle.fileno())
 
 
-def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, loop_state: dict,
-                    best: dict[str, torch.Tensor] | None) -> Path:
+def save_checkpoint(
+    run_dir: Path, step: int, model, optimizer, scheduler, loop_state: dict, best: dict[str, torch.Tensor] | None
+) -> Path:
     folder = run_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step-{step:06d}"
@@ -68,12 +69,18 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, loop_
     staging = folder / f".step-{step:06d}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    save_file({k: v.contiguous().cpu() for k, v in trainable_state(model).items()},
-              staging / "trainable.safetensors")
+    save_file({k: v.contiguous().cpu() for k, v in trainable_state(model).items()}, staging / "trainable.safetensors")
     if best is not None:
         save_file({k: v.contiguous().cpu() for k, v in best.items()}, staging / "best.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": rng_state(), "loop": loop_state}, staging / "state.pt")
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_state(),
+            "loop": loop_state,
+        },
+        staging / "state.pt",
+    )
     _fsync_tree(staging)
     shutil.rmtree(final, ignore_errors=True)  # an incomplete one from before a crash
     os.rename(staging, final)

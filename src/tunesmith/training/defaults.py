@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from tunesmith.config import TrainConfig
+from tunesmith.core.config import TrainConfig
+from tunesmith.data.check import default_max_length
 
 # Share of the fp32 matmul peak our loop reaches on nominal model FLOPs, used only for estimates.
 # Calibrated on the demo (2-core CPU, SmolLM2-135M, LoRA, classification): 385 tokens/s
@@ -45,8 +46,14 @@ TRAINING_EFFICIENCY = {"fp32": 0.62, "bf16": 1.2}
 DEFAULT_LR = {"lora": (3e-4, 2e-4), "full": (3e-5, 2e-5), "dpo": (2e-4, 1e-4)}
 
 
-def resolve(config: TrainConfig, n_train: int, lengths: list[int], model_max_length: int | None,
-            task: str, labels: list[str] | None = None) -> TrainConfig:
+def resolve(
+    config: TrainConfig,
+    n_train: int,
+    lengths: list[int],
+    model_max_length: int | None,
+    task: str,
+    labels: list[str] | None = None,
+) -> TrainConfig:
     """A copy of ``config`` with every auto field filled in from the data."""
     updates: dict = {"task": task}
     if config.epochs is None:
@@ -72,17 +79,6 @@ def resolve(config: TrainConfig, n_train: int, lengths: list[int], model_max_len
     return TrainConfig.model_validate(resolved.model_dump())  # re-run the cross-field checks
 
 
-def default_max_length(lengths: list[int], task: str, model_max_length: int | None) -> int:
-    ceiling = min(2048, model_max_length or 2048)
-    if task == "text":
-        return max(64, min(512, ceiling, _round_up(sum(lengths), 32)))
-    if not lengths:
-        return min(512, ceiling)
-    ordered = sorted(lengths)
-    p99 = ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
-    return max(64, min(ceiling, _round_up(p99, 32)))
-
-
 def default_checkpoint_every(total_steps: int) -> int:
     """About 5 checkpoints per run, never more than 20 steps apart."""
     return max(1, min(20, math.ceil(total_steps / 5)))
@@ -90,10 +86,6 @@ def default_checkpoint_every(total_steps: int) -> int:
 
 def steps_per_epoch(n_rows: int, batch_size: int) -> int:
     return max(1, math.ceil(n_rows / batch_size))
-
-
-def _round_up(value: int, multiple: int) -> int:
-    return multiple * math.ceil(value / multiple)
 
 
 _PEAK_GFLOPS: dict[torch.dtype, float] = {}

@@ -23,11 +23,17 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith.data.batching import PairRow
-from tunesmith.evaluation.metrics import loss_batch, token_loss_sums
+from tunesmith.models.parts import eval_mode
+from tunesmith.training.loss import loss_batch, token_loss_sums
 
 
-def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-             ref_rejected: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-pair DPO loss and the implicit rewards of both answers (from summed log-likelihoods)."""
     chosen_rewards = beta * (policy_chosen - ref_chosen)
     rejected_rewards = beta * (policy_rejected - ref_rejected)
@@ -49,7 +55,7 @@ def pair_log_likelihoods(model, pairs: list[PairRow], pad_id: int, reference: bo
             log_likelihoods = -token_loss_sums(model, batch)
     else:
         log_likelihoods = -token_loss_sums(model, batch)
-    return log_likelihoods[: len(pairs)], log_likelihoods[len(pairs):]
+    return log_likelihoods[: len(pairs)], log_likelihoods[len(pairs) :]
 
 
 class DPOObjective:
@@ -64,8 +70,7 @@ class DPOObjective:
             chunk = pairs[start : start + micro_batch_size]
             ref_chosen, ref_rejected = pair_log_likelihoods(model, chunk, pad_id, reference=True)
             chosen, rejected = pair_log_likelihoods(model, chunk, pad_id)
-            losses, chosen_rewards, rejected_rewards = dpo_loss(chosen, rejected, ref_chosen, ref_rejected,
-                                                                self.beta)
+            losses, chosen_rewards, rejected_rewards = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.beta)
             (losses.sum() / len(pairs)).backward()  # mean over the step's pairs, however it is split
             total += losses.sum().item()
             margins += (chosen_rewards - rejected_rewards).tolist()
@@ -74,23 +79,26 @@ class DPOObjective:
 
     @torch.no_grad()
     def validate(self, model, pairs: list[PairRow], pad_id: int, batch_size: int) -> dict:
-        was_training = model.training
-        model.eval()
-        losses, margins, preferred = [], [], []
-        for start in range(0, len(pairs), batch_size):
-            chunk = pairs[start : start + batch_size]
-            ref_chosen, ref_rejected = pair_log_likelihoods(model, chunk, pad_id, reference=True)
-            chosen, rejected = pair_log_likelihoods(model, chunk, pad_id)
-            loss, chosen_rewards, rejected_rewards = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.beta)
-            losses += loss.tolist()
-            margins += (chosen_rewards - rejected_rewards).tolist()
-            preferred += (chosen > rejected).tolist()
-        model.train(was_training)
+        with eval_mode(model):
+            losses, margins, preferred = [], [], []
+            for start in range(0, len(pairs), batch_size):
+                chunk = pairs[start : start + batch_size]
+                ref_chosen, ref_rejected = pair_log_likelihoods(model, chunk, pad_id, reference=True)
+                chosen, rejected = pair_log_likelihoods(model, chunk, pad_id)
+                loss, chosen_rewards, rejected_rewards = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.beta)
+                losses += loss.tolist()
+                margins += (chosen_rewards - rejected_rewards).tolist()
+                preferred += (chosen > rejected).tolist()
         figures = {f"val_{key}": value for key, value in _reward_figures(margins).items()}
-        return {"val_loss": sum(losses) / len(losses), **figures,
-                "val_preference_accuracy": sum(preferred) / len(preferred)}
+        return {
+            "val_loss": sum(losses) / len(losses),
+            **figures,
+            "val_preference_accuracy": sum(preferred) / len(preferred),
+        }
 
 
 def _reward_figures(margins: list[float]) -> dict:
-    return {"reward_margin": sum(margins) / len(margins),
-            "reward_accuracy": sum(margin > 0 for margin in margins) / len(margins)}
+    return {
+        "reward_margin": sum(margins) / len(margins),
+        "reward_accuracy": sum(margin > 0 for margin in margins) / len(margins),
+    }

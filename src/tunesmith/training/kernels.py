@@ -31,9 +31,14 @@ from __future__ import annotations
 from contextlib import ExitStack, contextmanager
 
 import torch
+from peft.tuners.lora import Linear as LoraLinear
 from torch import nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from tunesmith.data.batching import SharedPrefixLayout
+from tunesmith.models.parts import causal_lm
 
 
 class _LoraLinearFunction(torch.autograd.Function):
@@ -66,17 +71,18 @@ class _LoraLinearFunction(torch.autograd.Function):
 
 
 def _fusable(module) -> bool:
-    from peft.tuners.lora import Linear as LoraLinear
-
     if not isinstance(module, LoraLinear) or module.merged or module.disable_adapters:
         return False
     active = [name for name in module.active_adapters if name in module.lora_A]
     if len(active) != 1 or active[0] in module.lora_variant:  # DoRA and friends keep PEFT's path
         return False
     base = module.get_base_layer()
-    return (type(base) is nn.Linear and not getattr(module, "fan_in_fan_out", False)
-            and isinstance(module.lora_dropout[active[0]], nn.Identity)
-            and not base.weight.requires_grad)
+    return (
+        type(base) is nn.Linear
+        and not getattr(module, "fan_in_fan_out", False)
+        and isinstance(module.lora_dropout[active[0]], nn.Identity)
+        and not base.weight.requires_grad
+    )
 
 
 def _fused_forward(module):
@@ -98,16 +104,24 @@ CPU_ATTENTION = "cpu-training"
 MATMUL_ATTENTION_MAX_SCORES = 16 * 9 * 128 * 128
 
 
-def _cpu_training_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
-                            segments: SharedPrefixLayout | None = None, **kwargs):
+def _cpu_training_attention(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    scaling=None,
+    dropout=0.0,
+    segments: SharedPrefixLayout | None = None,
+    **kwargs,
+):
     """query (batch, heads, q, dim); key, value (batch, kv_heads, k, dim); the mask from ``sdpa_mask``
     (boolean, True = attend; None = causal). Returns (batch, q, heads, dim) like transformers' kernels.
 
     ``segments``: the one row is a shared prefix and the rows after it (data.batching); the mask is
     then the layout's, not transformers' (which would keep the rows from seeing the prefix)."""
     if segments is not None:
-        return _shared_prefix_attention(module, query, key, value, segments, scaling=scaling, dropout=dropout,
-                                        **kwargs)
+        return _shared_prefix_attention(module, query, key, value, segments, scaling=scaling, dropout=dropout, **kwargs)
     batch, heads, q_len, dim = query.shape
     kv_heads, k_len = key.shape[1], key.shape[2]
     plain = not dropout and not any(kwargs.get(name) is not None for name in ("softcap", "sliding_window", "s_aux"))
@@ -146,8 +160,8 @@ def _shared_prefix_attention(module, query, key, value, segments: SharedPrefixLa
 
 def lays_out_shared_prefix(model) -> bool:
     """Whether ``model`` attends with the CPU training attention, which reads a SharedPrefixLayout."""
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return causal_lm.config._attn_implementation == CPU_ATTENTION
+    lm = causal_lm(model)
+    return lm.config._attn_implementation == CPU_ATTENTION
 
 
 _last_bias: tuple = (None, None, None)  # (mask, shape key, bias): every layer of a forward gets the same mask
@@ -171,18 +185,14 @@ def _grouped_bias(attention_mask, batch, kv_heads, groups, q_len, k_len, device)
 
 
 def _sdpa_fp32(module, query, key, value, attention_mask, **kwargs):
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     with torch.autocast(query.device.type, enabled=False):  # autocast would take it back to bf16
-        out, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(),
-                                              attention_mask, **kwargs)
+        out, weights = sdpa_attention_forward(
+            module, query.float(), key.float(), value.float(), attention_mask, **kwargs
+        )
     return out.to(query.dtype), weights
 
 
 def _register_cpu_attention() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
     if CPU_ATTENTION not in AttentionInterface._global_mapping:
         AttentionInterface.register(CPU_ATTENTION, _cpu_training_attention)
         AttentionMaskInterface.register(CPU_ATTENTION, sdpa_mask)
@@ -191,17 +201,17 @@ def _register_cpu_attention() -> None:
 @contextmanager
 def cpu_training_attention(model):
     """The training attention while inside, for a model using SDPA on a CPU; else nothing."""
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    current = causal_lm.config._attn_implementation
-    if next(causal_lm.parameters()).device.type != "cpu" or current != "sdpa":
+    lm = causal_lm(model)
+    current = lm.config._attn_implementation
+    if next(lm.parameters()).device.type != "cpu" or current != "sdpa":
         yield False
         return
     _register_cpu_attention()
-    causal_lm.set_attn_implementation(CPU_ATTENTION)
+    lm.set_attn_implementation(CPU_ATTENTION)
     try:
         yield True
     finally:
-        causal_lm.set_attn_implementation(current)
+        lm.set_attn_implementation(current)
 
 
 @contextmanager
@@ -215,8 +225,9 @@ def training_kernels(model, bf16: bool):
         if bf16 and model.get_input_embeddings().weight.dtype == torch.float32:
             # No cast cache: it lives as long as the outermost autocast, here the whole loop, and would
             # keep serving the bf16 copies of the first step's weights after the optimizer updates them.
-            stack.enter_context(torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16,
-                                               cache_enabled=False))
+            stack.enter_context(
+                torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16, cache_enabled=False)
+            )
         else:  # the fused layer computes in its input's dtype; autocast would not reach inside it
             stack.enter_context(fused_lora(model))
         stack.enter_context(cpu_training_attention(model))  # fp32 too: it also lays out shared prefixes

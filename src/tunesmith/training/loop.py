@@ -29,12 +29,12 @@ from typing import Protocol
 import torch
 from tqdm.auto import tqdm
 
-from tunesmith.config import TrainConfig
+from tunesmith.core.config import TrainConfig
 from tunesmith.data.batching import Row, epoch_order
-from tunesmith.evaluation.metrics import answer_loss, loss_batch, token_loss_sums
 from tunesmith.training import checkpoint as ckpt
 from tunesmith.training.defaults import steps_per_epoch
 from tunesmith.training.kernels import training_kernels
+from tunesmith.training.loss import answer_loss, loss_batch, token_loss_sums
 
 
 @dataclass
@@ -132,9 +132,18 @@ class _StopFlag:
         signal.signal(signal.SIGINT, self._previous)
 
 
-def train_loop(model, config: TrainConfig, train_rows: list, val_rows: list, pad_id: int,
-               run_dir: Path, resume: bool = False, log=print, hooks: TrainHooks | None = None,
-               objective: Objective | None = None) -> LoopResult:
+def train_loop(
+    model,
+    config: TrainConfig,
+    train_rows: list,
+    val_rows: list,
+    pad_id: int,
+    run_dir: Path,
+    resume: bool = False,
+    log=print,
+    hooks: TrainHooks | None = None,
+    objective: Objective | None = None,
+) -> LoopResult:
     """``objective``: supervised by default; rows are whatever it takes (``Row``, or ``PairRow`` for DPO)."""
     hooks = hooks or TrainHooks()
     objective = objective or SupervisedObjective()
@@ -146,8 +155,18 @@ def train_loop(model, config: TrainConfig, train_rows: list, val_rows: list, pad
     scheduler = make_scheduler(optimizer, total_steps, config)
     lengths = [len(row) for row in train_rows]
 
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "history": [], "best_val_loss": None,
-             "best_step": None, "bad_evals": 0, "stopped_early": False, "seconds": 0.0, "tokens": 0}
+    state = {
+        "epoch": 0,
+        "step_in_epoch": 0,
+        "global_step": 0,
+        "history": [],
+        "best_val_loss": None,
+        "best_step": None,
+        "bad_evals": 0,
+        "stopped_early": False,
+        "seconds": 0.0,
+        "tokens": 0,
+    }
     best: dict[str, torch.Tensor] | None = None
     latest = ckpt.latest_checkpoint(run_dir) if resume else None
     if latest is not None:
@@ -172,8 +191,14 @@ def train_loop(model, config: TrainConfig, train_rows: list, val_rows: list, pad
 
     model.train()
     # On a terminal the bar redraws in place; in a log (CI, a job) it writes a line every 10 s.
-    progress = tqdm(total=total_steps, initial=state["global_step"], unit="step", dynamic_ncols=True,
-                    desc="training", mininterval=0.5 if sys.stderr.isatty() else 10)
+    progress = tqdm(
+        total=total_steps,
+        initial=state["global_step"],
+        unit="step",
+        dynamic_ncols=True,
+        desc="training",
+        mininterval=0.5 if sys.stderr.isatty() else 10,
+    )
     interrupted = False
     # The kernels are switched on once for the loop (~27 ms to patch every layer), validation included.
     with _StopFlag() as stop, training_kernels(model, config.precision == "bf16"):
@@ -189,7 +214,8 @@ def train_loop(model, config: TrainConfig, train_rows: list, val_rows: list, pad
                 grad_norm = None
                 if config.grad_clip:
                     grad_norm = torch.nn.utils.clip_grad_norm_(
-                        [p for p in model.parameters() if p.requires_grad], config.grad_clip).item()
+                        [p for p in model.parameters() if p.requires_grad], config.grad_clip
+                    ).item()
                 lr = scheduler.get_last_lr()[0]
                 optimizer.step()
                 scheduler.step()
@@ -200,24 +226,39 @@ def train_loop(model, config: TrainConfig, train_rows: list, val_rows: list, pad
                 state["seconds"] += seconds
                 state["tokens"] += tokens
                 step = state["global_step"]
-                entry = {"step": step, "epoch": state["epoch"] + state["step_in_epoch"] / len(order),
-                         "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens / seconds, **figures}
+                entry = {
+                    "step": step,
+                    "epoch": state["epoch"] + state["step_in_epoch"] / len(order),
+                    "loss": loss,
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "tokens_per_s": tokens / seconds,
+                    **figures,
+                }
                 if val_rows and (step % eval_every == 0 or step == total_steps):
                     entry.update(objective.validate(model, val_rows, pad_id, config.micro_batch_size))
                     best = _track_best(state, entry["val_loss"], step, model, best)
                     if config.early_stopping_patience and state["bad_evals"] >= config.early_stopping_patience:
                         state["stopped_early"] = True
                 record(entry)
-                progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / seconds:.0f}",
-                                     **({"val": f"{entry['val_loss']:.4f}"} if "val_loss" in entry else {}),
-                                     **({"pref_acc": f"{entry['val_preference_accuracy']:.2f}"}
-                                        if "val_preference_accuracy" in entry else {}))
+                progress.set_postfix(
+                    loss=f"{loss:.4f}",
+                    tok_s=f"{tokens / seconds:.0f}",
+                    **({"val": f"{entry['val_loss']:.4f}"} if "val_loss" in entry else {}),
+                    **(
+                        {"pref_acc": f"{entry['val_preference_accuracy']:.2f}"}
+                        if "val_preference_accuracy" in entry
+                        else {}
+                    ),
+                )
                 progress.update(1)
                 if step % config.checkpoint_every == 0 or state["stopped_early"]:
                     save()
                 if state["stopped_early"]:
-                    log(f"Early stop at step {step}: no validation improvement in "
-                        f"{config.early_stopping_patience} evaluations")
+                    log(
+                        f"Early stop at step {step}: no validation improvement in "
+                        f"{config.early_stopping_patience} evaluations"
+                    )
                     break
             if interrupted:
                 break
@@ -230,10 +271,17 @@ def train_loop(model, config: TrainConfig, train_rows: list, val_rows: list, pad
 
     if not interrupted and best is not None and state["best_step"] != state["global_step"]:
         ckpt.load_trainable_state(model, best)  # end on the best validation weights
-    return LoopResult(steps=state["global_step"], total_steps=total_steps, history=state["history"],
-                      best_val_loss=state["best_val_loss"], best_step=state["best_step"],
-                      stopped_early=state["stopped_early"], interrupted=interrupted,
-                      train_seconds=state["seconds"], tokens=state["tokens"])
+    return LoopResult(
+        steps=state["global_step"],
+        total_steps=total_steps,
+        history=state["history"],
+        best_val_loss=state["best_val_loss"],
+        best_step=state["best_step"],
+        stopped_early=state["stopped_early"],
+        interrupted=interrupted,
+        train_seconds=state["seconds"],
+        tokens=state["tokens"],
+    )
 
 
 def _track_best(state: dict, val_loss: float, step: int, model, best):

@@ -1,11 +1,11 @@
 """``tunesmith train``: check the data, fine-tune, compare with the base model, publish a version.
 
-    data check (structure)  -> refuse bad data before any model is loaded
-    starting model          -> a base, or a registry fine-tune to build on (models.lineage)
-      + tokenizer           -> full data check (render, lengths, truncation), defaults resolved
-    split + rows            -> base model evaluated on the validation split
-    training loop           -> supervised or DPO objective; checkpoints in $TUNESMITH_HOME/runs/NAME
-    fine-tuned evaluated    -> comparison printed, version published atomically to the registry
+data check (structure)  -> refuse bad data before any model is loaded
+starting model          -> a base, or a registry fine-tune to build on (models.lineage)
+  + tokenizer           -> full data check (render, lengths, truncation), defaults resolved
+split + rows            -> base model evaluated on the validation split
+training loop           -> supervised or DPO objective; checkpoints in $TUNESMITH_HOME/runs/NAME
+fine-tuned evaluated    -> comparison printed, version published atomically to the registry
 """
 
 from __future__ import annotations
@@ -20,23 +20,29 @@ import torch
 from rich.console import Console
 from rich.text import Text
 
-from tunesmith import paths
-from tunesmith.config import TrainConfig, load_config
+from tunesmith.core import paths
+from tunesmith.core.config import TrainConfig, load_config
+from tunesmith.core.durable import atomic_write_text
+from tunesmith.core.errors import DataError, TunesmithError
 from tunesmith.data.check import DataReport, check_data, check_structure
 from tunesmith.data.prepare import build_rows, split
-from tunesmith.durable import atomic_write_text
-from tunesmith.errors import DataError, TunesmithError
+from tunesmith.data.shots import pick_shots
 from tunesmith.evaluation.compare import comparison_table, judge, verdict
 from tunesmith.evaluation.measure import EvalOptions, Measured, measure
-from tunesmith.evaluation.systems import System, pick_shots, same_model_systems
-from tunesmith.models.lineage import load_start, resolve_start
+from tunesmith.evaluation.systems import System, same_model_systems
 from tunesmith.models.load import add_lora, count_parameters, load_tokenizer
 from tunesmith.registry import store
+from tunesmith.registry.lineage import load_start, resolve_start
 from tunesmith.registry.publish import file_sha256, write_version
 from tunesmith.training import defaults
 from tunesmith.training.checkpoint import latest_checkpoint
 from tunesmith.training.dpo import DPOObjective
-from tunesmith.training.loop import LoopResult, SupervisedObjective, TrainHooks, train_loop
+from tunesmith.training.loop import (
+    LoopResult,
+    SupervisedObjective,
+    TrainHooks,
+    train_loop,
+)
 
 
 @dataclass
@@ -54,8 +60,13 @@ def default_name(data: Path) -> str:
     return (stem or "model")[:64]
 
 
-def train(config: TrainConfig | None = None, resume: str | None = None, console: Console | None = None,
-          hooks: TrainHooks | None = None, provenance: dict | None = None) -> TrainResult:
+def train(
+    config: TrainConfig | None = None,
+    resume: str | None = None,
+    console: Console | None = None,
+    hooks: TrainHooks | None = None,
+    provenance: dict | None = None,
+) -> TrainResult:
     """Run (or resume) a training run; returns the published version and the comparison.
 
     ``hooks`` follow the loop (see TrainHooks); ``provenance`` is stored in the version's manifest so
@@ -69,36 +80,48 @@ def train(config: TrainConfig | None = None, resume: str | None = None, console:
     if resume is None and latest_checkpoint(run_dir) is not None:
         raise TunesmithError(
             f"an unfinished run named {name!r} is in {run_dir}. Continue it with "
-            f"`tunesmith train --resume {name}`, or delete that folder to start over")
+            f"`tunesmith train --resume {name}`, or delete that folder to start over"
+        )
 
     structure = check_structure(config.data, config.task, config.val_data, config.labels)
     if not structure.ok:
         raise DataError(_error_summary(structure), structure)
     data_hash = file_sha256(config.data)
     if resume is not None and (run_dir / "data.sha256").read_text().strip() != data_hash:
-        raise TunesmithError(f"{config.data} changed since the run started; resuming would not give the "
-                             "same model. Restore the file, or delete the run folder and train again")
+        raise TunesmithError(
+            f"{config.data} changed since the run started; resuming would not give the "
+            "same model. Restore the file, or delete the run folder and train again"
+        )
 
     _check_method(config, structure.task)
     start = resolve_start(config.base)
     config = config.model_copy(update={"base": start.spec})  # NAME -> NAME:VERSION: a resume builds on the same
     tokenizer = load_tokenizer(start.tokenizer)
-    report = check_data(config.data, config.task, tokenizer, config.max_length, config.val_data,
-                        config.labels, config.system_prompt)
+    report = check_data(
+        config.data, config.task, tokenizer, config.max_length, config.val_data, config.labels, config.system_prompt
+    )
     if not report.ok:
         raise DataError(_error_summary(report), report)
     for warning in report.warnings:
         console.print(Text(str(warning), style="yellow"))
 
     splits = split(report, config.val_fraction, config.seed)
-    train_rows, val_rows = build_rows(report.task, splits, report.max_length, config.val_fraction,
-                                      config.seed, config.val_data is not None)
+    train_rows, val_rows = build_rows(
+        report.task, splits, report.max_length, config.val_fraction, config.seed, config.val_data is not None
+    )
     if not train_rows:
-        raise TunesmithError(f"{config.data}: no training example keeps any answer token at "
-                             f"max_length {report.max_length}; raise --max-length")
-    config = defaults.resolve(config.model_copy(update={"name": name, "max_length": report.max_length}),
-                              len(train_rows), [len(r) for r in train_rows],
-                              getattr(tokenizer, "model_max_length", None), report.task, report.labels)
+        raise TunesmithError(
+            f"{config.data}: no training example keeps any answer token at "
+            f"max_length {report.max_length}; raise --max-length"
+        )
+    config = defaults.resolve(
+        config.model_copy(update={"name": name, "max_length": report.max_length}),
+        len(train_rows),
+        [len(r) for r in train_rows],
+        getattr(tokenizer, "model_max_length", None),
+        report.task,
+        report.labels,
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", config.to_yaml())
     atomic_write_text(run_dir / "data.sha256", data_hash + "\n")
@@ -112,20 +135,34 @@ def train(config: TrainConfig | None = None, resume: str | None = None, console:
         model = add_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_targets)
     trainable, total = count_parameters(model)
     built_on = f" on {start.parent}" if start.parent else ""
-    console.print(f"[bold]{name}[/]: {report.task} · {len(train_rows)} train / {len(val_rows)} validation rows · "
-                  f"{config.method}{built_on} ({trainable / 1e6:.2f}M of {total / 1e6:.1f}M parameters trained) · "
-                  f"{config.epochs} epoch(s), lr {config.lr:g}, batch {config.batch_size}, "
-                  f"max_length {config.max_length}, {config.precision}")
+    console.print(
+        f"[bold]{name}[/]: {report.task} · {len(train_rows)} train / {len(val_rows)} validation rows · "
+        f"{config.method}{built_on} ({trainable / 1e6:.2f}M of {total / 1e6:.1f}M parameters trained) · "
+        f"{config.epochs} epoch(s), lr {config.lr:g}, batch {config.batch_size}, "
+        f"max_length {config.max_length}, {config.precision}"
+    )
 
     evaluation = _ValidationComparison(model, tokenizer, config, splits, val_rows, start.parent)
     baselines = evaluation.baselines(run_dir)
     started = time.time()
     objective = DPOObjective(config.beta) if config.method == "dpo" else SupervisedObjective()
-    loop = train_loop(model, config, train_rows, val_rows, tokenizer.pad_token_id, run_dir,
-                      resume=resume is not None, log=console.print, hooks=hooks, objective=objective)
+    loop = train_loop(
+        model,
+        config,
+        train_rows,
+        val_rows,
+        tokenizer.pad_token_id,
+        run_dir,
+        resume=resume is not None,
+        log=console.print,
+        hooks=hooks,
+        objective=objective,
+    )
     if loop.interrupted:
-        console.print(f"[yellow]Stopped at step {loop.steps}/{loop.total_steps}; checkpoint saved. "
-                      f"Continue with:  tunesmith train --resume {name}[/]")
+        console.print(
+            f"[yellow]Stopped at step {loop.steps}/{loop.total_steps}; checkpoint saved. "
+            f"Continue with:  tunesmith train --resume {name}[/]"
+        )
         return TrainResult(None, loop, baselines.get("base", {}), {}, run_dir)
 
     results = {**baselines, **evaluation.fine_tuned()}
@@ -134,22 +171,36 @@ def train(config: TrainConfig | None = None, resume: str | None = None, console:
         console.print(comparison_table(config.task, results, f"{name} on {len(val_rows)} validation rows"))
         for line in verdict(config.task, results, comparison["helped"], comparison["significance"]):
             console.print(line)
-    version = write_version(name, model, tokenizer, config, report, start, loop, comparison,
-                            wall_seconds=time.time() - started, run_dir=run_dir,
-                            shot_pool=splits.train_examples, provenance=provenance)
+    version = write_version(
+        name,
+        model,
+        tokenizer,
+        config,
+        report,
+        start,
+        loop,
+        comparison,
+        wall_seconds=time.time() - started,
+        run_dir=run_dir,
+        shot_pool=splits.train_examples,
+        provenance=provenance,
+    )
     shutil.rmtree(run_dir, ignore_errors=True)
     console.print(f"Saved [bold]{version.ref}[/] to {version.path}")
-    return TrainResult(version, loop, results.get("base", {}), results.get("fine_tuned", {}), run_dir,
-                       comparison)
+    return TrainResult(version, loop, results.get("base", {}), results.get("fine_tuned", {}), run_dir, comparison)
 
 
 def _check_method(config: TrainConfig, task: str) -> None:
     if config.method == "dpo" and task != "preference":
-        raise TunesmithError(f"{config.data}: --method dpo trains on preference pairs "
-                             '{"prompt": ..., "chosen": ..., "rejected": ...}; this file is ' + f"{task} data")
+        raise TunesmithError(
+            f"{config.data}: --method dpo trains on preference pairs "
+            '{"prompt": ..., "chosen": ..., "rejected": ...}; this file is ' + f"{task} data"
+        )
     if task == "preference" and config.method != "dpo":
-        raise TunesmithError(f"{config.data} holds preference pairs: train them with --method dpo "
-                             "(optionally --base an earlier fine-tune to improve)")
+        raise TunesmithError(
+            f"{config.data} holds preference pairs: train them with --method dpo "
+            "(optionally --base an earlier fine-tune to improve)"
+        )
 
 
 def _config_for_resume(name: str) -> TrainConfig:
@@ -171,8 +222,9 @@ class _ValidationComparison:
         self.examples = splits.val_examples
         # Generation is capped so the closing comparison stays short on a CPU; `tunesmith eval` generates
         # up to 1.5x the longest reference.
-        self.options = EvalOptions(latency_samples=self.LATENCY_SAMPLES, max_new_tokens=self.MAX_NEW_TOKENS,
-                                   seed=config.seed)
+        self.options = EvalOptions(
+            latency_samples=self.LATENCY_SAMPLES, max_new_tokens=self.MAX_NEW_TOKENS, seed=config.seed
+        )
         # Few-shot stands for prompt engineering a base model; built on a fine-tune, the adapter-off
         # model is that fine-tune (the "parent"), not a base to prompt.
         no_shots = config.task == "text" or parent is not None
@@ -186,15 +238,23 @@ class _ValidationComparison:
         if cached.is_file():
             stored = json.loads(cached.read_text())
             # A run folder from before the scores were kept holds figures only: no intervals then.
-            self.measured = {name: Measured(**value) if "metrics" in value else Measured(value)
-                             for name, value in stored.items()}
+            self.measured = {
+                name: Measured(**value) if "metrics" in value else Measured(value) for name, value in stored.items()
+            }
         elif self.val_rows:
             # Before training the weights are the base model's (and LoRA can switch its adapter off).
-            self.measured = {name: self._measure(system) for name, system in self.systems.items()
-                             if name != "fine_tuned"}
-            atomic_write_text(cached, json.dumps({name: {"metrics": m.metrics, "scores": m.scores,
-                                                         "weights": m.weights}
-                                                  for name, m in self.measured.items()}))
+            self.measured = {
+                name: self._measure(system) for name, system in self.systems.items() if name != "fine_tuned"
+            }
+            atomic_write_text(
+                cached,
+                json.dumps(
+                    {
+                        name: {"metrics": m.metrics, "scores": m.scores, "weights": m.weights}
+                        for name, m in self.measured.items()
+                    }
+                ),
+            )
         return {name: m.metrics for name, m in self.measured.items()}
 
     def fine_tuned(self) -> dict:
@@ -204,9 +264,17 @@ class _ValidationComparison:
         return {"fine_tuned": self.measured["fine_tuned"].metrics}
 
     def _measure(self, system: System) -> Measured:
-        return measure(system, self.tokenizer, self.config.task, self.examples, self.config.labels,
-                       self.config.system_prompt, self.options, self.config.max_length,
-                       text_rows=self.val_rows)
+        return measure(
+            system,
+            self.tokenizer,
+            self.config.task,
+            self.examples,
+            self.config.labels,
+            self.config.system_prompt,
+            self.options,
+            self.config.max_length,
+            text_rows=self.val_rows,
+        )
 
 
 def _error_summary(report: DataReport) -> str:

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import torch
 
-from tunesmith.data.render import CLASSIFY_TEMPLATE, classify_prompt, render_prompt
-from tunesmith.generation import answer_cache
+from tunesmith.data.labels import CLASSIFY_TEMPLATE, classify_prompt
+from tunesmith.data.render import render_prompt
 from tunesmith.models.base import EMBEDDED, is_model_folder, resolve_base
-from tunesmith.models.lineage import in_registry, load_start, version_start
-from tunesmith.models.load import load_adapter, load_model, load_tokenizer, precision_dtype
+from tunesmith.models.kv_cache import answer_cache
+from tunesmith.models.load import load_adapter, load_model, load_tokenizer
+from tunesmith.models.precision import precision_dtype
 from tunesmith.registry import store
+from tunesmith.registry.lineage import in_registry, load_start, version_start
 
 
 @dataclass
@@ -40,8 +42,12 @@ class LoadedModel:
             # A client that already sends the instruction (`data generate` asking this model as a teacher)
             # is not wrapped twice.
             instruction = CLASSIFY_TEMPLATE.split("{labels}")[0]  # whatever the order of the labels sent
-            messages = [{**m, "content": classify_prompt(m["content"], self.labels)}
-                        if m["role"] == "user" and not m["content"].startswith(instruction) else m for m in messages]
+            messages = [
+                {**m, "content": classify_prompt(m["content"], self.labels)}
+                if m["role"] == "user" and not m["content"].startswith(instruction)
+                else m
+                for m in messages
+            ]
         if self.system_prompt and not any(m["role"] == "system" for m in messages):
             messages = [{"role": "system", "content": self.system_prompt}, *messages]
         return messages
@@ -75,9 +81,15 @@ def load_version(version: store.ModelVersion, merge: bool = True, precision: str
         model = load_model(version.path / "model", dtype)
     # A DPO model answers like the chat model it was trained from.
     task = "chat" if manifest["task"] == "preference" else manifest["task"]
-    return LoadedModel(ref=version.ref, model=model.eval(), tokenizer=tokenizer, task=task,
-                       labels=manifest.get("labels"), system_prompt=manifest.get("system_prompt"),
-                       version=version)
+    return LoadedModel(
+        ref=version.ref,
+        model=model.eval(),
+        tokenizer=tokenizer,
+        task=task,
+        labels=manifest.get("labels"),
+        system_prompt=manifest.get("system_prompt"),
+        version=version,
+    )
 
 
 def has_adapter(manifest: dict) -> bool:
@@ -86,9 +98,15 @@ def has_adapter(manifest: dict) -> bool:
 
 
 @torch.no_grad()
-def generate(loaded: LoadedModel, prompt: str | None = None, messages: list[dict] | None = None,
-             max_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
-             streamer=None) -> str:
+def generate(
+    loaded: LoadedModel,
+    prompt: str | None = None,
+    messages: list[dict] | None = None,
+    max_tokens: int = 128,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    streamer=None,
+) -> str:
     """One completion. Chat-like models get the chat template; raw-text models continue the text."""
     tokenizer, model = loaded.tokenizer, loaded.model
     if loaded.task == "text" and messages is None:
@@ -97,10 +115,17 @@ def generate(loaded: LoadedModel, prompt: str | None = None, messages: list[dict
         text = render_prompt(tokenizer, messages or loaded.messages_for(prompt or ""))
     device = next(model.parameters()).device
     inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(device)
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 \
-        else {"do_sample": False}
-    output = model.generate(**inputs, past_key_values=answer_cache(model, inputs["input_ids"].shape[1], max_tokens),
-                            max_new_tokens=max_tokens, eos_token_id=tokenizer.eos_token_id,
-                            pad_token_id=tokenizer.pad_token_id, streamer=streamer, **sampling)
-    new_tokens = output[0, inputs["input_ids"].shape[1]:]
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+    )
+    output = model.generate(
+        **inputs,
+        cache=answer_cache(model, inputs["input_ids"].shape[1], max_tokens),
+        max_new_tokens=max_tokens,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        streamer=streamer,
+        **sampling,
+    )
+    new_tokens = output[0, inputs["input_ids"].shape[1] :]
     return tokenizer.decode(new_tokens, skip_special_tokens=True)

@@ -1,8 +1,8 @@
 """Writing files so that a crash leaves whole files and whole lines, never half of one.
 
-    atomic_write_text   a file written to a temporary name, synced, renamed into place
-    append_line         one line appended in one write and synced (review verdicts, teacher answers)
-    repair_tail         on the next start: an incomplete last line (a crash mid-append) is cut off
+atomic_write_text   a file written to a temporary name, synced, renamed into place
+append_line         one line appended in one write and synced (review verdicts, teacher answers)
+repair_tail         on the next start: an incomplete last line (a crash mid-append) is cut off
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def append_line(path: Path, text: str) -> None:
     descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         while view:  # a regular file takes it in one write; loop in case it does not
-            view = view[os.write(descriptor, view):]
+            view = view[os.write(descriptor, view) :]
         os.fsync(descriptor)
     finally:
         os.close(descriptor)

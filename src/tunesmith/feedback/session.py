@@ -17,11 +17,20 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.data.corrections import (Correction, Prompt, Verdict, parse_correction, parse_prompt, prompt_key,
-                                        prompt_messages)
-from tunesmith.data.formats import Issue, read_json_objects
-from tunesmith.durable import append_line, repair_tail
-from tunesmith.errors import DataError, TunesmithError
+from tunesmith.core.durable import append_line, repair_tail
+from tunesmith.core.errors import DataError, TunesmithError
+from tunesmith.data.formats import read_json_objects
+from tunesmith.data.records import Issue
+from tunesmith.feedback.corrections import (
+    Correction,
+    Prompt,
+    Verdict,
+    parse_correction,
+    parse_prompt,
+    prompt_key,
+    prompt_messages,
+)
+from tunesmith.inference.loaded import generate
 
 PROMPT_LINE_SHAPE = '{"prompt": "..."} or {"messages": [..., {"role": "user", "content": "..."}]}'
 
@@ -59,11 +68,14 @@ class ReviewSession:
     def __init__(self, prompts_path: Path, out_path: Path):
         self.prompts_path, self.out_path = Path(prompts_path), Path(out_path)
         if self.out_path.exists() and self.out_path.resolve() == self.prompts_path.resolve():
-            raise TunesmithError(f"--out {self.out_path} is the prompts file; give the corrections their own "
-                                 "file, e.g. corrections.jsonl")
+            raise TunesmithError(
+                f"--out {self.out_path} is the prompts file; give the corrections their own "
+                "file, e.g. corrections.jsonl"
+            )
         if self.out_path.is_dir():
-            raise TunesmithError(f"--out {self.out_path} is a folder; give a file name, e.g. "
-                                 f"{self.out_path / 'corrections.jsonl'}")
+            raise TunesmithError(
+                f"--out {self.out_path} is a folder; give a file name, e.g. {self.out_path / 'corrections.jsonl'}"
+            )
         self.warnings: list[Issue] = []
         self.prompts = read_prompts(self.prompts_path, self.warnings)
         self.done_keys = reviewed_keys(self.out_path, self.warnings)
@@ -77,8 +89,9 @@ class ReviewSession:
         this session since is left out; a skipped one stays)."""
         return [p for p in self.prompts if p.key not in self.done_keys]
 
-    def record(self, prompt: ReviewPrompt, response: str, verdict: Verdict,
-               correction: str | None = None) -> Correction:
+    def record(
+        self, prompt: ReviewPrompt, response: str, verdict: Verdict, correction: str | None = None
+    ) -> Correction:
         """Append one review to the corrections file. Checked with the corrections rules first: a line
         ``data from-corrections`` would refuse raises ``TunesmithError`` and is not written."""
         line = {"prompt": prompt.prompt} if isinstance(prompt.prompt, str) else {"messages": prompt.prompt}
@@ -98,8 +111,6 @@ class ReviewSession:
 def answer(loaded, prompt: ReviewPrompt, max_tokens: int) -> str:
     """The model's greedy answer, with the system prompt (and classifier instruction) it was trained
     with; a deterministic answer is what a deployed model gives, so that is what gets reviewed."""
-    from tunesmith.inference import generate
-
     return generate(loaded, messages=loaded.conversation(prompt.messages), max_tokens=max_tokens, temperature=0)
 
 
@@ -111,15 +122,15 @@ def read_prompts(path: Path, warnings: list[Issue]) -> list[ReviewPrompt]:
     seen: dict[str, int] = {}
     for line, obj in read_json_objects(path, issues):
         for unknown in sorted(set(obj) - {"prompt", "messages"}):
-            issues.append(Issue("error", name, line, unknown, "unknown key",
-                                f"a prompts line is {PROMPT_LINE_SHAPE}"))
+            issues.append(Issue("error", name, line, unknown, "unknown key", f"a prompts line is {PROMPT_LINE_SHAPE}"))
         prompt = parse_prompt(obj, name, line, issues)
         if prompt is None:
             continue
         item = ReviewPrompt(line, prompt)
         if item.key in seen:
-            warnings.append(Issue("warning", name, line, None, f"same prompt as line {seen[item.key]}",
-                                  "it is reviewed once"))
+            warnings.append(
+                Issue("warning", name, line, None, f"same prompt as line {seen[item.key]}", "it is reviewed once")
+            )
             continue
         seen[item.key] = line
         prompts.append(item)
@@ -135,8 +146,11 @@ def reviewed_keys(path: Path, warnings: list[Issue]) -> set[str]:
     if not path.read_bytes().strip():
         return set()
     issues: list[Issue] = []
-    keys = {prompt_key(record.prompt) for line, obj in read_json_objects(path, issues)
-            if (record := parse_correction(obj, str(path), line, issues)) is not None}
+    keys = {
+        prompt_key(record.prompt)
+        for line, obj in read_json_objects(path, issues)
+        if (record := parse_correction(obj, str(path), line, issues)) is not None
+    }
     _raise_errors(path, issues, "fix or delete those lines (each is one review), then run the review again")
     return keys
 
@@ -146,9 +160,16 @@ def _repair_tail(path: Path, warnings: list[Issue]) -> None:
     if dropped is not None:
         line, tail = dropped
         preview = tail[:60].decode("utf-8", errors="replace")
-        warnings.append(Issue("warning", str(path), line, None,
-                              f"dropped an incomplete last line ({len(tail)} bytes: {preview!r}...)",
-                              "an earlier review was interrupted while writing; that prompt will be asked again"))
+        warnings.append(
+            Issue(
+                "warning",
+                str(path),
+                line,
+                None,
+                f"dropped an incomplete last line ({len(tail)} bytes: {preview!r}...)",
+                "an earlier review was interrupted while writing; that prompt will be asked again",
+            )
+        )
 
 
 def _raise_errors(path: Path, issues: list[Issue], hint: str) -> None:
@@ -156,4 +177,3 @@ def _raise_errors(path: Path, issues: list[Issue], hint: str) -> None:
     if errors:
         listed = "\n".join(str(issue) for issue in errors)
         raise DataError(f"{path} has {len(errors)} error(s); {hint}:\n{listed}")
-

@@ -1,8 +1,8 @@
 """``tunesmith eval``: the fine-tuned model against its base, zero-shot and few-shot, on held-out data.
 
-    load the version (adapter kept separate) -> check the test file with the version's task/labels
-    pick K shots from the pool kept with the version -> measure each system (evaluation/measure.py)
-    -> per-example outputs and diffs, break-even -> one dict (the --json shape), table, HTML report
+load the version (adapter kept separate) -> check the test file with the version's task/labels
+pick K shots from the pool kept with the version -> measure each system (evaluation/measure.py)
+-> per-example outputs and diffs, break-even -> one dict (the --json shape), table, HTML report
 """
 
 from __future__ import annotations
@@ -14,30 +14,51 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from tunesmith.core.errors import DataError, TunesmithError
 from tunesmith.data.check import check_data
-from tunesmith.data.formats import Example, read_file
+from tunesmith.data.formats import read_file
+from tunesmith.data.records import Example
 from tunesmith.data.render import example_messages
-from tunesmith.errors import DataError, TunesmithError
-from tunesmith.evaluation.compare import PRIMARY, REFERENCES, blocks, diffs, judge, per_example
+from tunesmith.data.shots import POOL_FILE, load_pool, pick_shots
+from tunesmith.evaluation.compare import (
+    PRIMARY,
+    REFERENCES,
+    blocks,
+    diffs,
+    judge,
+    per_example,
+)
 from tunesmith.evaluation.measure import EvalOptions, Measured, measure
 from tunesmith.evaluation.scores import break_even
+from tunesmith.evaluation.systems import (
+    SYSTEM_ORDER,
+    System,
+    same_model_systems,
+    split_answer,
+)
 from tunesmith.evaluation.teacher import measure_teacher
-from tunesmith.evaluation.systems import (POOL_FILE, SYSTEM_ORDER, System, load_pool, same_model_systems,
-                                        pick_shots, split_answer)
-from tunesmith.inference import LoadedModel, has_adapter, load
+from tunesmith.inference.loaded import LoadedModel, has_adapter, load
 from tunesmith.models.base import resolve_base
-from tunesmith.models.load import load_model, precision_dtype
-from tunesmith.openai_client import Teacher
+from tunesmith.models.load import load_model
+from tunesmith.models.openai_client import Teacher
+from tunesmith.models.precision import precision_dtype
 
 BASELINES = ("base", "few_shot")
 MAX_DIFFS = 200  # kept in the figures (the worst first); the totals count them all
 DEFAULT_MAX_LENGTH = 1024
 
 
-def evaluate(ref: str, data: Path, baselines: tuple[str, ...] = BASELINES, options: EvalOptions | None = None,
-             shots_from: Path | None = None, prices: dict | None = None,
-             console: Console | None = None, teacher: Teacher | None = None,
-             teacher_parameters: int | None = None) -> dict:
+def evaluate(
+    ref: str,
+    data: Path,
+    baselines: tuple[str, ...] = BASELINES,
+    options: EvalOptions | None = None,
+    shots_from: Path | None = None,
+    prices: dict | None = None,
+    console: Console | None = None,
+    teacher: Teacher | None = None,
+    teacher_parameters: int | None = None,
+) -> dict:
     """Every figure of ``ref`` (and, for a fine-tune, its baselines) on ``data``, in one stable shape.
     ``teacher``: a model behind an OpenAI-compatible URL, measured as the system "teacher" (a reference)."""
     options = options or EvalOptions()
@@ -45,8 +66,9 @@ def evaluate(ref: str, data: Path, baselines: tuple[str, ...] = BASELINES, optio
     unknown = set(baselines) - set(BASELINES)
     if unknown:
         choices = ", ".join(name.replace("_", "-") for name in BASELINES)
-        raise TunesmithError(f"unknown baseline {sorted(unknown)[0].replace('_', '-')!r}; choose from {choices}, "
-                             "or none")
+        raise TunesmithError(
+            f"unknown baseline {sorted(unknown)[0].replace('_', '-')!r}; choose from {choices}, or none"
+        )
     started = time.perf_counter()
     loaded = load(ref, merge=False, precision=options.precision)
     manifest = loaded.version.manifest if loaded.version else None
@@ -54,20 +76,24 @@ def evaluate(ref: str, data: Path, baselines: tuple[str, ...] = BASELINES, optio
     # Classifiers and text models are measured on their own task; a chat-like model (chat,
     # completion, DPO) on any chat-like data, preference pairs included.
     expected = loaded.task if manifest and loaded.task in ("classify", "text") else "auto"
-    report = check_data(Path(data), expected, loaded.tokenizer, max_length,
-                        labels=loaded.labels, system_prompt=loaded.system_prompt)
+    report = check_data(
+        Path(data), expected, loaded.tokenizer, max_length, labels=loaded.labels, system_prompt=loaded.system_prompt
+    )
     if not report.ok:
         raise DataError("the evaluation data has errors:\n" + "\n".join(map(str, report.errors)), report)
     task, labels, examples = report.task, report.labels, report.train.examples
     if manifest and expected == "auto" and task in ("classify", "text"):
-        raise TunesmithError(f"{data} is {task} data, but {loaded.ref} is a chat model; evaluate it on chat, "
-                             "completion or preference data")
+        raise TunesmithError(
+            f"{data} is {task} data, but {loaded.ref} is a chat model; evaluate it on chat, "
+            "completion or preference data"
+        )
 
     reference = None
     if teacher is not None:  # first: a wrong URL or model name fails before minutes of local measuring
         with console.status(f"evaluating the teacher {teacher.model} on {len(examples)} examples"):
-            reference = measure_teacher(teacher, loaded.tokenizer, task, examples, labels, loaded.system_prompt,
-                                        options, teacher_parameters)
+            reference = measure_teacher(
+                teacher, loaded.tokenizer, task, examples, labels, loaded.system_prompt, options, teacher_parameters
+            )
     pool = _shot_pool(loaded, shots_from) if "few_shot" in baselines and task != "text" else []
     shots = pick_shots(pool, options.shots, options.seed)
     dtype = precision_dtype(options.precision)
@@ -75,26 +101,40 @@ def evaluate(ref: str, data: Path, baselines: tuple[str, ...] = BASELINES, optio
     measured: dict[str, Measured] = {}
     for name, system in systems.items():
         with console.status(f"evaluating {name} on {len(examples)} examples"):
-            measured[name] = measure(system, loaded.tokenizer, task, examples, labels, loaded.system_prompt,
-                                     options, max_length)
+            measured[name] = measure(
+                system, loaded.tokenizer, task, examples, labels, loaded.system_prompt, options, max_length
+            )
         measured[name].metrics["parameters"] = _parameters(system.model)
     if reference is not None:
         measured["teacher"] = reference
     results = {name: m.metrics for name, m in measured.items()}
 
     primary, higher_is_better = PRIMARY[task]
-    examples_out = [] if task == "text" else per_example(
-        *_inputs_and_references(examples, task), [e.line for e in examples], measured)
+    examples_out = (
+        []
+        if task == "text"
+        else per_example(*_inputs_and_references(examples, task), [e.line for e in examples], measured)
+    )
     changed = diffs(examples_out, {name: m for name, m in measured.items() if name not in REFERENCES})
     judged, intervals = judge(task, measured, options.seed)
     return {
-        "model": loaded.ref, "task": task, "data": str(data), "n": len(examples), "labels": labels,
+        "model": loaded.ref,
+        "task": task,
+        "data": str(data),
+        "n": len(examples),
+        "labels": labels,
         "precision": "bf16" if dtype == torch.bfloat16 else "fp32",
-        "primary": primary, "higher_is_better": higher_is_better, "systems": list(results),
-        "results": results, **judged, "intervals": intervals,
+        "primary": primary,
+        "higher_is_better": higher_is_better,
+        "systems": list(results),
+        "results": results,
+        **judged,
+        "intervals": intervals,
         "break_even": _break_even(manifest, results, prices),
-        "examples": examples_out, **({"blocks": blocks(measured)} if task == "text" else {}),
-        "diffs": changed[:MAX_DIFFS], "diffs_total": len(changed),
+        "examples": examples_out,
+        **({"blocks": blocks(measured)} if task == "text" else {}),
+        "diffs": changed[:MAX_DIFFS],
+        "diffs_total": len(changed),
         "regressions_total": sum(d["kind"] == "regression" for d in changed),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - started, 1),
@@ -106,8 +146,9 @@ def _parameters(model) -> int:
     return sum(p.numel() for name, p in model.named_parameters() if "lora_" not in name)
 
 
-def _systems(loaded: LoadedModel, manifest: dict | None, shots: list[Example],
-             baselines: tuple[str, ...], dtype: torch.dtype) -> dict[str, System]:
+def _systems(
+    loaded: LoadedModel, manifest: dict | None, shots: list[Example], baselines: tuple[str, ...], dtype: torch.dtype
+) -> dict[str, System]:
     if manifest is None:  # a model on its own
         systems = {"base": System("base", loaded.model)}
         if shots:
@@ -121,13 +162,19 @@ def _systems(loaded: LoadedModel, manifest: dict | None, shots: list[Example],
             systems.update(base=System("base", base), few_shot=System("few_shot", base, shots=shots))
     elif baselines:  # a full fine-tune: the baselines need the base weights loaded beside it
         base = load_model(resolve_base(manifest["base"]["name"]), dtype).eval()
-        systems = {"base": System("base", base), "few_shot": System("few_shot", base, shots=shots),
-                   "fine_tuned": System("fine_tuned", loaded.model)}
+        systems = {
+            "base": System("base", base),
+            "few_shot": System("few_shot", base, shots=shots),
+            "fine_tuned": System("fine_tuned", loaded.model),
+        }
     else:
         systems = {"fine_tuned": System("fine_tuned", loaded.model)}
     keep = set(baselines) | {"fine_tuned", "parent"}
-    return {name: systems[name] for name in SYSTEM_ORDER
-            if name in systems and name in keep and (name != "few_shot" or shots)}
+    return {
+        name: systems[name]
+        for name in SYSTEM_ORDER
+        if name in systems and name in keep and (name != "few_shot" or shots)
+    }
 
 
 def _shot_pool(loaded: LoadedModel, shots_from: Path | None) -> list[Example]:
@@ -168,9 +215,11 @@ def _break_even(manifest: dict | None, results: dict[str, dict], prices: dict | 
     on_gpu = training.get("device", "cpu") == "cuda"
     wall = training["wall_seconds"]
     train_threads = training.get("threads", threads)
-    figures = break_even(training_cpu_seconds=0.0 if on_gpu else wall * train_threads,
-                         training_gpu_seconds=wall if on_gpu else 0.0,
-                         tuned_request_cpu_seconds=tuned["latency_ms_p50"] / 1000 * threads,
-                         alternative_request_cpu_seconds=alternative["latency_ms_p50"] / 1000 * threads,
-                         prices=prices)
+    figures = break_even(
+        training_cpu_seconds=0.0 if on_gpu else wall * train_threads,
+        training_gpu_seconds=wall if on_gpu else 0.0,
+        tuned_request_cpu_seconds=tuned["latency_ms_p50"] / 1000 * threads,
+        alternative_request_cpu_seconds=alternative["latency_ms_p50"] / 1000 * threads,
+        prices=prices,
+    )
     return {"vs": "few_shot", "threads": threads, **figures}

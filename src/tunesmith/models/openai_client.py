@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
-from tunesmith.errors import TunesmithError
+from tunesmith.core.errors import TunesmithError
 
 RETRY_AFTER_CAP = 300.0  # seconds: a longer Retry-After is waited out only this long
 
@@ -59,8 +59,12 @@ class Teacher:
         self.url = self.url.rstrip("/")
 
     def chat(self, messages: list[dict], max_tokens: int | None = None) -> Reply:
-        body = {"model": self.model, "temperature": 0, "max_tokens": max_tokens or self.max_tokens,
-                "messages": [{"role": m["role"], "content": m["content"]} for m in messages]}
+        body = {
+            "model": self.model,
+            "temperature": 0,
+            "max_tokens": max_tokens or self.max_tokens,
+            "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+        }
         problem = "stopped"
         for attempt in range(self.retries + 1):
             wait = None
@@ -90,15 +94,18 @@ class Teacher:
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, headers=headers,
-                                         method="GET" if body is None else "POST")
+        request = urllib.request.Request(
+            self.url + path, data=data, headers=headers, method="GET" if body is None else "POST"
+        )
         with urllib.request.urlopen(request, timeout=timeout or self.timeout) as response:
             raw = response.read()
         try:
             return json.loads(raw)
         except ValueError:
-            raise TeacherError(f"{self.url}{path} answered with something other than JSON ({raw[:200]!r}); "
-                               "check --teacher-url: it should be an OpenAI-compatible API ending in /v1") from None
+            raise TeacherError(
+                f"{self.url}{path} answered with something other than JSON ({raw[:200]!r}); "
+                "check --teacher-url: it should be an OpenAI-compatible API ending in /v1"
+            ) from None
 
     def _delay(self, attempt: int) -> float:
         # Exponential with "equal jitter": N workers that failed together do not retry together.
@@ -108,16 +115,19 @@ class Teacher:
     def _refused(self, status: int, message: str) -> TeacherError:
         text = f"the teacher at {self.url} refused the request (HTTP {status}): {message}"
         if status in (401, 403):
-            return TeacherError(f"{text}. Check the API key (--api-key or --teacher-api-key; default "
-                                "$OPENAI_API_KEY)")
+            return TeacherError(f"{text}. Check the API key (--api-key or --teacher-api-key; default $OPENAI_API_KEY)")
         if status == 404 or "model" in message.lower():
             offered = self.models()
             if offered is None:
-                return TeacherError(f"{text}. Check --teacher-url: it is the API's base, ending in /v1 "
-                                    "(e.g. http://127.0.0.1:8000/v1), and --teacher-model")
+                return TeacherError(
+                    f"{text}. Check --teacher-url: it is the API's base, ending in /v1 "
+                    "(e.g. http://127.0.0.1:8000/v1), and --teacher-model"
+                )
             if self.model not in offered:
-                return TeacherError(f"{text}. Check --teacher-model {self.model!r}; the server offers: "
-                                    f"{', '.join(offered[:30]) or '(no models)'}")
+                return TeacherError(
+                    f"{text}. Check --teacher-model {self.model!r}; the server offers: "
+                    f"{', '.join(offered[:30]) or '(no models)'}"
+                )
         return TeacherError(text)
 
 
@@ -125,11 +135,17 @@ def _reply(body: dict, url: str) -> Reply:
     try:
         choice = body["choices"][0]
         usage = body.get("usage") or {}
-        return Reply(choice["message"].get("content") or "", choice.get("finish_reason"),
-                     usage.get("prompt_tokens"), usage.get("completion_tokens"))
+        return Reply(
+            choice["message"].get("content") or "",
+            choice.get("finish_reason"),
+            usage.get("prompt_tokens"),
+            usage.get("completion_tokens"),
+        )
     except (KeyError, IndexError, TypeError, AttributeError):
-        raise TeacherError(f"{url}/chat/completions did not answer in the OpenAI shape "
-                           f"(choices[0].message.content): {json.dumps(body)[:300]}") from None
+        raise TeacherError(
+            f"{url}/chat/completions did not answer in the OpenAI shape "
+            f"(choices[0].message.content): {json.dumps(body)[:300]}"
+        ) from None
 
 
 def _error_message(error: urllib.error.HTTPError) -> str:

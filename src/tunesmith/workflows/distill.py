@@ -14,32 +14,21 @@ from __future__ import annotations
 
 import json
 import queue
+import shlex
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunesmith.data.formats import Issue, check_prompt_messages
-from tunesmith.data.render import classify_prompt
-from tunesmith.durable import append_line, repair_tail
-from tunesmith.errors import DataError, TunesmithError
-from tunesmith.openai_client import Reply, Teacher, TeacherUnavailable
+from rich.console import Console
+from tqdm import tqdm
 
-QUOTES = "\"'`*“”‘’«»"  # stripped from both ends of an answer
-
-
-def normalize_label(answer: str, labels: list[str]) -> str | None:
-    """The label an answer names, or None. Forgiving only about form (case, whitespace, surrounding
-    quotes, trailing punctuation: ``"Positive."`` is positive); nothing else is guessed."""
-    wanted = _plain(answer)
-    return next((label for label in labels if _plain(label) == wanted), None)
-
-
-def _plain(text: str) -> str:
-    previous = None
-    while text != previous:
-        previous, text = text, text.strip().strip(QUOTES).rstrip(".!?,;:")
-    return " ".join(text.casefold().split())
+from tunesmith.core.durable import append_line, repair_tail
+from tunesmith.core.errors import DataError, TunesmithError
+from tunesmith.data.formats import check_prompt_messages
+from tunesmith.data.labels import check_labels, classify_prompt, normalize_label
+from tunesmith.data.records import Issue
+from tunesmith.models.openai_client import Reply, Teacher, TeacherUnavailable
 
 
 @dataclass(frozen=True)
@@ -73,8 +62,16 @@ def read_inputs(path: Path, task: str, labels: list[str] | None, system: str | N
             issues.append(Issue("error", name, number, None, "expected a JSON object", "one JSON object a line"))
         elif task == "classify":
             if not isinstance(obj.get("text"), str) or not obj["text"].strip():
-                issues.append(Issue("error", name, number, "text", "missing or empty",
-                                    'a classify input is {"text": "..."} (other keys are ignored)'))
+                issues.append(
+                    Issue(
+                        "error",
+                        name,
+                        number,
+                        "text",
+                        "missing or empty",
+                        'a classify input is {"text": "..."} (other keys are ignored)',
+                    )
+                )
                 continue
             prompt = [{"role": "user", "content": classify_prompt(obj["text"], labels or [])}]
             inputs.append(_input(number, {"text": obj["text"]}, _with_system(prompt, system)))
@@ -99,8 +96,11 @@ def _turn(message: dict) -> dict:
 
 
 def _with_system(messages: list[dict], system: str | None) -> list[dict]:
-    return messages if not system or messages[0]["role"] == "system" else [
-        {"role": "system", "content": system}, *messages]
+    return (
+        messages
+        if not system or messages[0]["role"] == "system"
+        else [{"role": "system", "content": system}, *messages]
+    )
 
 
 def _chat_messages(obj: dict, name: str, line: int, issues: list[Issue]) -> list[dict] | None:
@@ -109,8 +109,18 @@ def _chat_messages(obj: dict, name: str, line: int, issues: list[Issue]) -> list
         issues.append(Issue("error", name, line, "prompt", "give either prompt or messages, not both", hint))
         return None
     if "prompt" not in obj and "messages" not in obj:
-        issues.append(Issue("error", name, line, "prompt", "missing", hint if "text" not in obj else
-                            "a line with text is for classification: give --labels (or --task classify)"))
+        issues.append(
+            Issue(
+                "error",
+                name,
+                line,
+                "prompt",
+                "missing",
+                hint
+                if "text" not in obj
+                else "a line with text is for classification: give --labels (or --task classify)",
+            )
+        )
         return None
     if "prompt" in obj:
         if isinstance(obj["prompt"], str) and obj["prompt"].strip():
@@ -119,22 +129,6 @@ def _chat_messages(obj: dict, name: str, line: int, issues: list[Issue]) -> list
         return None
     messages = check_prompt_messages(obj["messages"], line, name, issues, field="messages")
     return None if messages is None else [_turn(m) for m in messages]
-
-
-def check_labels(labels: list[str] | None) -> list[str]:
-    """The label set, refused when two labels could not be told apart in an answer."""
-    if not labels or len(labels) < 2:
-        raise TunesmithError("--task classify needs --labels with at least two labels, e.g. --labels positive,negative")
-    seen: dict[str, str] = {}
-    for label in labels:
-        plain = _plain(label)
-        if not plain:
-            raise TunesmithError(f"--labels: {label!r} is not a label (empty once quotes and punctuation go)")
-        if plain in seen:
-            raise TunesmithError(f"--labels: {seen[plain]!r} and {label!r} are the same label once case and "
-                                 "punctuation are ignored, so an answer could not tell them apart")
-        seen[plain] = label
-    return [label.strip() for label in labels]
 
 
 def rejects_path(out: Path) -> Path:
@@ -164,12 +158,13 @@ class Summary:
 
     def lines(self) -> list[str]:
         """The closing report: the tally, what went wrong, and the command to run next."""
-        import shlex
-
-        tally = [f"wrote {self.written} to {self.out}",
-                 f"invalid {self.invalid}" + (f" (left out, see {self.rejects})" if self.invalid else ""),
-                 f"failed {self.failed}",
-                 f"skipped {self.skipped} already done", f"{self.seconds:.1f} s"]
+        tally = [
+            f"wrote {self.written} to {self.out}",
+            f"invalid {self.invalid}" + (f" (left out, see {self.rejects})" if self.invalid else ""),
+            f"failed {self.failed}",
+            f"skipped {self.skipped} already done",
+            f"{self.seconds:.1f} s",
+        ]
         lines = ["; ".join(tally)]
         if self.duplicates:
             lines.append(f"{self.duplicates} input line(s) repeat an earlier one: each input is asked once")
@@ -181,8 +176,16 @@ class Summary:
         return lines
 
 
-def generate(inputs: Path, out: Path, teacher: Teacher, task: str = "classify", labels: list[str] | None = None,
-             system: str | None = None, concurrency: int = 8, console=None) -> Summary:
+def generate(
+    inputs: Path,
+    out: Path,
+    teacher: Teacher,
+    task: str = "classify",
+    labels: list[str] | None = None,
+    system: str | None = None,
+    concurrency: int = 8,
+    console=None,
+) -> Summary:
     """Ask ``teacher`` about every input not yet done and append its answers to ``out``. Returns the
     tally; a refusal or a teacher that stopped answering ends the run early (``Summary.error``)."""
     if task not in ("classify", "chat"):
@@ -194,8 +197,6 @@ def generate(inputs: Path, out: Path, teacher: Teacher, task: str = "classify", 
     if concurrency < 1:
         raise TunesmithError("--concurrency must be at least 1")
     if console is None:
-        from rich.console import Console
-
         console = Console(stderr=True, soft_wrap=True)
     inputs, out = Path(inputs), Path(out)
     summary = Summary(out, rejects_path(out))
@@ -205,7 +206,11 @@ def generate(inputs: Path, out: Path, teacher: Teacher, task: str = "classify", 
     unique = {item.key: item for item in reversed(items)}  # the first line of a repeated input wins
     done = done_keys(out, console) | done_keys(summary.rejects, console)
     pending = sorted((item for key, item in unique.items() if key not in done), key=lambda item: item.line)
-    summary.total, summary.duplicates, summary.skipped = len(unique), len(items) - len(unique), len(unique) - len(pending)
+    summary.total, summary.duplicates, summary.skipped = (
+        len(unique),
+        len(items) - len(unique),
+        len(unique) - len(pending),
+    )
     teacher.stopped.clear()
     started = time.perf_counter()
     try:
@@ -218,10 +223,15 @@ def generate(inputs: Path, out: Path, teacher: Teacher, task: str = "classify", 
     return summary
 
 
-def _ask_all(pending: list[Input], teacher: Teacher, task: str, labels: list[str] | None, concurrency: int,
-             summary: Summary, name: str) -> None:
-    from tqdm import tqdm
-
+def _ask_all(
+    pending: list[Input],
+    teacher: Teacher,
+    task: str,
+    labels: list[str] | None,
+    concurrency: int,
+    summary: Summary,
+    name: str,
+) -> None:
     todo: queue.SimpleQueue = queue.SimpleQueue()
     answers: queue.SimpleQueue = queue.SimpleQueue()
     for item in pending:
@@ -304,8 +314,12 @@ def done_keys(path: Path, console=None) -> set[str]:
     if not Path(path).is_file():
         return set()
     if repair_tail(path) is not None and console is not None:
-        console.print(f"warning: {path}: dropped a torn last line (a run stopped mid-write); "
-                      "that input is asked again", style="yellow", highlight=False, markup=False)
+        console.print(
+            f"warning: {path}: dropped a torn last line (a run stopped mid-write); that input is asked again",
+            style="yellow",
+            highlight=False,
+            markup=False,
+        )
     data = Path(path).read_bytes()
     keys = set()
     for number, raw in enumerate(data.decode("utf-8", "replace").split("\n"), start=1):
@@ -313,8 +327,10 @@ def done_keys(path: Path, console=None) -> set[str]:
             try:
                 keys.add(_line_key(json.loads(raw)))
             except (ValueError, KeyError, TypeError, AttributeError):
-                raise TunesmithError(f"{path}:{number}: not a line `tunesmith data generate` writes "
-                                     "(hint: fix or remove the line, or choose another --out)") from None
+                raise TunesmithError(
+                    f"{path}:{number}: not a line `tunesmith data generate` writes "
+                    "(hint: fix or remove the line, or choose another --out)"
+                ) from None
     return keys
 
 

@@ -10,30 +10,16 @@ import math
 import torch
 import torch.nn.functional as F
 
-from tunesmith.data.batching import Row, collate, collate_shared_prefix, shared_prefix_length
+from tunesmith.data.batching import (
+    Row,
+    collate,
+    collate_shared_prefix,
+    shared_prefix_length,
+)
 from tunesmith.data.render import IGNORE
-from tunesmith.generation import expanded_cache, prefix_cache
+from tunesmith.models.kv_cache import expanded_cache, prefix_cache
+from tunesmith.models.parts import eval_mode, hidden_and_head
 from tunesmith.training.kernels import lays_out_shared_prefix
-
-
-# Architectures whose logits are exactly output_embeddings(decoder(x)): no soft-capping or scaling.
-PLAIN_HEAD_MODELS = {"llama", "mistral", "qwen2", "qwen3", "smollm3", "phi3", "olmo2"}
-
-
-def output_head(model) -> torch.nn.Module | None:
-    """The output projection of a plain-head model (logits = head(last hidden state)), else None."""
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return causal_lm.get_output_embeddings() if causal_lm.config.model_type in PLAIN_HEAD_MODELS else None
-
-
-def hidden_and_head(model, **inputs) -> tuple[torch.Tensor, torch.nn.Module | None]:
-    """(last hidden states, output head) for plain-head models, so callers can apply the 49k-vocabulary
-    projection only where they need logits; (logits, None) for other architectures."""
-    head = output_head(model)
-    if head is not None:
-        causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-        return causal_lm.get_decoder()(**inputs).last_hidden_state, head
-    return model(**inputs).logits, None
 
 
 def token_loss_sums(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -46,9 +32,10 @@ def token_loss_sums(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     targets = batch["labels"][:, 1:]
     mask = targets != IGNORE
     # One row with the prefix once (collate_shared_prefix), or rows after a prefix in a key/value cache.
-    layout = {key: batch[key] for key in ("segments", "past_key_values") if key in batch}
-    hidden, head = hidden_and_head(model, input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                                   use_cache="past_key_values" in batch, **layout)
+    layout = {key: batch[key] for key in ("segments", "cache") if key in batch}
+    hidden, head = hidden_and_head(
+        model, input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache="cache" in batch, **layout
+    )
     picked = hidden[:, :-1][mask]
     logits = (head(picked) if head is not None else picked).float()
     losses = F.cross_entropy(logits, targets[mask], reduction="none")
@@ -86,21 +73,22 @@ def loss_sums_in_batches(model, rows: list[Row], pad_id: int, batch_size: int = 
         if cache is None:
             batch = loss_batch(model, chunk, pad_id)
         else:  # the rows after the prefix, padded (no layout: this is not the training attention)
-            batch = loss_batch(model, [Row(row.input_ids[prefix:], row.labels[prefix:], row.position_ids[prefix:])
-                                       for row in chunk], pad_id)
-            batch["past_key_values"] = expanded_cache(cache, len(chunk))
+            batch = loss_batch(
+                model,
+                [Row(row.input_ids[prefix:], row.labels[prefix:], row.position_ids[prefix:]) for row in chunk],
+                pad_id,
+            )
+            batch["cache"] = expanded_cache(cache, len(chunk))
         yield index, token_loss_sums(model, batch)
 
 
 @torch.no_grad()
 def row_loss_sums(model, rows: list[Row], pad_id: int, batch_size: int = 8) -> torch.Tensor:
     """Each row's summed target loss in nats (float64), in the order given, computed in eval mode."""
-    was_training = model.training
-    model.eval()
-    result = torch.zeros(len(rows), dtype=torch.float64)
-    for index, sums in loss_sums_in_batches(model, rows, pad_id, batch_size):
-        result[index] = sums.double().cpu()
-    model.train(was_training)
+    with eval_mode(model):
+        result = torch.zeros(len(rows), dtype=torch.float64)
+        for index, sums in loss_sums_in_batches(model, rows, pad_id, batch_size):
+            result[index] = sums.double().cpu()
     return result
 
 

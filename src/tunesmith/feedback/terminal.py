@@ -7,6 +7,7 @@ that way): end of input quits cleanly, like ``q``.
 
 from __future__ import annotations
 
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,14 +16,14 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.text import Text
 
-from tunesmith.errors import TunesmithError
-from tunesmith.review import ReviewPrompt, ReviewSession, answer
+from tunesmith.core.errors import TunesmithError
+from tunesmith.feedback.session import ReviewPrompt, ReviewSession, answer
+from tunesmith.inference.loaded import load
 
 QUESTION = "[g]ood / [b]ad / [s]kip / [q]uit: "
 CORRECTION = "correction (end a line with \\ to go on to the next line): "
 CONTINUATION = "... "
-KEYS = {"g": "good", "good": "good", "b": "bad", "bad": "bad", "s": "skip", "skip": "skip", "q": "quit",
-        "quit": "quit"}
+KEYS = {"g": "good", "good": "good", "b": "bad", "bad": "bad", "s": "skip", "skip": "skip", "q": "quit", "quit": "quit"}
 HELP = """keys, each followed by Enter:
   g  good: the answer is right as it is
   b  bad: type the right answer (the correction); end a line with \\ to continue it on the next
@@ -52,23 +53,31 @@ class _Quit(Exception):
     """End of input or ``q``: stop asking, keep what is recorded."""
 
 
-def review_in_terminal(session: ReviewSession, model_ref: str, max_tokens: int, resume_command: str,
-                       console: Console, read: Read = terminal_read) -> int:
+def review_in_terminal(
+    session: ReviewSession,
+    model_ref: str,
+    max_tokens: int,
+    resume_command: str,
+    console: Console,
+    read: Read = terminal_read,
+) -> int:
     """Review every pending prompt of ``session``; 0 when done or quit, 130 on Ctrl-C."""
     for warning in session.warnings:
         console.print(Text(str(warning), style="yellow"))
     start = session.progress()
     pending = session.pending()
     if not pending:
-        console.print(f"All {start.total} prompt(s) of {session.prompts_path} have a review in {session.out_path}.",
-                      markup=False, highlight=False, soft_wrap=True)
+        console.print(
+            f"All {start.total} prompt(s) of {session.prompts_path} have a review in {session.out_path}.",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
         _next_step(session, console)
         return 0
     console.print(f"{start.done} of {start.total} prompt(s) reviewed, {start.remaining} to go.")
     skipped = 0
     try:
-        from tunesmith.inference import load
-
         with console.status(f"loading {model_ref}"):
             loaded = load(model_ref)
         for number, prompt in enumerate(pending, start=1):
@@ -77,24 +86,33 @@ def review_in_terminal(session: ReviewSession, model_ref: str, max_tokens: int, 
             _show_prompt(prompt, f"{number}/{len(pending)}", console)
             with console.status("generating"):
                 response = answer(loaded, prompt, max_tokens)
-            console.print(Panel(Text(response if response.strip() else "(empty answer)"), title="answer",
-                                title_align="left", border_style="cyan"))
+            console.print(
+                Panel(
+                    Text(response if response.strip() else "(empty answer)"),
+                    title="answer",
+                    title_align="left",
+                    border_style="cyan",
+                )
+            )
             if not _review_one(session, prompt, response, console, read):
                 skipped += 1
     except _Quit:
         pass
     except KeyboardInterrupt:
         console.print()
-        console.print(f"interrupted: every review recorded so far is in {session.out_path}", markup=False,
-                      highlight=False, soft_wrap=True)
+        console.print(
+            f"interrupted: every review recorded so far is in {session.out_path}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
         _summary(session, skipped, resume_command, console)
         return 130
     _summary(session, skipped, resume_command, console)
     return 0
 
 
-def _review_one(session: ReviewSession, prompt: ReviewPrompt, response: str, console: Console,
-                read: Read) -> bool:
+def _review_one(session: ReviewSession, prompt: ReviewPrompt, response: str, console: Console, read: Read) -> bool:
     """Ask until the answer is recorded (True) or skipped (False); raises ``_Quit``."""
     while True:
         choice = KEYS.get(_read(read, QUESTION).strip().lower())
@@ -150,8 +168,10 @@ def _summary(session: ReviewSession, skipped: int, resume_command: str, console:
     recorded = session.recorded
     bad = sum(1 for record in recorded if record.verdict == "bad")
     progress = session.progress()
-    console.print(f"this session: {len(recorded)} recorded ({len(recorded) - bad} good, {bad} bad), "
-                  f"{skipped} skipped; {progress.done} of {progress.total} reviewed, {progress.remaining} to go")
+    console.print(
+        f"this session: {len(recorded)} recorded ({len(recorded) - bad} good, {bad} bad), "
+        f"{skipped} skipped; {progress.done} of {progress.total} reviewed, {progress.remaining} to go"
+    )
     if progress.remaining:
         console.print(f"resume with: {resume_command}", soft_wrap=True, markup=False, highlight=False)
     else:
@@ -161,11 +181,13 @@ def _summary(session: ReviewSession, skipped: int, resume_command: str, console:
 def _next_step(session: ReviewSession, console: Console) -> None:
     out = session.out_path
     folder = out.with_name(f"{out.stem}-training")
-    console.print(f"next: tunesmith data from-corrections {_quote(out)} --out {_quote(folder)}", soft_wrap=True,
-                  markup=False, highlight=False)
+    console.print(
+        f"next: tunesmith data from-corrections {_quote(out)} --out {_quote(folder)}",
+        soft_wrap=True,
+        markup=False,
+        highlight=False,
+    )
 
 
 def _quote(path: Path) -> str:
-    import shlex
-
     return shlex.quote(str(path))

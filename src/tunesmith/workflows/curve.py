@@ -18,22 +18,27 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from tunesmith.config import TrainConfig
+from tunesmith.core.config import TrainConfig
+from tunesmith.core.errors import DataError, TunesmithError
 from tunesmith.data.check import check_structure
-from tunesmith.errors import DataError, TunesmithError
+from tunesmith.data.records import example_record
 from tunesmith.evaluation.compare import format_gain, format_value, sample
 from tunesmith.evaluation.measure import EvalOptions
-from tunesmith.evaluation.run import BASELINES, evaluate
 from tunesmith.evaluation.significance import Sample, bootstrap
-from tunesmith.evaluation.systems import example_record
+from tunesmith.workflows.evaluate import BASELINES, evaluate
+from tunesmith.workflows.train import default_name, train
 
 
-def learning_curve(train_file: Path, test_file: Path, sizes: list[int], config: TrainConfig | None = None,
-                   name: str | None = None, options: EvalOptions | None = None,
-                   console: Console | None = None) -> dict:
+def learning_curve(
+    train_file: Path,
+    test_file: Path,
+    sizes: list[int],
+    config: TrainConfig | None = None,
+    name: str | None = None,
+    options: EvalOptions | None = None,
+    console: Console | None = None,
+) -> dict:
     """Train on nested subsets of ``train_file`` and evaluate each on ``test_file``."""
-    from tunesmith.training.run import default_name, train
-
     console = console or Console(stderr=True, soft_wrap=True)
     options = options or EvalOptions()
     config = config or TrainConfig(data=train_file)
@@ -46,8 +51,10 @@ def learning_curve(train_file: Path, test_file: Path, sizes: list[int], config: 
     if not sizes or sizes[0] < 1:
         raise TunesmithError("--sizes needs positive numbers of examples, e.g. 50,100,200")
     if sizes[-1] > len(examples):
-        raise TunesmithError(f"{train_file} has {len(examples)} examples, fewer than the largest size "
-                             f"{sizes[-1]}; use sizes up to {len(examples)}")
+        raise TunesmithError(
+            f"{train_file} has {len(examples)} examples, fewer than the largest size "
+            f"{sizes[-1]}; use sizes up to {len(examples)}"
+        )
     order = list(range(len(examples)))
     random.Random(config.seed).shuffle(order)
 
@@ -56,41 +63,70 @@ def learning_curve(train_file: Path, test_file: Path, sizes: list[int], config: 
     with tempfile.TemporaryDirectory(prefix="tunesmith-curve-") as folder:
         for size in sizes:
             subset = Path(folder) / f"{size}.jsonl"
-            subset.write_text("".join(json.dumps(example_record(examples[i]), ensure_ascii=False) + "\n"
-                                      for i in order[:size]), encoding="utf-8")
+            subset.write_text(
+                "".join(json.dumps(example_record(examples[i]), ensure_ascii=False) + "\n" for i in order[:size]),
+                encoding="utf-8",
+            )
             console.rule(f"{size} training examples")
-            result = train(config.model_copy(update={"data": subset, "name": f"{name}-n{size}",
-                                                     "task": structure.task, "labels": structure.labels}),
-                           console=console)
+            result = train(
+                config.model_copy(
+                    update={
+                        "data": subset,
+                        "name": f"{name}-n{size}",
+                        "task": structure.task,
+                        "labels": structure.labels,
+                    }
+                ),
+                console=console,
+            )
             if result.version is None:
                 raise TunesmithError(f"training on {size} examples was interrupted; the curve is incomplete")
             # The baselines do not depend on the fine-tune: measure them once, with shots drawn from
             # the whole training file so every size is compared with the same prompt.
             baselines = BASELINES if figures is None else ()
-            measured = evaluate(result.version.ref, test_file, baselines=baselines, options=options,
-                                shots_from=train_file, console=console)
+            measured = evaluate(
+                result.version.ref,
+                test_file,
+                baselines=baselines,
+                options=options,
+                shots_from=train_file,
+                console=console,
+            )
             figures = figures or measured
             tuned = measured["results"]["fine_tuned"]
-            points.append({"n": size, "model": result.version.ref, "value": tuned[measured["primary"]],
-                           "interval": measured["intervals"].get("fine_tuned"),
-                           "train_seconds": result.version.manifest["training"]["wall_seconds"]})
+            points.append(
+                {
+                    "n": size,
+                    "model": result.version.ref,
+                    "value": tuned[measured["primary"]],
+                    "interval": measured["intervals"].get("fine_tuned"),
+                    "train_seconds": result.version.manifest["training"]["wall_seconds"],
+                }
+            )
             samples.append(sample(measured, "fine_tuned"))
     assert figures is not None
     primary = figures["primary"]
     _add_gains(points, samples, primary, figures["higher_is_better"], options.seed)
     return {
-        "task": figures["task"], "metric": primary, "higher_is_better": figures["higher_is_better"],
-        "train": str(train_file), "test": str(test_file), "seed": config.seed, "points": points,
-        "baselines": {system: figures["results"][system][primary] for system in BASELINES
-                      if system in figures["results"]},
+        "task": figures["task"],
+        "metric": primary,
+        "higher_is_better": figures["higher_is_better"],
+        "train": str(train_file),
+        "test": str(test_file),
+        "seed": config.seed,
+        "points": points,
+        "baselines": {
+            system: figures["results"][system][primary] for system in BASELINES if system in figures["results"]
+        },
         "shots": figures["results"].get("few_shot", {}).get("shots", 0),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - started, 1),
     }
 
 
-def _add_gains(points: list[dict], samples: list[Sample | None], metric: str, higher_is_better: bool,
-               seed: int) -> None:
+def _add_gains(
+    points: list[dict], samples: list[Sample | None], metric: str, higher_is_better: bool, seed: int
+) -> None:
     """Give each point ``gains``: its paired difference from every smaller size, with a 95% interval
     (significance.bootstrap; the sizes were measured on the same test examples), keyed by that size."""
     for j, (point, larger) in enumerate(zip(points, samples)):
@@ -99,15 +135,24 @@ def _add_gains(points: list[dict], samples: list[Sample | None], metric: str, hi
         smaller = {str(points[i]["n"]): samples[i] for i in range(j) if samples[i] is not None}
         if not smaller:
             continue
-        tested = bootstrap({"larger": larger, **smaller}, list(smaller), tuned="larger",
-                           higher_is_better=higher_is_better, exponential=metric == "perplexity", seed=seed)
+        tested = bootstrap(
+            {"larger": larger, **smaller},
+            list(smaller),
+            tuned="larger",
+            higher_is_better=higher_is_better,
+            exponential=metric == "perplexity",
+            seed=seed,
+        )
         point["gains"] = {n: {**d, "metric": metric} for n, d in tested["differences"].items()}
 
 
 def curve_table(curve: dict) -> Table:
     metric = curve["metric"]
-    table = Table(title=f"learning curve: {metric} on {curve['test']}", caption="n: training examples. gain on "
-                  "previous: the difference from the previous n on the same test examples (95% interval)")
+    table = Table(
+        title=f"learning curve: {metric} on {curve['test']}",
+        caption="n: training examples. gain on "
+        "previous: the difference from the previous n on the same test examples (95% interval)",
+    )
     table.add_column("n", justify="right")
     table.add_column(metric, justify="right", no_wrap=True)
     table.add_column("95% interval", justify="right", no_wrap=True)
@@ -118,9 +163,14 @@ def curve_table(curve: dict) -> Table:
     for i, point in enumerate(curve["points"]):
         low_high = point.get("interval")
         span = f"{format_value(metric, low_high[0])}–{format_value(metric, low_high[1])}" if low_high else "–"
-        table.add_row(str(point["n"]), format_value(metric, point["value"]), span,
-                      format_gain(point, curve["points"][i - 1] if i else None), point["model"],
-                      f"{point['train_seconds']:.0f} s")
+        table.add_row(
+            str(point["n"]),
+            format_value(metric, point["value"]),
+            span,
+            format_gain(point, curve["points"][i - 1] if i else None),
+            point["model"],
+            f"{point['train_seconds']:.0f} s",
+        )
     for system, value in curve["baselines"].items():
         label = "base zero-shot" if system == "base" else f"base {curve['shots']}-shot"
         table.add_row("–", format_value(metric, value), "", "", f"[dim]{label} (reference)[/]", "")

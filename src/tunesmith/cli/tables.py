@@ -32,8 +32,19 @@ def print_data_report(report: DataReport, console: Console) -> None:
         for column in ("min", "median", "p95", "max", "total", "answer tokens"):
             table.add_column(column, justify="right")
         s = report.stats
-        table.add_row(*(str(v) for v in (s["length_min"], s["length_median"], s["length_p95"], s["length_max"],
-                                         s["tokens_total"], s["target_tokens_total"])))
+        table.add_row(
+            *(
+                str(v)
+                for v in (
+                    s["length_min"],
+                    s["length_median"],
+                    s["length_p95"],
+                    s["length_max"],
+                    s["tokens_total"],
+                    s["target_tokens_total"],
+                )
+            )
+        )
         console.print(table)
         console.print(f"max_length: {report.max_length}")
     if report.preview:
@@ -45,8 +56,10 @@ def print_data_report(report: DataReport, console: Console) -> None:
             text.append(f" … (+{len(report.preview) - PREVIEW_TOKENS} tokens)", style="italic")
         console.print(text)
     if report.estimate_seconds is not None:
-        console.print(f"estimated training time on this machine: ~{_duration(report.estimate_seconds)} "
-                      f"per epoch ({'DPO' if report.task == 'preference' else 'LoRA'})")
+        console.print(
+            f"estimated training time on this machine: ~{_duration(report.estimate_seconds)} "
+            f"per epoch ({'DPO' if report.task == 'preference' else 'LoRA'})"
+        )
     verdict = "[green]usable[/]" if report.ok else f"[red]{len(report.errors)} error(s)[/]"
     console.print(f"{verdict}, {len(report.warnings)} warning(s)")
 
@@ -56,8 +69,15 @@ def models_table(rows: list[dict]) -> Table:
     for column in ("name", "version", "base", "task", "method", "created", "result"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row["name"], str(row["version"]), str(row["base"]), str(row["task"]),
-                      str(row["method"]), str(row["created"]), _result(row["metrics"]))
+        table.add_row(
+            row["name"],
+            str(row["version"]),
+            str(row["base"]),
+            str(row["task"]),
+            str(row["method"]),
+            str(row["created"]),
+            _result(row["metrics"]),
+        )
     return table
 
 

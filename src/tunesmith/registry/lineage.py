@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
-from tunesmith.errors import TunesmithError
+from tunesmith.core.errors import TunesmithError
 from tunesmith.models.base import EMBEDDED, resolve_base
+from tunesmith.models.load import load_adapter, load_model
 from tunesmith.registry import store
 
 
@@ -80,29 +81,34 @@ def resolve_start(spec: str) -> StartingPoint:
 def version_start(manifest: dict, version_path: Path) -> StartingPoint:
     """What a registry version's own weights (its adapter, or nothing for a full fine-tune) sit on."""
     base_name = manifest["base"]["name"]
-    lineage = [Ancestor(entry["ref"], entry["method"], entry["task"],
-                        version_path / entry["adapter"] if entry.get("adapter") else None)
-               for entry in manifest.get("lineage") or []]
+    lineage = [
+        Ancestor(
+            entry["ref"],
+            entry["method"],
+            entry["task"],
+            version_path / entry["adapter"] if entry.get("adapter") else None,
+        )
+        for entry in manifest.get("lineage") or []
+    ]
     full = [ancestor for ancestor in lineage if ancestor.adapter is None]
     if full:
         try:
             weights = store.get(full[-1].ref).path / "model"
         except TunesmithError:
-            raise TunesmithError(f"{manifest.get('name')}:{manifest.get('version')} is built on the full "
-                                 f"fine-tune {full[-1].ref}, which is no longer in the registry") from None
+            raise TunesmithError(
+                f"{manifest.get('name')}:{manifest.get('version')} is built on the full "
+                f"fine-tune {full[-1].ref}, which is no longer in the registry"
+            ) from None
     else:
         try:
             weights = resolve_base(base_name)
         except TunesmithError as err:
             raise TunesmithError(f"the base model of this fine-tune is not available: {err}") from None
-    return StartingPoint(f"{manifest.get('name')}:{manifest.get('version')}", base_name, weights, version_path,
-                         lineage)
+    return StartingPoint(f"{manifest.get('name')}:{manifest.get('version')}", base_name, weights, version_path, lineage)
 
 
 def load_start(start: StartingPoint, dtype: torch.dtype | None = None):
     """The starting weights as a plain model: ``weights`` with the ancestors' adapters merged in."""
-    from tunesmith.models.load import load_adapter, load_model
-
     model = load_model(start.weights, dtype=dtype)
     for adapter in start.adapters:
         model = load_adapter(model, adapter).merge_and_unload()

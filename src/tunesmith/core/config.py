@@ -12,11 +12,28 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from tunesmith.errors import TunesmithError
+from tunesmith.core.errors import TunesmithError
 
-Task = Literal["auto", "chat", "completion", "text", "classify", "preference"]
+# The choices every layer shares. "auto" exists only where a user chooses: the data check resolves a
+# task, the hardware a precision, and what comes after holds the resolved value.
+Task = Literal["chat", "completion", "text", "classify", "preference"]
+TaskChoice = Literal["auto", "chat", "completion", "text", "classify", "preference"]
+Method = Literal["lora", "full", "dpo"]
+Precision = Literal["fp32", "bf16"]
+PrecisionChoice = Literal["auto", "fp32", "bf16"]
+TASKS: tuple[Task, ...] = get_args(Task)
+TASK_CHOICES: tuple[TaskChoice, ...] = get_args(TaskChoice)
+METHODS: tuple[Method, ...] = get_args(Method)
+PRECISIONS: tuple[PrecisionChoice, ...] = get_args(PrecisionChoice)
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -24,14 +41,9 @@ def check_name(name: str) -> str:
     """Model names become folder names: no separators, no dot-dot, nothing hidden."""
     if not NAME_PATTERN.fullmatch(name) or ".." in name:
         raise ValueError(
-            f"invalid model name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
+            f"invalid model name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     return name
-
-
-Precision = Literal["auto", "fp32", "bf16"]
-PRECISIONS: tuple[str, ...] = get_args(Precision)  # also models.load.precision_dtype's choices
 
 
 class TrainConfig(BaseModel):
@@ -40,35 +52,41 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     data: Path = Field(description="Training file (.jsonl, .csv or .txt).")
-    val_data: Path | None = Field(
-        None, description="Validation file; when absent a split is held out from `data`."
-    )
-    task: Task = Field("auto", description="Data format; `auto` detects it from the file.")
+    val_data: Path | None = Field(None, description="Validation file; when absent a split is held out from `data`.")
+    task: TaskChoice = Field("auto", description="Data format; `auto` detects it from the file.")
     base: str = Field(
         "smollm2-135m",
         description="Model to start from: a known base name (see `tunesmith base list`), a local Hugging "
         "Face model folder, or a registry fine-tune (NAME or NAME:VERSION) to build on; the manifest then "
         "records the lineage.",
     )
-    method: Literal["lora", "full", "dpo"] = Field(
-        "lora", description="LoRA adapters, full fine-tuning, or DPO (preference pairs, trained as LoRA "
+    method: Method = Field(
+        "lora",
+        description="LoRA adapters, full fine-tuning, or DPO (preference pairs, trained as LoRA "
         "adapters; the reference model is the same weights with the adapter switched off).",
     )
     beta: float = Field(
-        0.1, gt=0, le=10, description="DPO: strength of the pull towards the reference model (higher "
-        "stays closer). Only for method dpo.",
+        0.1,
+        gt=0,
+        le=10,
+        description="DPO: strength of the pull towards the reference model (higher stays closer). Only for method dpo.",
     )
     name: str | None = Field(None, description="Registry name; defaults to the data file's stem.")
 
     epochs: int | None = Field(None, ge=1, le=100, description="Passes over the training data.")
     lr: float | None = Field(None, gt=0, lt=1, description="Peak learning rate (AdamW).")
     lr_multiplier: float = Field(
-        1.0, gt=0, le=100, description="Scales the automatic learning rate (the OpenAI API's "
+        1.0,
+        gt=0,
+        le=100,
+        description="Scales the automatic learning rate (the OpenAI API's "
         "`learning_rate_multiplier`); ignored when `lr` is given. A resolved config's `lr` already includes it.",
     )
     batch_size: int = Field(8, ge=1, le=4096, description="Examples per optimizer step.")
     micro_batch_size: int | None = Field(
-        None, ge=1, description="Examples per forward pass; batch_size/micro_batch_size steps "
+        None,
+        ge=1,
+        description="Examples per forward pass; batch_size/micro_batch_size steps "
         "of gradient accumulation. Defaults to batch_size.",
     )
     max_length: int | None = Field(
@@ -78,8 +96,9 @@ class TrainConfig(BaseModel):
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine decay ends at lr * min_lr_ratio.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     grad_clip: float | None = Field(1.0, gt=0, description="Clip the gradient norm; null disables.")
-    precision: Precision = Field(
-        "auto", description="Compute precision. `auto`: bf16 where the hardware multiplies it natively "
+    precision: PrecisionChoice = Field(
+        "auto",
+        description="Compute precision. `auto`: bf16 where the hardware multiplies it natively "
         "(CUDA, CPUs with AMX or AVX512-BF16), else fp32. Trained weights stay fp32 either way: LoRA "
         "adapters, and the master weights of full fine-tuning (which then runs under autocast).",
     )
@@ -101,7 +120,9 @@ class TrainConfig(BaseModel):
         3, ge=1, description="Stop after this many validation passes without improvement; null disables."
     )
     checkpoint_every: int | None = Field(
-        None, ge=1, description="Optimizer steps between checkpoints (auto: about 5 per run, at most 20 steps "
+        None,
+        ge=1,
+        description="Optimizer steps between checkpoints (auto: about 5 per run, at most 20 steps "
         "apart). Ctrl-C also writes one.",
     )
     seed: int = Field(0, description="Seeds the split, the data order, LoRA init and dropout.")
@@ -134,8 +155,7 @@ class TrainConfig(BaseModel):
     def _cross_field(self) -> TrainConfig:
         if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
             raise ValueError(
-                f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size "
-                f"({self.micro_batch_size})"
+                f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size})"
             )
         if self.method == "full" and (self.lora_rank is not None or self.lora_alpha is not None):
             raise ValueError("lora_rank/lora_alpha only apply to method 'lora'")

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Union
 
-from tunesmith.data.formats import Findings, Issue, check_prompt_messages, read_json_objects
-from tunesmith.durable import atomic_write_text, fsync_dir
-from tunesmith.errors import DataError
+from tunesmith.core.durable import atomic_write_text, fsync_dir
+from tunesmith.core.errors import DataError
+from tunesmith.data.formats import check_prompt_messages, read_json_objects
+from tunesmith.data.records import Findings, Issue
 
 Verdict = Literal["good", "bad"]
 VERDICTS = ("good", "bad")
@@ -113,14 +114,30 @@ def parse_prompt(obj: dict, name: str, line: int, issues: list[Issue]) -> Prompt
     given = [key for key in PROMPT_KEYS if key in obj]
     if len(given) != 1:
         message = "has both prompt and messages" if given else "missing key: prompt or messages"
-        issues.append(Issue("error", name, line, "prompt" if given else "prompt, messages", message,
-                            'give the question as "prompt": "..." or as "messages": [..., {"role": "user", ...}]'))
+        issues.append(
+            Issue(
+                "error",
+                name,
+                line,
+                "prompt" if given else "prompt, messages",
+                message,
+                'give the question as "prompt": "..." or as "messages": [..., {"role": "user", ...}]',
+            )
+        )
         return None
     if given == ["prompt"]:
         prompt = obj["prompt"]
         if not isinstance(prompt, str):
-            issues.append(Issue("error", name, line, "prompt", f"must be a string, got {type(prompt).__name__}",
-                                'write it as "prompt": "...", or use "messages" for a conversation'))
+            issues.append(
+                Issue(
+                    "error",
+                    name,
+                    line,
+                    "prompt",
+                    f"must be a string, got {type(prompt).__name__}",
+                    'write it as "prompt": "...", or use "messages" for a conversation',
+                )
+            )
             return None
         if not prompt.strip():
             issues.append(Issue("error", name, line, "prompt", "empty prompt", "write the question or drop the line"))
@@ -134,38 +151,101 @@ def parse_correction(obj: dict, name: str, line: int, issues: list[Issue]) -> Co
     """One corrections line, every error of it reported; ``None`` when it has any."""
     before = len(issues)
     for unknown in sorted(set(obj) - CORRECTION_KEYS):
-        issues.append(Issue("error", name, line, unknown, "unknown key",
-                            "allowed keys: prompt or messages, response, verdict, correction"))
+        issues.append(
+            Issue(
+                "error",
+                name,
+                line,
+                unknown,
+                "unknown key",
+                "allowed keys: prompt or messages, response, verdict, correction",
+            )
+        )
     prompt = parse_prompt(obj, name, line, issues)
     response, verdict, correction = obj.get("response"), obj.get("verdict"), obj.get("correction")
     if "response" not in obj:
-        issues.append(Issue("error", name, line, "response", "missing key",
-                            f"give the model's answer; a line looks like {LINE_SHAPE}"))
+        issues.append(
+            Issue(
+                "error",
+                name,
+                line,
+                "response",
+                "missing key",
+                f"give the model's answer; a line looks like {LINE_SHAPE}",
+            )
+        )
     elif not isinstance(response, str):
-        issues.append(Issue("error", name, line, "response", f"must be a string, got {type(response).__name__}",
-                            "quote the model's answer"))
+        issues.append(
+            Issue(
+                "error",
+                name,
+                line,
+                "response",
+                f"must be a string, got {type(response).__name__}",
+                "quote the model's answer",
+            )
+        )
     if verdict not in VERDICTS:
-        message = "missing key" if "verdict" not in obj else f"must be \"good\" or \"bad\", got {verdict!r}"
+        message = "missing key" if "verdict" not in obj else f'must be "good" or "bad", got {verdict!r}'
         hint = 'write "good" if the answer was right, "bad" with a correction if not'
         if isinstance(verdict, str) and verdict.strip().lower() in VERDICTS:
             hint = f'write it exactly as "{verdict.strip().lower()}", in lower case'
         issues.append(Issue("error", name, line, "verdict", message, hint))
     if correction is not None and not isinstance(correction, str):
-        issues.append(Issue("error", name, line, "correction", f"must be a string, got {type(correction).__name__}",
-                            "quote the corrected answer"))
+        issues.append(
+            Issue(
+                "error",
+                name,
+                line,
+                "correction",
+                f"must be a string, got {type(correction).__name__}",
+                "quote the corrected answer",
+            )
+        )
     elif verdict == "bad" and not (correction or "").strip():
-        issues.append(Issue("error", name, line, "correction",
-                            "missing correction" if "correction" not in obj else "empty correction",
-                            "a bad answer needs the right answer in \"correction\""))
+        issues.append(
+            Issue(
+                "error",
+                name,
+                line,
+                "correction",
+                "missing correction" if "correction" not in obj else "empty correction",
+                'a bad answer needs the right answer in "correction"',
+            )
+        )
     elif verdict == "bad" and isinstance(response, str) and correction.strip() == response.strip():
-        issues.append(Issue("error", name, line, "correction", "the correction is the same as the response",
-                            "if the answer was right, set verdict to good and drop the correction"))
+        issues.append(
+            Issue(
+                "error",
+                name,
+                line,
+                "correction",
+                "the correction is the same as the response",
+                "if the answer was right, set verdict to good and drop the correction",
+            )
+        )
     elif verdict == "good" and correction:  # "" or null: no correction (spreadsheet exports write them)
-        issues.append(Issue("error", name, line, "correction", "a good answer with a correction",
-                            "a good answer needs no correction; set verdict to bad or drop the correction"))
+        issues.append(
+            Issue(
+                "error",
+                name,
+                line,
+                "correction",
+                "a good answer with a correction",
+                "a good answer needs no correction; set verdict to bad or drop the correction",
+            )
+        )
     if verdict == "good" and isinstance(response, str) and not response.strip():
-        issues.append(Issue("error", name, line, "response", "an empty answer marked good",
-                            "set verdict to bad and write the right answer in \"correction\""))
+        issues.append(
+            Issue(
+                "error",
+                name,
+                line,
+                "response",
+                "an empty answer marked good",
+                'set verdict to bad and write the right answer in "correction"',
+            )
+        )
     if len(issues) > before or prompt is None:
         return None
     return Correction(line, prompt, response, verdict, correction if verdict == "bad" else None)
@@ -180,8 +260,11 @@ def convert(path: Path) -> CorrectionsResult:
     path = Path(path)
     name = str(path)
     issues: list[Issue] = []
-    records = [c for line, obj in read_json_objects(path, issues)
-               if (c := parse_correction(obj, name, line, issues)) is not None]
+    records = [
+        c
+        for line, obj in read_json_objects(path, issues)
+        if (c := parse_correction(obj, name, line, issues)) is not None
+    ]
     result = CorrectionsResult(path, issues)
     if result.errors:
         issues.sort(key=lambda issue: issue.line or 0)  # JSON errors were found first: file order
@@ -192,9 +275,16 @@ def convert(path: Path) -> CorrectionsResult:
         first = unique.setdefault(record.key(), record)
         if first is not record:
             result.duplicates += 1
-            issues.append(Issue("warning", name, record.line, None,
-                                f"duplicate: line {record.line} = line {first.line}",
-                                "written once; delete the repeat to silence this"))
+            issues.append(
+                Issue(
+                    "warning",
+                    name,
+                    record.line,
+                    None,
+                    f"duplicate: line {record.line} = line {first.line}",
+                    "written once; delete the repeat to silence this",
+                )
+            )
 
     # Reviews of the same prompt and response must agree; which one is right is the user's call.
     groups: dict[tuple[str, str], list[Correction]] = {}
@@ -209,9 +299,16 @@ def convert(path: Path) -> CorrectionsResult:
         result.conflicts.append(Conflict(lines, differs))
         left_out.update(lines)
         for other in group[1:]:
-            issues.append(Issue("warning", name, other.line, differs,
-                                f"conflicts with line {group[0].line}: same prompt and response, different {differs}",
-                                "decide which review is right and delete the other; both are left out until then"))
+            issues.append(
+                Issue(
+                    "warning",
+                    name,
+                    other.line,
+                    differs,
+                    f"conflicts with line {group[0].line}: same prompt and response, different {differs}",
+                    "decide which review is right and delete the other; both are left out until then",
+                )
+            )
 
     for record in unique.values():
         if record.line in left_out:
@@ -221,9 +318,16 @@ def convert(path: Path) -> CorrectionsResult:
         if record.verdict != "bad":
             continue
         if not record.response.strip():
-            issues.append(Issue("warning", name, record.line, "response", "empty response: no preference pair",
-                                "a pair needs a rejected answer to compare with; the correction still goes to "
-                                f"{SFT_FILE}"))
+            issues.append(
+                Issue(
+                    "warning",
+                    name,
+                    record.line,
+                    "response",
+                    "empty response: no preference pair",
+                    f"a pair needs a rejected answer to compare with; the correction still goes to {SFT_FILE}",
+                )
+            )
             continue
         result.pairs.append(preference_pair(record))
     issues.sort(key=lambda issue: issue.line or 0)
@@ -265,8 +369,10 @@ def write_outputs(result: CorrectionsResult, out_dir: Path) -> dict[Path, int]:
 def summary(result: CorrectionsResult, written: dict[Path, int], out_dir: Path) -> list[str]:
     """What ``data from-corrections`` did, in plain lines, ending with the commands to run next."""
     conflict_lines = sum(len(conflict.lines) for conflict in result.conflicts)
-    lines = [f"{result.good} good, {result.bad} bad, {result.duplicates} duplicate(s) written once, "
-             f"{len(result.conflicts)} conflict(s) left out ({conflict_lines} line(s))"]
+    lines = [
+        f"{result.good} good, {result.bad} bad, {result.duplicates} duplicate(s) written once, "
+        f"{len(result.conflicts)} conflict(s) left out ({conflict_lines} line(s))"
+    ]
     lines += [f"wrote {path}: {rows} row(s)" for path, rows in written.items()]
     pairs = out_dir / PAIRS_FILE
     if pairs not in written:
