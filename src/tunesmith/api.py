@@ -86,7 +86,7 @@ def load(model: str):
 
 def generate(model, prompt: str, max_tokens: int = 128, temperature: float = 0.0) -> str:
     """One answer (`tunesmith generate`); ``model`` is a loaded model or a reference to load."""
-    return loaded.generate(
+    return loaded.generate_answer(
         load(model) if isinstance(model, str) else model, prompt, max_tokens=max_tokens, temperature=temperature
     )
 

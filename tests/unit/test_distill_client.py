@@ -19,7 +19,7 @@ from tunesmith.cli import main
 from tunesmith.core.errors import DataError, TunesmithError
 from tunesmith.data.labels import check_labels, classify_prompt, normalize_label
 from tunesmith.models.openai_client import Teacher, TeacherError, TeacherUnavailable
-from tunesmith.workflows.distill import generate, rejects_path
+from tunesmith.workflows.distill import distill, rejects_path
 
 REPO = Path(__file__).resolve().parents[2]
 LABELS = ["positive", "negative"]
@@ -217,7 +217,7 @@ def test_bad_inputs_are_refused_before_any_request(serve, write_jsonl, tmp_path)
     server = serve(lambda body, n: completion("positive"))
     inputs = write_jsonl("in.jsonl", [{"text": "fine"}, {"txt": "typo"}, "not json", {"text": "  "}])
     with pytest.raises(DataError) as refused:
-        generate(inputs, tmp_path / "out.jsonl", teacher(server.url), "classify", LABELS)
+        distill(inputs, tmp_path / "out.jsonl", teacher(server.url), "classify", LABELS)
     message = str(refused.value)
     assert f"{inputs}:2: error: text: missing or empty" in message and f"{inputs}:3: error: bad JSON" in message
     assert f"{inputs}:4: error: text" in message and "(hint:" in message
@@ -230,7 +230,7 @@ def test_bad_inputs_are_refused_before_any_request(serve, write_jsonl, tmp_path)
         ],
     )
     with pytest.raises(DataError) as refused:
-        generate(chat, tmp_path / "out.jsonl", teacher(server.url), "chat")
+        distill(chat, tmp_path / "out.jsonl", teacher(server.url), "chat")
     assert f"{chat}:2: error: messages: the conversation must end with a user turn" in str(refused.value)
     assert f"{chat}:3: error: prompt: give either prompt or messages, not both" in str(refused.value)
     assert server.requests == [] and not (tmp_path / "out.jsonl").exists()
@@ -260,7 +260,7 @@ def test_classify_writes_valid_labels_and_rejects_the_rest_then_resumes(serve, w
     rows = [{"text": text, "label": "ignored"} for text in answers]
     out = tmp_path / "out.jsonl"
 
-    first = generate(
+    first = distill(
         write_jsonl("part.jsonl", rows[:6]),
         out,
         teacher(server.url),
@@ -290,7 +290,7 @@ def test_classify_writes_valid_labels_and_rejects_the_rest_then_resumes(serve, w
     lines = out.read_text().splitlines(keepends=True)
     out.write_text("".join(lines[:-1]) + lines[-1][:10])
     full = write_jsonl("all.jsonl", rows + [rows[0]])  # a repeated input is asked once
-    second = generate(full, out, teacher(server.url), "classify", LABELS, system="Be brief.", concurrency=3)
+    second = distill(full, out, teacher(server.url), "classify", LABELS, system="Be brief.", concurrency=3)
     assert (second.written, second.invalid, second.skipped, second.duplicates) == (3, 0, 5, 1)
     assert len(server.requests) == 6 + 3
     written = read_lines(out)
@@ -300,7 +300,7 @@ def test_classify_writes_valid_labels_and_rejects_the_rest_then_resumes(serve, w
         for line in written
     )
 
-    third = generate(full, out, teacher(server.url), "classify", LABELS, system="Be brief.")
+    third = distill(full, out, teacher(server.url), "classify", LABELS, system="Be brief.")
     assert (third.written, third.skipped, len(server.requests)) == (0, 8, 9)
     assert third.lines()[-1] == f"next: tunesmith train {out}"
 
@@ -309,11 +309,11 @@ def test_a_line_generate_did_not_write_stops_the_run(serve, write_jsonl, tmp_pat
     server = serve(lambda body, n: completion("positive"))
     out = write_jsonl("out.jsonl", [{"text": "a", "label": "positive"}, "garbage", {"text": "b", "label": "positive"}])
     with pytest.raises(TunesmithError, match=f"{out}:2: not a line `tunesmith data generate` writes"):
-        generate(write_jsonl("in.jsonl", [{"text": "a"}]), out, teacher(server.url), "classify", LABELS)
+        distill(write_jsonl("in.jsonl", [{"text": "a"}]), out, teacher(server.url), "classify", LABELS)
     assert server.requests == []
     done = write_jsonl("done.jsonl", [{"text": "a", "label": "positive"}])
     done.write_text(done.read_text().rstrip("\n"))  # complete, only the newline missing: kept
-    summary = generate(
+    summary = distill(
         write_jsonl("in2.jsonl", [{"text": "a"}, {"text": "b"}]), done, teacher(server.url), "classify", LABELS
     )
     assert (summary.skipped, summary.written) == (1, 1) and len(read_lines(done)) == 2
@@ -342,7 +342,7 @@ def test_chat_answers_keep_the_conversation_and_refuse_empty_or_cut_off_answers(
         ],
     )
     out = tmp_path / "chat-out.jsonl"
-    summary = generate(inputs, out, teacher(server.url), "chat", system="House style.")
+    summary = distill(inputs, out, teacher(server.url), "chat", system="House style.")
     assert (summary.written, summary.invalid) == (2, 2)
     # Lines are written as answers arrive (8 in flight): compare them in a fixed order.
     assert sorted(read_lines(out), key=json.dumps) == sorted(
@@ -370,24 +370,24 @@ def test_chat_answers_keep_the_conversation_and_refuse_empty_or_cut_off_answers(
         "cut off at --max-tokens (finish_reason length)",
         "empty answer",
     ]
-    again = generate(inputs, out, teacher(server.url), "chat", system="House style.")
+    again = distill(inputs, out, teacher(server.url), "chat", system="House style.")
     assert (again.skipped, again.written, len(server.requests)) == (4, 0, 4)
 
 
 def test_a_refusal_stops_the_run_and_failures_are_left_for_the_next(serve, write_jsonl, tmp_path):
     inputs = write_jsonl("in.jsonl", [{"text": f"t{i}"} for i in range(6)])
     refused = serve(lambda body, n: (400, {}, {"error": {"message": "bad request"}}))
-    summary = generate(inputs, tmp_path / "a.jsonl", teacher(refused.url), "classify", LABELS, concurrency=1)
+    summary = distill(inputs, tmp_path / "a.jsonl", teacher(refused.url), "classify", LABELS, concurrency=1)
     assert summary.error == f"{inputs}:1: the teacher at {refused.url} refused the request (HTTP 400): bad request"
     assert len(refused.requests) == 1 and not summary.complete
 
     flaky = serve(lambda body, n: (503, {}, {}) if user_text(body).endswith("t2") else completion("positive"))
-    summary = generate(inputs, tmp_path / "b.jsonl", teacher(flaky.url, retries=1), "classify", LABELS)
+    summary = distill(inputs, tmp_path / "b.jsonl", teacher(flaky.url, retries=1), "classify", LABELS)
     assert (summary.written, summary.failed) == (5, 1) and summary.failures[0].startswith(f"{inputs}:3: no answer")
     assert "run the same command again" in "\n".join(summary.lines())
 
     down = serve(lambda body, n: (503, {}, {}))
-    summary = generate(inputs, tmp_path / "c.jsonl", teacher(down.url, retries=0), "classify", LABELS, concurrency=1)
+    summary = distill(inputs, tmp_path / "c.jsonl", teacher(down.url, retries=0), "classify", LABELS, concurrency=1)
     assert summary.failed == 3 and "none of the last 3 inputs" in summary.error
 
 

@@ -239,12 +239,12 @@ def test_nothing_pending_needs_no_model(write_jsonl, tmp_path, home, capsys):
 
 def test_the_answer_is_the_models_with_its_system_prompt(tiny_model_dir, write_jsonl, tmp_path, one_torch_thread):
     from tunesmith.feedback.session import answer
-    from tunesmith.inference.loaded import generate, load
+    from tunesmith.inference.loaded import generate_answer, load
 
     loaded = load(str(tiny_model_dir))
     loaded.system_prompt = "You are the Spokes & Co. assistant."  # as a registry version stores it
     session = ReviewSession(write_jsonl("prompts.jsonl", PROMPTS[:1]), tmp_path / "c.jsonl")
-    expected = generate(
+    expected = generate_answer(
         loaded,
         messages=[
             {"role": "system", "content": loaded.system_prompt},

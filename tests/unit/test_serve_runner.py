@@ -12,7 +12,7 @@ import pytest
 from tunesmith.core import paths
 from tunesmith.registry import store as registry
 from tunesmith.serve.job_runner import comparison_message, run_job
-from tunesmith.serve.store import JobStore, job_object
+from tunesmith.serve.job_store import JobStore, job_object
 
 # classification: the closing comparison scores labels (fast) instead of generating from a random model
 ROWS = [

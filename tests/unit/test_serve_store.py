@@ -8,7 +8,7 @@ import json
 import openai
 import pytest
 
-from tunesmith.serve.store import UNFINISHED, JobStore, UnknownCursor, event_object, job_object
+from tunesmith.serve.job_store import UNFINISHED, JobStore, UnknownCursor, event_object, job_object
 
 ROWS = [
     {"text": f"review number {i} was {'great' if i % 2 else 'awful'}", "label": "pos" if i % 2 else "neg"}

@@ -11,7 +11,7 @@ import sys
 import time
 
 from tunesmith.core import paths
-from tunesmith.serve.store import JobStore
+from tunesmith.serve.job_store import JobStore
 
 ROWS = [
     {"text": f"Customer: CU-{1000 + i} Issue: no signal.", "label": "positive" if i % 2 else "negative"}

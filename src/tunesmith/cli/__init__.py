@@ -349,7 +349,7 @@ def cmd_data_generate(args) -> int:
     import os
 
     from tunesmith.models.openai_client import Teacher
-    from tunesmith.workflows.distill import generate
+    from tunesmith.workflows.distill import distill
 
     task = args.task or ("classify" if args.labels else "chat")
     labels = [label.strip() for label in args.labels.split(",")] if args.labels else None
@@ -361,7 +361,7 @@ def cmd_data_generate(args) -> int:
         retries=args.retries,
         timeout=args.timeout,
     )
-    summary = generate(args.inputs, args.out, teacher, task, labels, args.system, args.concurrency, console=err)
+    summary = distill(args.inputs, args.out, teacher, task, labels, args.system, args.concurrency, console=err)
     for line in summary.lines():
         err.print(line, highlight=False, markup=False)
     if summary.error:
@@ -521,17 +521,17 @@ def _save(figures: dict, json_path: Path | None, report_path: Path | None, write
 
 
 def cmd_generate(args) -> int:
-    from tunesmith.inference.loaded import generate, load
+    from tunesmith.inference.loaded import generate_answer, load
 
     loaded = load(args.model, precision=args.precision)
-    print(generate(loaded, args.prompt, max_tokens=args.max_tokens, temperature=args.temperature))
+    print(generate_answer(loaded, args.prompt, max_tokens=args.max_tokens, temperature=args.temperature))
     return 0
 
 
 def cmd_chat(args) -> int:
     from transformers import TextStreamer
 
-    from tunesmith.inference.loaded import generate, load
+    from tunesmith.inference.loaded import generate_answer, load
 
     loaded = load(args.model, precision=args.precision)
     err.print(f"Chatting with {loaded.ref} ({loaded.task}). Empty line or Ctrl-D to quit, /reset to clear.")
@@ -548,7 +548,7 @@ def cmd_chat(args) -> int:
             history = []
             continue
         messages = loaded.messages_for(prompt, history)
-        answer = generate(
+        answer = generate_answer(
             loaded, messages=messages, max_tokens=args.max_tokens, temperature=args.temperature, streamer=streamer
         )
         if loaded.task != "classify":  # a classifier answers each text on its own

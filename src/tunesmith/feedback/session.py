@@ -30,7 +30,7 @@ from tunesmith.feedback.corrections import (
     prompt_key,
     prompt_messages,
 )
-from tunesmith.inference.loaded import generate
+from tunesmith.inference.loaded import generate_answer
 
 PROMPT_LINE_SHAPE = '{"prompt": "..."} or {"messages": [..., {"role": "user", "content": "..."}]}'
 
@@ -111,7 +111,7 @@ class ReviewSession:
 def answer(loaded, prompt: ReviewPrompt, max_tokens: int) -> str:
     """The model's greedy answer, with the system prompt (and classifier instruction) it was trained
     with; a deterministic answer is what a deployed model gives, so that is what gets reviewed."""
-    return generate(loaded, messages=loaded.conversation(prompt.messages), max_tokens=max_tokens, temperature=0)
+    return generate_answer(loaded, messages=loaded.conversation(prompt.messages), max_tokens=max_tokens, temperature=0)
 
 
 def read_prompts(path: Path, warnings: list[Issue]) -> list[ReviewPrompt]:

@@ -98,7 +98,7 @@ def has_adapter(manifest: dict) -> bool:
 
 
 @torch.no_grad()
-def generate(
+def generate_answer(
     loaded: LoadedModel,
     prompt: str | None = None,
     messages: list[dict] | None = None,

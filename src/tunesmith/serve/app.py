@@ -23,6 +23,7 @@ from tunesmith.core import paths
 from tunesmith.core.errors import TunesmithError
 from tunesmith.core.version import VERSION
 from tunesmith.serve import catalog, completions, files, jobs
+from tunesmith.serve.job_store import JobStore, UnknownCursor
 from tunesmith.serve.model_pool import ModelPool
 from tunesmith.serve.protocol import (
     APIError,
@@ -31,7 +32,6 @@ from tunesmith.serve.protocol import (
     require_api_key,
     validation_error_response,
 )
-from tunesmith.serve.store import JobStore, UnknownCursor
 
 log = logging.getLogger("tunesmith.serve")
 

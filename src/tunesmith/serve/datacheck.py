@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tunesmith.core import paths
 from tunesmith.data.check import DataReport, check_structure
-from tunesmith.serve.store import JobStore
+from tunesmith.serve.job_store import JobStore
 
 MAX_LISTED = 50  # error lines quoted in one message
 

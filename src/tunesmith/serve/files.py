@@ -20,8 +20,8 @@ from fastapi.routing import APIRoute
 
 from tunesmith.core import paths
 from tunesmith.serve.datacheck import check_upload, stored_path
+from tunesmith.serve.job_store import JobStore, file_object
 from tunesmith.serve.protocol import APIError, new_id, not_found, page, require_api_key
-from tunesmith.serve.store import JobStore, file_object
 
 EXTENSIONS = (".jsonl", ".json", ".csv", ".txt")  # what the data check reads; nothing else is stored
 CHUNK = 1 << 20

@@ -31,8 +31,8 @@ from tunesmith.core.errors import DataError, TunesmithError
 from tunesmith.evaluation.compare import PRIMARY, format_value, sample_size
 from tunesmith.registry.store import version_for_job
 from tunesmith.serve.datacheck import stored_path, user_text
+from tunesmith.serve.job_store import JobStore
 from tunesmith.serve.process import die_with_parent
-from tunesmith.serve.store import JobStore
 from tunesmith.training.checkpoint import latest_checkpoint
 from tunesmith.training.loop import TrainHooks
 from tunesmith.workflows.train import train

@@ -22,14 +22,14 @@ from tunesmith.core.errors import TunesmithError
 from tunesmith.models.base import EMBEDDED, resolve_base
 from tunesmith.registry import store as registry
 from tunesmith.serve.datacheck import validate_job
-from tunesmith.serve.protocol import APIError, new_id, not_found, page
-from tunesmith.serve.store import (
+from tunesmith.serve.job_store import (
     UNFINISHED,
     JobStore,
     checkpoint_object,
     event_object,
     job_object,
 )
+from tunesmith.serve.protocol import APIError, new_id, not_found, page
 
 MAX_SUFFIX = 40
 # name -> (integers only, lowest, highest, lowest allowed itself)

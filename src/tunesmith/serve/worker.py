@@ -36,8 +36,8 @@ from tunesmith.core import paths
 from tunesmith.registry import store as registry
 from tunesmith.registry.store import version_for_job
 from tunesmith.serve.datacheck import validate_job
+from tunesmith.serve.job_store import JobStore
 from tunesmith.serve.process import PARENT_ENV, die_with_parent
-from tunesmith.serve.store import JobStore
 
 IDLE_POLL_S = 1.0
 RUNNING_POLL_S = 0.5

@@ -176,7 +176,7 @@ class Summary:
         return lines
 
 
-def generate(
+def distill(
     inputs: Path,
     out: Path,
     teacher: Teacher,
