@@ -101,13 +101,15 @@ def classification(
         # Rounds alternate the two, so a machine that slows down mid-run slows both; the ratio is of medians.
         tree_rates, generate_rates = [], []
         for _ in range(rounds):
-            scores, tree_s = timed(lambda: score_candidates(model, candidates)[0])
+            scores, tree_s = timed(lambda candidates=candidates: score_candidates(model, candidates)[0])
             outputs, generate_s = timed(
-                lambda: [generate_batch(model, tokenizer, [p], longest, share_prefix=False)[0] for p in prompts]
+                lambda prompts=prompts: [
+                    generate_batch(model, tokenizer, [p], longest, share_prefix=False)[0] for p in prompts
+                ]
             )
             tree_rates.append(len(test) / tree_s)
             generate_rates.append(len(subset) / generate_s)
-        plain, plain_s = timed(lambda: plain_scoring(model, tokenizer, candidates[:n_plain]))
+        plain, plain_s = timed(lambda candidates=candidates: plain_scoring(model, tokenizer, candidates[:n_plain]))
         difference = (scores[:n_plain] - plain).abs().max().item()
         if precision == "fp32":
             assert difference < 1e-3, difference
@@ -157,7 +159,9 @@ def generation(model, tokenizer, prompts_file: Path, n_prompts: int, max_new: in
         ]
     ]
     for batch_size in (8, 16, 32):
-        batched, seconds = timed(lambda: generate_batch(model, tokenizer, prompts, max_new, batch_size=batch_size))
+        batched, seconds = timed(
+            lambda batch_size=batch_size: generate_batch(model, tokenizer, prompts, max_new, batch_size=batch_size)
+        )
         tokens = sum(g.new_tokens for g in batched)
         same = sum(a.text == b.text for a, b in zip(single, batched))
         rows.append(

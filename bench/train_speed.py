@@ -301,11 +301,11 @@ def report(measured, peaks, useful_tokens, n_rows, n_params, args, seconds, mach
     for (system, method), results in measured.items():
         m = medians[(system, method)]
         flops = (4 if method == "lora" else 6) * n_params * useful_tokens / m["loop_s"] / 1e9
-        ratio = lambda other: (
-            f"{m['wall_s'] / medians[(other, method)]['wall_s']:.2f}"  # noqa: E731
-            if (other, method) in medians
-            else ""
-        )
+
+        def ratio(other: str, m: dict = m, method: str = method) -> str:
+            """This row's wall time over ``other``'s for the same method ("" when ``other`` did not run)."""
+            return f"{m['wall_s'] / medians[(other, method)]['wall_s']:.2f}" if (other, method) in medians else ""
+
         rows.append(
             [
                 system,
@@ -337,12 +337,14 @@ def report(measured, peaks, useful_tokens, n_rows, n_params, args, seconds, mach
     )
     return f"""## {title}: tunesmith against TRL (`bench/train_speed.py`)
 
-Command: `.venv/bin/python bench/train_speed.py {flags}` ({seconds / 60:.0f} min for the whole run). Machine: {machine_line}; {versions}.
+Command: `.venv/bin/python bench/train_speed.py {flags}` ({seconds / 60:.0f} min for the whole run). \
+Machine: {machine_line}; {versions}.
 Measured matmul peak in this run: fp32 {peaks["fp32"]:.0f} GFLOP/s, bf16 {peaks["bf16"]:.0f} GFLOP/s (1024^3).
 Data: sentiment-movie, the {n_rows} training rows `tunesmith train` keeps of train.jsonl (100 held out),
 {useful_tokens} useful (non-padding) tokens per epoch; settings: {json.dumps(SETTINGS)}; LoRA {json.dumps(LORA)} on all
 linear layers; full fine-tuning with lr {FULL_LR:g}.
-MFU = k x N x useful tokens / training-loop seconds / peak, N = {n_params / 1e6:.1f}M parameters, k = 4 (LoRA), 6 (full).
+MFU = k x N x useful tokens / training-loop seconds / peak, \
+N = {n_params / 1e6:.1f}M parameters, k = 4 (LoRA), 6 (full).
 Figures are medians over the runs; accuracy is from the first run, on the 500 test reviews.
 
 {table(header, rows)}

@@ -8,7 +8,10 @@ import json
 import math
 import os
 import signal
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import torch
@@ -148,9 +151,37 @@ def write_jsonl(tmp_path):
 
 
 def pytest_collection_modifyitems(config, items):
+    # Each integration module also says which of model / server / shared_data it is; `integration` by path
+    # keeps a new module out of `make test-fast` until it does.
     for item in items:
         if "integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+
+
+T = TypeVar("T")
+
+
+def wait_until(
+    condition: Callable[[], T],
+    timeout: float,
+    what: str,
+    *,
+    interval: float = 0.2,
+    details: Callable[[], str] | None = None,
+) -> T:
+    """Poll ``condition`` until it returns something true and return that, or fail naming ``what`` was
+    awaited (and ``details()``, e.g. a log tail). An assertion inside ``condition`` (a process that died)
+    fails at once. Waiting on the condition, not for a fixed time, keeps a slow machine from failing
+    a test and a fast one from idling."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            extra = details() if details else ""
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}" + (f"\n{extra}" if extra else ""))
+        time.sleep(interval)
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -175,7 +206,6 @@ class RunningServer:
         import socket
         import subprocess
         import sys
-        import time
         import urllib.request
 
         with socket.socket() as probe:
@@ -187,17 +217,18 @@ class RunningServer:
             args += ["--api-key", self.api_key]
         handle = open(self.log, "ab")
         self.process = subprocess.Popen(args, env=env, stdout=handle, stderr=subprocess.STDOUT)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
+
+        def healthy() -> bool:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return self
+                    return response.status == 200
             except OSError:
-                time.sleep(0.2)
-        raise RuntimeError(f"server did not answer within {timeout} s:\n{self.log_tail()}")
+                return False
+
+        wait_until(healthy, timeout, f"the server on port {self.port} to answer /health", details=self.log_tail)
+        return self
 
     def kill(self, signum: int = 9) -> None:
         """SIGKILL by default: no shutdown code runs, as when a machine loses power."""

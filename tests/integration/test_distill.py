@@ -37,7 +37,8 @@ MEMORISED = {
 }
 VALID = {text: label for text, label in MEMORISED.items() if label in LABELS}
 
-pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.timeout(300)]
+# The tiny model as teacher and student, but the teacher is a real `tunesmith serve`.
+pytestmark = [pytest.mark.server, pytest.mark.usefixtures("one_torch_thread"), pytest.mark.timeout(300)]
 
 
 def learnable_copy(tiny_model_dir: Path, folder: Path) -> Path:
@@ -130,7 +131,9 @@ def test_distill_label_resume_train_and_compare_with_the_teacher(home, start_ser
     assert "dropped a torn last line" in report
     assert "wrote 5 to" in report and "skipped 5 already done" in report and "invalid 0" in report
     assert f"next: tunesmith train {out}" in report
-    assert sorted(map(json.dumps, read(out))) == sorted(json.dumps({"text": t, "label": l}) for t, l in VALID.items())
+    assert sorted(map(json.dumps, read(out))) == sorted(
+        json.dumps({"text": t, "label": label}) for t, label in VALID.items()
+    )
     assert len(read(rejects)) == 1
     asked = server.log.read_text().count('"POST /v1/chat/completions HTTP/1.1" 200')
     assert asked == 6 + 4 + 1  # the first run, the four new inputs, the torn one again: nothing else twice
@@ -141,7 +144,7 @@ def test_distill_label_resume_train_and_compare_with_the_teacher(home, start_ser
         TrainConfig(data=out, base=str(base), name="student", epochs=2, lr=1e-2, batch_size=3, val_fraction=0, seed=0)
     )
     assert student.version.ref == "student:1"
-    test = write(tmp_path / "test.jsonl", [{"text": t, "label": l} for t, l in VALID.items()])
+    test = write(tmp_path / "test.jsonl", [{"text": t, "label": label} for t, label in VALID.items()])
     figures_path = tmp_path / "eval.json"
     assert (
         main(

@@ -20,6 +20,8 @@ from tunesmith.registry import store
 
 EXAMPLES = REPO / "examples" / "corrections"
 
+pytestmark = pytest.mark.model
+
 
 @pytest.fixture
 def fast_config(tmp_path):

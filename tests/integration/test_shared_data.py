@@ -21,6 +21,9 @@ TUNESMITH = [sys.executable, "-m", "tunesmith"]
 
 pytestmark = [
     pytest.mark.integration,
+    pytest.mark.model,
+    pytest.mark.server,  # the CLI as subprocesses
+    pytest.mark.shared_data,
     pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} is absent (the shared public data sets)"),
     pytest.mark.skipif(
         EMBEDDED["smollm2-135m"].gguf_folder() is None, reason="the embedded model package is not installed"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from tunesmith.data.check import check_structure
+from tunesmith.data.check import check_data, check_structure
 from tunesmith.data.render import IGNORE, render_example
-from tunesmith.workflows.check import check_data
+from tunesmith.workflows.check import check_file
 
 
 def chat(user: str, assistant: str) -> dict:
@@ -130,7 +130,7 @@ def test_without_tokenizer_only_structure_runs(write_jsonl):
     assert report.ok and report.rendered == [] and report.stats == {} and report.preview == []
 
 
-def test_to_json_is_serialisable_and_ok_false_with_errors(write_jsonl, tiny_tokenizer):
+def test_to_json_is_serialisable_and_ok_false_with_errors(write_jsonl, tiny_tokenizer, tiny_model_dir):
     bad = write_jsonl("bad.jsonl", [chat("Hi", "ok"), "{oops"])
     data = check_data(bad, tokenizer=tiny_tokenizer).to_json()
     decoded = json.loads(json.dumps(data))
@@ -139,7 +139,7 @@ def test_to_json_is_serialisable_and_ok_false_with_errors(write_jsonl, tiny_toke
     assert decoded["errors"][0]["hint"]
 
     good = write_jsonl("good.jsonl", [chat("Hi", "ok"), chat("Hi", "ok")])
-    decoded = json.loads(json.dumps(check_data(good, tokenizer=tiny_tokenizer, n_params=1000).to_json()))
+    decoded = json.loads(json.dumps(check_file(good, base=str(tiny_model_dir)).to_json()))
     assert decoded["ok"] is True and decoded["errors"] == []
     assert decoded["task"] == "chat" and decoded["examples"] == 2
     assert [w["line"] for w in decoded["warnings"]] == [2]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import wait_until
 from tunesmith.cli import main
 from tunesmith.core.errors import DataError, TunesmithError
 from tunesmith.data.labels import check_labels, classify_prompt, normalize_label
@@ -391,6 +392,7 @@ def test_a_refusal_stops_the_run_and_failures_are_left_for_the_next(serve, write
     assert summary.failed == 3 and "none of the last 3 inputs" in summary.error
 
 
+@pytest.mark.server  # the CLI as a subprocess
 def test_cli_generate_and_ctrl_c_keeps_whole_lines(serve, write_jsonl, tmp_path, capsys):
     server = serve(lambda body, n: completion("positive"), delay=0.1)
     # 40 inputs take the CLI >= 2 s (2 at a time, 0.1 s each); Ctrl-C comes once 4 lines are written.
@@ -419,9 +421,7 @@ def test_cli_generate_and_ctrl_c_keeps_whole_lines(serve, write_jsonl, tmp_path,
         text=True,
         cwd=REPO,
     )
-    deadline = time.time() + 30
-    while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 4):
-        time.sleep(0.05)
+    wait_until(lambda: out.exists() and len(out.read_text().splitlines()) >= 4, 30, f"4 lines in {out}", interval=0.05)
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=30)
     assert process.returncode == 130, output

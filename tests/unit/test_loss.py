@@ -19,6 +19,9 @@ CONVERSATIONS = [
     ("The quick brown fox", "jumps over the lazy dog. The quick brown fox jumps."),
 ]
 
+# Training the tiny model: two threads on its tiny matrices wait on each other, 4-10x slower on a busy machine.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def reference_loss_sums(model, batch: dict) -> torch.Tensor:
     logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits

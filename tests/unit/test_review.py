@@ -8,12 +8,11 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, sharpen
+from conftest import REPO, sharpen, wait_until
 from tunesmith.cli import main
 from tunesmith.core.errors import TunesmithError
 from tunesmith.feedback.corrections import convert
@@ -85,6 +84,7 @@ def lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.server  # the CLI as a subprocess
 def test_good_bad_skip_quit_then_resume(review_model, write_jsonl, home, tmp_path):
     prompts = write_jsonl("prompts.jsonl", PROMPTS)
     out = tmp_path / "reviews" / "corrections.jsonl"  # the folder is created on the first verdict
@@ -122,6 +122,7 @@ def test_good_bad_skip_quit_then_resume(review_model, write_jsonl, home, tmp_pat
     assert result.errors == [] and (result.good, result.bad) == (1, 2)
 
 
+@pytest.mark.server  # the CLI as a subprocess
 def test_sigint_while_waiting_keeps_every_recorded_review(review_model, write_jsonl, home, tmp_path):
     prompts = write_jsonl("prompts.jsonl", PROMPTS)
     out = tmp_path / "corrections.jsonl"
@@ -161,10 +162,13 @@ def test_sigint_while_waiting_keeps_every_recorded_review(review_model, write_js
 
 
 def wait_for(transcript: bytearray, questions: int, timeout: float = 90) -> None:
-    deadline = time.time() + timeout
-    while transcript.decode(errors="replace").count(QUESTION) < questions:
-        assert time.time() < deadline, transcript.decode(errors="replace")
-        time.sleep(0.05)
+    wait_until(
+        lambda: transcript.decode(errors="replace").count(QUESTION) >= questions,
+        timeout,
+        f"question {questions} of `tunesmith review`",
+        interval=0.05,
+        details=lambda: transcript.decode(errors="replace"),
+    )
 
 
 def test_a_torn_last_line_is_dropped_with_a_warning(write_jsonl, tmp_path):

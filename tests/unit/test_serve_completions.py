@@ -143,6 +143,7 @@ def stream_text(stream) -> tuple[dict[int, str], dict[int, str]]:
     return texts, finish
 
 
+@pytest.mark.server
 def test_models_are_listed_and_unknown_ones_are_404(served, client, tiny_model_dir):
     listed = {model.id: model for model in client.models.list()}
     assert {"tiny:1", "tiny-text:1"} <= set(listed)
@@ -158,6 +159,7 @@ def test_models_are_listed_and_unknown_ones_are_404(served, client, tiny_model_d
         client.models.retrieve("nope")
 
 
+@pytest.mark.server
 def test_chat_plain_stream_and_usage(served, client, tokenizer):
     plain = chat(client, PROMPTS[0], max_tokens=24)
     assert plain.object == "chat.completion" and plain.id.startswith("chatcmpl-")
@@ -190,6 +192,7 @@ def test_chat_plain_stream_and_usage(served, client, tokenizer):
     assert own.usage.prompt_tokens == prompt_tokens(tokenizer, ("system", "Be brief."), ("user", PROMPTS[0]))
 
 
+@pytest.mark.server
 def test_raw_event_stream(served, client):
     import httpx2
 
@@ -222,6 +225,7 @@ def test_raw_event_stream(served, client):
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks[:-1]) == plain.choices[0].message.content
 
 
+@pytest.mark.server
 def test_completions_plain_and_stream(served, client, tokenizer):
     prompts = ["Hello there", "What is the code of order 5?"]
     plain = client.completions.create(model="tiny", prompt=prompts, n=2, temperature=0, max_tokens=10)
@@ -249,6 +253,7 @@ def test_completions_plain_and_stream(served, client, tokenizer):
     assert raw.choices[0].finish_reason in ("stop", "length")
 
 
+@pytest.mark.server
 def test_sampling_is_reproducible_with_a_seed(served, client):
     def sample(seed):
         reply = chat(client, PROMPTS[0], temperature=1.0, n=2, seed=seed, max_tokens=12)
@@ -262,6 +267,7 @@ def test_sampling_is_reproducible_with_a_seed(served, client):
     assert first[0] != greedy
 
 
+@pytest.mark.server
 def test_stop_strings_and_length(served, client):
     full = chat(client, PROMPTS[0], max_tokens=40).choices[0].message.content
     # a stop string that really occurs: three printable characters from the middle of the greedy answer
@@ -283,6 +289,7 @@ def test_stop_strings_and_length(served, client):
     assert full.startswith(capped.choices[0].message.content)
 
 
+@pytest.mark.server
 def test_malformed_requests_are_400_naming_the_field(served, client):
     user = [{"role": "user", "content": "hi"}]
     cases = [
@@ -319,6 +326,7 @@ def test_malformed_requests_are_400_naming_the_field(served, client):
     assert raised.value.code == "context_length_exceeded"
 
 
+@pytest.mark.server
 def test_concurrent_requests_each_get_their_own_answer(served, client):
     alone = {prompt: chat(client, prompt, max_tokens=16).choices[0].message.content for prompt in PROMPTS}
     assert len(set(alone.values())) > len(PROMPTS) // 2  # answers differ, so a mix-up would show
@@ -333,6 +341,7 @@ def test_concurrent_requests_each_get_their_own_answer(served, client):
     assert together == alone
 
 
+@pytest.mark.server
 def test_a_client_that_leaves_a_stream_frees_the_generator(served, client):
     stream = chat(client, PROMPTS[2], max_tokens=4096, temperature=1.0, stream=True)
     next(iter(stream))
@@ -346,6 +355,7 @@ def test_a_client_that_leaves_a_stream_frees_the_generator(served, client):
 # --- in-process ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.server
 def test_pool_keeps_the_most_recently_used_within_its_bytes(served, tiny_model_dir):
     loads: list[str] = []
 
@@ -381,6 +391,7 @@ def test_pool_keeps_the_most_recently_used_within_its_bytes(served, tiny_model_d
     assert ModelPool(10 * size).get("tiny:1").ref == "tiny:1"
 
 
+@pytest.mark.server
 def test_served_weights_are_in_the_precision_the_server_was_started_with(served):
     from tunesmith.serve.app import ServeSettings, create_app
 
@@ -398,7 +409,7 @@ def test_generation_thread_runs_jobs_in_order_and_cancels_a_closed_stream():
         while not cancelled.is_set():
             emit(count)
             count += 1
-            time.sleep(0.001)
+            cancelled.wait(0.001)  # a slow producer, which the cancel wakes at once
         cancelled_seen.set()
 
     async def scenario() -> list:
@@ -440,6 +451,7 @@ def test_watcher_holds_back_a_possible_stop_string(tiny_tokenizer):
         assert watcher.finish() == expected and "".join(pieces) == expected
 
 
+@pytest.mark.server
 def test_end_of_turn_ends_a_choice_with_stop(served):
     loaded = catalog.load("tiny:1")
     tokenizer = loaded.tokenizer

@@ -20,6 +20,9 @@ ROWS = [
     for i in range(24)
 ]
 
+# Training the tiny model: two threads on its tiny matrices wait on each other, 4-10x slower on a busy machine.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def running_job(store: JobStore, home, model: str, lines: list, hyperparameters: dict) -> str:
     (home / "files").mkdir(parents=True, exist_ok=True)
@@ -125,6 +128,7 @@ def test_comparison_message_says_how_clearly_it_helped():
     assert comparison_message("classify", comparison | {"helped_clearly": True}).endswith("; fine-tuning helped")
 
 
+@pytest.mark.server  # a Python subprocess
 def test_the_runner_obeys_sigint_even_when_started_ignoring_it(home):
     """A server started in the background (`nohup tunesmith serve &`) hands its children SIGINT ignored;
     the worker still stops a runner with SIGINT, also outside the training loop (loading, evaluating)."""

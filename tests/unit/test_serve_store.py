@@ -110,6 +110,7 @@ def client(server) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0)
 
 
+@pytest.mark.server
 def test_files_upload_list_retrieve_content_delete(home, start_server):
     api = client(start_server(extra_args=("--no-worker",)))
     data = jsonl(ROWS)
@@ -149,6 +150,7 @@ def test_files_upload_list_retrieve_content_delete(home, start_server):
     assert sorted(p.name for p in (home / "files").iterdir()) == [f"{second.id}.csv"]  # nothing else kept
 
 
+@pytest.mark.server
 def test_uploads_over_the_limit_or_without_the_key_are_refused(home, start_server):
     server = start_server(api_key="sk-test", extra_args=("--no-worker", "--max-upload-mb", "0.001"))  # 1048 bytes
     api = openai.OpenAI(base_url=server.base_url, api_key="sk-test", max_retries=0)
@@ -166,6 +168,7 @@ def test_uploads_over_the_limit_or_without_the_key_are_refused(home, start_serve
     assert len(list((home / "files").iterdir())) == 1  # no temporary file left behind
 
 
+@pytest.mark.server
 def test_job_creation_checks_the_request(home, start_server):
     api = client(start_server(extra_args=("--no-worker",)))
     train = api.files.create(file=("train.jsonl", jsonl(ROWS)), purpose="fine-tune")
@@ -219,6 +222,7 @@ def test_job_creation_checks_the_request(home, start_server):
     assert failed.error.param == "training_file"
 
 
+@pytest.mark.server
 def test_job_list_pagination_cancel_and_events(home, start_server):
     api = client(start_server(extra_args=("--no-worker",)))
     train = api.files.create(file=("train.jsonl", jsonl(ROWS)), purpose="fine-tune")

@@ -8,8 +8,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
+import pytest
+
+from conftest import wait_until
 from tunesmith.core import paths
 from tunesmith.serve.job_store import JobStore
 
@@ -17,6 +19,8 @@ ROWS = [
     {"text": f"Customer: CU-{1000 + i} Issue: no signal.", "label": "positive" if i % 2 else "negative"}
     for i in range(24)
 ]
+
+pytestmark = pytest.mark.server  # worker processes
 
 
 def queue(store: JobStore, job_id: str, model: str) -> None:
@@ -49,13 +53,17 @@ def test_worker_runs_jobs_in_order_and_a_second_worker_waits(home, tiny_model_di
     queue(store, "ftjob-2", "/no/such/model")
 
     logs = [open(tmp_path / f"worker-{i}.log", "wb") for i in range(2)]
-    first = start_worker(logs[0])
-    time.sleep(0.5)
-    second = start_worker(logs[1])
+    first, second = start_worker(logs[0]), None
     try:
-        deadline = time.time() + 120
-        while {job["status"] for job in store.jobs_with_status("queued", "running")} and time.time() < deadline:
-            time.sleep(0.2)
+        # A claimed job means the first worker holds the lock, so the second one is the one that waits.
+        wait_until(lambda: store.get_job("ftjob-1")["status"] != "queued", 60, "the first worker to claim ftjob-1")
+        second = start_worker(logs[1])
+        wait_until(
+            lambda: not store.jobs_with_status("queued", "running"),
+            120,
+            "both jobs to finish",
+            details=lambda: (tmp_path / "worker-0.log").read_text(),
+        )
         done, failed = store.get_job("ftjob-1"), store.get_job("ftjob-2")
         assert done["status"] == "succeeded", (tmp_path / "worker-0.log").read_text()
         assert done["fine_tuned_model"] == "m-1:1" and failed["started_at"] >= done["finished_at"]
@@ -64,6 +72,11 @@ def test_worker_runs_jobs_in_order_and_a_second_worker_waits(home, tiny_model_di
         assert error["code"] == "training_failed" and "/no/such/model" in error["message"]
         assert (home / "jobs" / "ftjob-1.log").read_text().strip()  # the runner's output
 
+        wait_until(
+            lambda: second.poll() is not None or "waiting for it to stop" in (tmp_path / "worker-1.log").read_text(),
+            60,
+            "the second worker to find the first one's lock",
+        )
         assert second.poll() is None and "waiting for it to stop" in (tmp_path / "worker-1.log").read_text()
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=10) == 0
@@ -71,7 +84,7 @@ def test_worker_runs_jobs_in_order_and_a_second_worker_waits(home, tiny_model_di
         assert second.wait(timeout=10) == 0
     finally:
         for process in (first, second):
-            if process.poll() is None:
+            if process is not None and process.poll() is None:
                 process.kill()
         for log in logs:
             log.close()

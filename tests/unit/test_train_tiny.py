@@ -22,6 +22,9 @@ from tunesmith.workflows.train import train
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
+# Training the tiny model: two threads on its tiny matrices wait on each other, 4-10x slower on a busy machine.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def rows(n: int = 24) -> list[dict]:
     return [

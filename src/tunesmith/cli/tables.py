@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from tunesmith.data.check import DataReport
+from tunesmith.evaluation.compare import format_gain, format_value
+from tunesmith.evaluation.results import CurveResult
 
 PREVIEW_TOKENS = 160
+MAX_UNWRAPPED = 24  # a base name longer than this is a folder path: folded, not kept on one line
 
 
 def print_data_report(report: DataReport, console: Console) -> None:
@@ -65,27 +70,59 @@ def print_data_report(report: DataReport, console: Console) -> None:
 
 
 def models_table(rows: list[dict]) -> Table:
-    table = Table()
-    for column in ("name", "version", "base", "task", "method", "created", "result"):
-        table.add_column(column)
+    """The registry's versions (``tunesmith models list``). Model refs and base names are what a user copies:
+    they are never cut or wrapped (a long folder path as base folds); the other columns give way."""
+    table = _listing()
+    table.add_column("model", no_wrap=True)  # NAME:VERSION, as `eval`, `chat` and the API take it
+    table.add_column("base", **_name_column([str(row["base"]) for row in rows]))
+    table.add_column("task (method)", overflow="fold")
+    table.add_column("created", overflow="fold")
+    table.add_column("result", overflow="fold")
     for row in rows:
         table.add_row(
-            row["name"],
-            str(row["version"]),
-            str(row["base"]),
-            str(row["task"]),
-            str(row["method"]),
-            str(row["created"]),
+            escape(f"{row['name']}:{row['version']}"),
+            escape(str(row["base"])),
+            f"{row['task']} ({row['method']})",
+            _created(row["created"]),
             _result(row["metrics"]),
         )
     return table
 
 
+def bases_table(rows: list[dict]) -> Table:
+    """The known base models (``tunesmith base list``): names whole, the path and description give way."""
+    table = _listing()
+    table.add_column("name", no_wrap=True)
+    table.add_column("available", overflow="fold")
+    table.add_column("path", overflow="fold")
+    table.add_column("description")
+    for row in rows:
+        available = "yes" if row["available"] else f"no: {row['install']}"
+        path = row["path"] if row["converted"] else "(converted on first use)"
+        table.add_row(escape(row["name"]), escape(available), escape(path), escape(row["description"]))
+    return table
+
+
+def _listing() -> Table:
+    """A table of one item a row: no borders between the columns, so that their text has the room."""
+    return Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+
+
+def _name_column(values: list[str]) -> dict:
+    """A column of names that is never cut: on one line while they are short, else folded (a folder path)."""
+    return {"no_wrap": True} if max(map(len, values), default=0) <= MAX_UNWRAPPED else {"overflow": "fold"}
+
+
+def _created(created: str | None) -> str:
+    """``2025-06-01T12:34:56+00:00`` as ``2025-06-01 12:34``: the date, then a time that may wrap below it."""
+    return created[:16].replace("T", " ") if created else "-"
+
+
 def _result(metrics: dict) -> str:
     base, tuned = metrics.get("base") or {}, metrics.get("fine_tuned") or {}
-    for key in ("accuracy", "rouge_l", "perplexity", "loss"):
-        if key in base and key in tuned:
-            if key in ("accuracy", "rouge_l"):
+    for key in ("accuracy", "preference_accuracy", "rouge_l", "perplexity", "loss"):
+        if base.get(key) is not None and tuned.get(key) is not None:
+            if key in ("accuracy", "preference_accuracy", "rouge_l"):
                 return f"{key} {base[key]:.0%} → {tuned[key]:.0%}"
             return f"{key} {base[key]:.3g} → {tuned[key]:.3g}"
     return "-"
@@ -97,3 +134,35 @@ def _duration(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def curve_table(curve: CurveResult) -> Table:
+    metric = curve.metric
+    table = Table(
+        title=f"learning curve: {metric} on {curve.test}",
+        caption="n: training examples. gain on "
+        "previous: the difference from the previous n on the same test examples (95% interval)",
+    )
+    table.add_column("n", justify="right")
+    table.add_column(metric, justify="right", no_wrap=True)
+    table.add_column("95% interval", justify="right", no_wrap=True)
+    # The paired difference from the previous size, with its 95% interval: is the step up real?
+    table.add_column("gain on previous", justify="right", no_wrap=True)
+    table.add_column("model", overflow="fold")  # a name to copy: folded, never cut short
+    table.add_column("train time", justify="right", no_wrap=True)
+    for i, point in enumerate(curve.points):
+        low_high = point.interval
+        span = f"{format_value(metric, low_high[0])}–{format_value(metric, low_high[1])}" if low_high else "–"
+        previous = curve.points[i - 1].to_json() if i else None
+        table.add_row(
+            str(point.n),
+            format_value(metric, point.value),
+            span,
+            format_gain(point.to_json(), previous),
+            point.model,
+            f"{point.train_seconds:.0f} s",
+        )
+    for system, value in curve.baselines.items():
+        label = "base zero-shot" if system == "base" else f"base {curve.shots}-shot"
+        table.add_row("–", format_value(metric, value), "", "", f"[dim]{label} (reference)[/]", "")
+    return table

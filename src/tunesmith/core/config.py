@@ -46,6 +46,27 @@ def check_name(name: str) -> str:
     return name
 
 
+def default_name(data: Path) -> str:
+    """The registry name of a run given none: the data file's stem, made a valid name."""
+    stem = "".join(c if c.isalnum() or c in "._-" else "-" for c in Path(data).stem).strip("-._")
+    return (stem or "model")[:64]
+
+
+def method_task_problem(method: Method, task: TaskChoice) -> str | None:
+    """Why ``method`` cannot train ``task`` data, or None: DPO takes preference pairs, and only DPO does.
+    Checked on the config (a task given) and again on the data (the task detected)."""
+    if method == "dpo" and task not in ("auto", "preference"):
+        return 'method dpo trains on preference pairs {"prompt", "chosen", "rejected"}, not ' + f"{task} data"
+    if task == "preference" and method != "dpo":
+        return "preference pairs: train them with --method dpo (optionally --base an earlier fine-tune to improve)"
+    return None
+
+
+def trains_adapter(method: Method) -> bool:
+    """LoRA and DPO train adapters on frozen weights; full fine-tuning trains every weight."""
+    return method != "full"
+
+
 class TrainConfig(BaseModel):
     """Everything that decides a training run. ``None`` means: choose from the data."""
 
@@ -161,16 +182,13 @@ class TrainConfig(BaseModel):
             raise ValueError("lora_rank/lora_alpha only apply to method 'lora'")
         if self.labels is not None and self.task not in ("auto", "classify"):
             raise ValueError(f"labels only apply to the classify task, not {self.task!r}")
-        if self.method == "dpo" and self.task not in ("auto", "preference"):
-            raise ValueError(f"method dpo trains on preference pairs, not task {self.task!r}")
-        if self.task == "preference" and self.method != "dpo":
-            raise ValueError("preference pairs train with method dpo (--method dpo)")
+        if (problem := method_task_problem(self.method, self.task)) is not None:
+            raise ValueError(problem)
         return self
 
     @property
     def uses_adapter(self) -> bool:
-        """LoRA and DPO train adapters on frozen weights; full fine-tuning trains every weight."""
-        return self.method != "full"
+        return trains_adapter(self.method)
 
     @property
     def accumulation_steps(self) -> int:
@@ -178,6 +196,24 @@ class TrainConfig(BaseModel):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+class ResolvedConfig(TrainConfig):
+    """A TrainConfig once ``training.defaults.resolve`` has filled in every "auto" from the data and the
+    hardware: what the loop runs with, and what a run saves (runs/NAME/config.yaml, the manifest).
+
+    What can still be None means "none", not "auto": no validation file, no gradient clipping, no early
+    stopping, no label set (not a classifier), no system prompt, no LoRA settings (full fine-tuning)."""
+
+    task: Task  # detected from the file when it was "auto"
+    precision: Precision  # chosen from the hardware when it was "auto"
+    name: str
+    epochs: int = Field(ge=1, le=100)
+    lr: float = Field(gt=0, lt=1)
+    micro_batch_size: int = Field(ge=1)
+    max_length: int = Field(ge=16, le=32768)
+    eval_every: int = Field(ge=1)
+    checkpoint_every: int = Field(ge=1)
 
 
 def load_config(yaml_path: Path | None = None, **overrides: Any) -> TrainConfig:

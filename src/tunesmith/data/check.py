@@ -12,6 +12,7 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tunesmith.data.formats import ParsedFile, read_file
 from tunesmith.data.records import Findings, Issue
@@ -22,6 +23,9 @@ from tunesmith.data.render import (
     tokenize_document,
 )
 
+if TYPE_CHECKING:
+    from tunesmith.core.config import Task, TaskChoice
+
 MAX_LISTED = 5  # line numbers quoted per warning
 
 
@@ -29,7 +33,7 @@ MAX_LISTED = 5  # line numbers quoted per warning
 class DataReport(Findings):
     train: ParsedFile
     val: ParsedFile | None
-    task: str
+    task: Task
     labels: list[str] | None
     issues: list[Issue]
     # train examples (documents for text, pairs for preference)
@@ -77,7 +81,7 @@ class DataReport(Findings):
 
 
 def check_structure(
-    data: Path, task: str = "auto", val_data: Path | None = None, labels: list[str] | None = None
+    data: Path, task: TaskChoice = "auto", val_data: Path | None = None, labels: list[str] | None = None
 ) -> DataReport:
     """Parse the files and report structural problems; no tokenizer needed."""
     train = read_file(Path(data), task)
@@ -99,7 +103,7 @@ def check_structure(
 
 def check_data(
     data: Path,
-    task: str = "auto",
+    task: TaskChoice = "auto",
     tokenizer=None,
     max_length: int | None = None,
     val_data: Path | None = None,
@@ -142,8 +146,7 @@ def _label_issues(train: ParsedFile, val: ParsedFile | None, labels: list[str], 
         for example in parsed.examples:
             if example.label and example.label not in known:
                 issues.append(
-                    Issue(
-                        "error",
+                    Issue.error(
                         str(parsed.path),
                         example.line,
                         "label",
@@ -154,8 +157,7 @@ def _label_issues(train: ParsedFile, val: ParsedFile | None, labels: list[str], 
     counts = Counter(e.label for e in train.examples if e.label)
     if len(counts) == 1:
         issues.append(
-            Issue(
-                "error",
+            Issue.error(
                 str(train.path),
                 None,
                 "label",
@@ -166,8 +168,7 @@ def _label_issues(train: ParsedFile, val: ParsedFile | None, labels: list[str], 
     elif counts and max(counts.values()) > 3 * min(counts.values()):
         shares = ", ".join(f"{label} {n}" for label, n in counts.most_common())
         issues.append(
-            Issue(
-                "warning",
+            Issue.warning(
                 str(train.path),
                 None,
                 "label",
@@ -192,8 +193,7 @@ def _duplicates(parsed: ParsedFile) -> list[Issue]:
     listed = ", ".join(f"line {line} = line {original}" for line, original in repeats[:MAX_LISTED])
     more = f" and {len(repeats) - MAX_LISTED} more" if len(repeats) > MAX_LISTED else ""
     return [
-        Issue(
-            "warning",
+        Issue.warning(
             str(parsed.path),
             repeats[0][0],
             None,
@@ -210,8 +210,7 @@ def _overlap(train: ParsedFile, val: ParsedFile) -> list[Issue]:
         return []
     lines = ", ".join(str(line) for line in shared[:MAX_LISTED])
     return [
-        Issue(
-            "warning",
+        Issue.warning(
             str(val.path),
             shared[0],
             None,
@@ -221,7 +220,7 @@ def _overlap(train: ParsedFile, val: ParsedFile) -> list[Issue]:
     ]
 
 
-def _truncation(parsed: ParsedFile, rendered: list[Rendered], max_length: int) -> list[Issue]:
+def _truncation(parsed: ParsedFile, rendered: list[Rendered | RenderedPair], max_length: int) -> list[Issue]:
     cut = [
         (example.line, r.n_target - r.truncated(max_length).n_target) for example, r in zip(parsed.examples, rendered)
     ]
@@ -230,8 +229,7 @@ def _truncation(parsed: ParsedFile, rendered: list[Rendered], max_length: int) -
         return []
     lines = ", ".join(str(line) for line, _ in cut[:MAX_LISTED])
     return [
-        Issue(
-            "warning",
+        Issue.warning(
             str(parsed.path),
             cut[0][0],
             "max_length",
@@ -256,7 +254,7 @@ def _length_stats(lengths: list[int], targets: list[int]) -> dict:
     }
 
 
-def _preview(tokenizer, rendered: Rendered, max_length: int) -> list[tuple[str, bool]]:
+def _preview(tokenizer, rendered: Rendered | RenderedPair, max_length: int) -> list[tuple[str, bool]]:
     head = rendered.truncated(max_length)
     return [(tokenizer.decode([token]), label != -100) for token, label in zip(head.input_ids, head.labels)]
 

@@ -22,13 +22,17 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tunesmith.data.records import Example, Findings, Issue
+
+if TYPE_CHECKING:
+    from tunesmith.core.config import Task, TaskChoice
 
 ROLES = ("system", "user", "assistant")
 
 # Line format -> (task, required keys, optional keys)
-LINE_FORMATS: dict[str, tuple[str, frozenset[str], frozenset[str]]] = {
+LINE_FORMATS: dict[str, tuple[Task, frozenset[str], frozenset[str]]] = {
     "chat": ("chat", frozenset({"messages"}), frozenset()),
     "prompt-completion": ("completion", frozenset({"prompt", "completion"}), frozenset()),
     "alpaca": ("completion", frozenset({"instruction", "output"}), frozenset({"input"})),
@@ -42,7 +46,7 @@ MESSAGE_KEYS = frozenset({"role", "content", "weight"})
 @dataclass
 class ParsedFile(Findings):
     path: Path
-    task: str
+    task: Task
     examples: list[Example]
     issues: list[Issue]
 
@@ -64,12 +68,12 @@ def detect_line_format(obj: dict) -> str | None:
     return None
 
 
-def read_file(path: Path, task: str = "auto") -> ParsedFile:
+def read_file(path: Path, task: TaskChoice = "auto") -> ParsedFile:
     """Parse ``path``; ``task`` overrides detection. Never raises for bad content: see ``issues``."""
     path = Path(path)
     name = str(path)
     if not path.is_file():
-        issue = Issue("error", name, None, None, "file not found", "check the path")
+        issue = Issue.error(name, None, None, "file not found", "check the path")
         return ParsedFile(path, task if task != "auto" else "chat", [], [issue])
     suffix = path.suffix.lower()
     if suffix == ".txt":
@@ -79,12 +83,11 @@ def read_file(path: Path, task: str = "auto") -> ParsedFile:
     return _read_jsonl(path, task)
 
 
-def _read_txt(path: Path, task: str) -> ParsedFile:
+def _read_txt(path: Path, task: TaskChoice) -> ParsedFile:
     issues: list[Issue] = []
     if task not in ("auto", "text"):
         issues.append(
-            Issue(
-                "error",
+            Issue.error(
                 str(path),
                 None,
                 None,
@@ -94,18 +97,17 @@ def _read_txt(path: Path, task: str) -> ParsedFile:
         )
     text = _read_text(path, issues)
     if text is not None and not text.strip():
-        issues.append(Issue("error", str(path), None, None, "the file is empty", "add some text"))
+        issues.append(Issue.error(str(path), None, None, "the file is empty", "add some text"))
     examples = [Example(line=1, text=text)] if text and text.strip() else []
     return ParsedFile(path, "text", examples, issues)
 
 
-def _read_csv(path: Path, task: str) -> ParsedFile:
+def _read_csv(path: Path, task: TaskChoice) -> ParsedFile:
     name = str(path)
     issues: list[Issue] = []
     if task not in ("auto", "classify"):
         issues.append(
-            Issue(
-                "error",
+            Issue.error(
                 name,
                 None,
                 None,
@@ -121,18 +123,13 @@ def _read_csv(path: Path, task: str) -> ParsedFile:
     header = set(reader.fieldnames or [])
     if not {"text", "label"} <= header:
         issues.append(
-            Issue(
-                "error",
-                name,
-                1,
-                None,
-                f"CSV header has {sorted(header)}, needs text and label",
-                "first row must be: text,label",
+            Issue.error(
+                name, 1, None, f"CSV header has {sorted(header)}, needs text and label", "first row must be: text,label"
             )
         )
         return ParsedFile(path, "classify", examples, issues)
     for unknown in sorted(header - {"text", "label"}):
-        issues.append(Issue("error", name, 1, unknown, "unknown column", "allowed columns: text, label"))
+        issues.append(Issue.error(name, 1, unknown, "unknown column", "allowed columns: text, label"))
     for row in reader:
         line = reader.line_num
         example = Example(line=line, text=row.get("text") or "", label=(row.get("label") or "").strip())
@@ -145,7 +142,7 @@ def read_json_objects(path: Path, issues: list[Issue]) -> list[tuple[int, dict]]
     """The JSON objects of a JSONL file with their 1-based line numbers; every bad line an error."""
     name = str(path)
     if not path.is_file():
-        issues.append(Issue("error", name, None, None, "file not found", "check the path"))
+        issues.append(Issue.error(name, None, None, "file not found", "check the path"))
         return []
     text = _read_text(path, issues)
     objects: list[tuple[int, dict]] = []
@@ -157,8 +154,7 @@ def read_json_objects(path: Path, issues: list[Issue]) -> list[tuple[int, dict]]
             obj = json.loads(raw)
         except json.JSONDecodeError as err:
             issues.append(
-                Issue(
-                    "error",
+                Issue.error(
                     name,
                     number,
                     None,
@@ -169,8 +165,7 @@ def read_json_objects(path: Path, issues: list[Issue]) -> list[tuple[int, dict]]
             continue
         if not isinstance(obj, dict):
             issues.append(
-                Issue(
-                    "error",
+                Issue.error(
                     name,
                     number,
                     None,
@@ -181,11 +176,11 @@ def read_json_objects(path: Path, issues: list[Issue]) -> list[tuple[int, dict]]
             continue
         objects.append((number, obj))
     if text is not None and not objects and not issues:
-        issues.append(Issue("error", name, None, None, "the file has no records", "add one JSON object per line"))
+        issues.append(Issue.error(name, None, None, "the file has no records", "add one JSON object per line"))
     return objects
 
 
-def _read_jsonl(path: Path, task: str) -> ParsedFile:
+def _read_jsonl(path: Path, task: TaskChoice) -> ParsedFile:
     name = str(path)
     issues: list[Issue] = []
     objects = [(number, obj, detect_line_format(obj)) for number, obj in read_json_objects(path, issues)]
@@ -198,13 +193,13 @@ def _read_jsonl(path: Path, task: str) -> ParsedFile:
     return ParsedFile(path, file_task, examples, issues)
 
 
-def _majority_task(objects: list[tuple[int, dict, str | None]]) -> str:
+def _majority_task(objects: list[tuple[int, dict, str | None]]) -> Task:
     counts = Counter(LINE_FORMATS[fmt][0] for _, _, fmt in objects if fmt)
     return counts.most_common(1)[0][0] if counts else "chat"
 
 
 def _parse_object(
-    obj: dict, line: int, line_format: str | None, task: str, name: str, issues: list[Issue]
+    obj: dict, line: int, line_format: str | None, task: Task, name: str, issues: list[Issue]
 ) -> Example | None:
     expected = [fmt for fmt, (fmt_task, _, _) in LINE_FORMATS.items() if fmt_task == task]
     if line_format is None or line_format not in expected:
@@ -212,8 +207,7 @@ def _parse_object(
         wanted = " or ".join("{" + ", ".join(sorted(LINE_FORMATS[f][1])) + "}" for f in expected)
         if line_format is not None:
             issues.append(
-                Issue(
-                    "error",
+                Issue.error(
                     name,
                     line,
                     None,
@@ -224,21 +218,15 @@ def _parse_object(
         else:
             missing = sorted(LINE_FORMATS[expected[0]][1] - set(obj))
             issues.append(
-                Issue(
-                    "error",
-                    name,
-                    line,
-                    ", ".join(missing) or None,
-                    "missing key(s)",
-                    f"a {task} line looks like {wanted}",
+                Issue.error(
+                    name, line, ", ".join(missing) or None, "missing key(s)", f"a {task} line looks like {wanted}"
                 )
             )
         return None
     _, required, optional = LINE_FORMATS[line_format]
     for unknown in sorted(set(obj) - required - optional):
         issues.append(
-            Issue(
-                "error",
+            Issue.error(
                 name,
                 line,
                 unknown,
@@ -251,7 +239,7 @@ def _parse_object(
     for key in sorted(required | (optional & set(obj))):
         if key != "messages" and not isinstance(obj[key], str):
             issues.append(
-                Issue("error", name, line, key, f"must be a string, got {type(obj[key]).__name__}", "quote the value")
+                Issue.error(name, line, key, f"must be a string, got {type(obj[key]).__name__}", "quote the value")
             )
             return None
 
@@ -272,12 +260,12 @@ def _parse_object(
         return example
     else:
         if not obj["text"].strip():
-            issues.append(Issue("error", name, line, "text", "empty text", "remove the line or add text"))
+            issues.append(Issue.error(name, line, "text", "empty text", "remove the line or add text"))
             return None
         return Example(line=line, text=obj["text"])
     for key in fields:
         if not obj[key].strip():
-            issues.append(Issue("error", name, line, key, "empty content", f"write the {key} or drop the line"))
+            issues.append(Issue.error(name, line, key, "empty content", f"write the {key} or drop the line"))
             return None
     return Example(line=line, messages=messages)
 
@@ -286,8 +274,7 @@ def _parse_preference(obj: dict, line: int, name: str, issues: list[Issue]) -> E
     missing = sorted(LINE_FORMATS["preference"][1] - set(obj))
     if missing:
         issues.append(
-            Issue(
-                "error",
+            Issue.error(
                 name,
                 line,
                 ", ".join(missing),
@@ -300,30 +287,24 @@ def _parse_preference(obj: dict, line: int, name: str, issues: list[Issue]) -> E
     for key in ("chosen", "rejected"):
         if not isinstance(obj[key], str):
             issues.append(
-                Issue(
-                    "error",
-                    name,
-                    line,
-                    key,
-                    f"must be a string, got {type(obj[key]).__name__}",
-                    "give the answer's text",
+                Issue.error(
+                    name, line, key, f"must be a string, got {type(obj[key]).__name__}", "give the answer's text"
                 )
             )
         elif not obj[key].strip():
-            issues.append(Issue("error", name, line, key, "empty answer", f"write the {key} answer or drop the line"))
+            issues.append(Issue.error(name, line, key, "empty answer", f"write the {key} answer or drop the line"))
     prompt = obj["prompt"]
     messages = None
     if isinstance(prompt, str):
         if prompt.strip():
             messages = [_msg("user", prompt)]
         else:
-            issues.append(Issue("error", name, line, "prompt", "empty prompt", "write the prompt or drop the line"))
+            issues.append(Issue.error(name, line, "prompt", "empty prompt", "write the prompt or drop the line"))
     elif isinstance(prompt, list):
         messages = check_prompt_messages(prompt, line, name, issues)
     else:
         issues.append(
-            Issue(
-                "error",
+            Issue.error(
                 name,
                 line,
                 "prompt",
@@ -335,8 +316,7 @@ def _parse_preference(obj: dict, line: int, name: str, issues: list[Issue]) -> E
         return None
     if obj["chosen"].strip() == obj["rejected"].strip():
         issues.append(
-            Issue(
-                "warning",
+            Issue.warning(
                 name,
                 line,
                 "rejected",
@@ -354,21 +334,15 @@ def check_prompt_messages(
     the chat rules, ending with a user turn. ``field`` names the key it came from in errors."""
     if not isinstance(messages, list) or not messages:
         issues.append(
-            Issue(
-                "error",
-                name,
-                line,
-                field,
-                "must be a non-empty list of messages",
-                'use [{"role": "user", "content": "..."}]',
+            Issue.error(
+                name, line, field, "must be a non-empty list of messages", 'use [{"role": "user", "content": "..."}]'
             )
         )
         return None
     last = messages[-1].get("role") if isinstance(messages[-1], dict) else None
     if last in ROLES and last != "user":
         issues.append(
-            Issue(
-                "error",
+            Issue.error(
                 name,
                 line,
                 field,
@@ -398,8 +372,7 @@ def check_prompt_messages(
             )
     if checked is None and len(issues) == before:  # only the borrowed turn was objected to
         issues.append(
-            Issue(
-                "error",
+            Issue.error(
                 name,
                 line,
                 field,
@@ -417,8 +390,7 @@ def _msg(role: str, content: str, weight: int = 1) -> dict:
 def _check_messages(messages: object, line: int, name: str, issues: list[Issue]) -> list[dict] | None:
     if not isinstance(messages, list) or not messages:
         issues.append(
-            Issue(
-                "error",
+            Issue.error(
                 name,
                 line,
                 "messages",
@@ -434,8 +406,7 @@ def _check_messages(messages: object, line: int, name: str, issues: list[Issue])
         where = f"messages[{index}]"
         if not isinstance(message, dict):
             issues.append(
-                Issue(
-                    "error",
+                Issue.error(
                     name,
                     line,
                     where,
@@ -446,8 +417,7 @@ def _check_messages(messages: object, line: int, name: str, issues: list[Issue])
             continue
         for unknown in sorted(set(message) - MESSAGE_KEYS):
             issues.append(
-                Issue(
-                    "error",
+                Issue.error(
                     name,
                     line,
                     f"{where}.{unknown}",
@@ -458,30 +428,19 @@ def _check_messages(messages: object, line: int, name: str, issues: list[Issue])
         role, content, weight = message.get("role"), message.get("content"), message.get("weight", 1)
         if role not in ROLES:
             issues.append(
-                Issue(
-                    "error",
-                    name,
-                    line,
-                    f"{where}.role",
-                    f"unknown role {role!r}",
-                    "roles are system, user and assistant",
+                Issue.error(
+                    name, line, f"{where}.role", f"unknown role {role!r}", "roles are system, user and assistant"
                 )
             )
         elif role == "system" and index != 0:
             issues.append(
-                Issue(
-                    "error",
-                    name,
-                    line,
-                    f"{where}.role",
-                    "system message after the start",
-                    "put the system message first, once",
+                Issue.error(
+                    name, line, f"{where}.role", "system message after the start", "put the system message first, once"
                 )
             )
         elif role != "system" and previous == role:
             issues.append(
-                Issue(
-                    "error",
+                Issue.error(
                     name,
                     line,
                     f"{where}.role",
@@ -491,8 +450,7 @@ def _check_messages(messages: object, line: int, name: str, issues: list[Issue])
             )
         elif role == "assistant" and previous in (None, "system"):
             issues.append(
-                Issue(
-                    "error",
+                Issue.error(
                     name,
                     line,
                     f"{where}.role",
@@ -502,19 +460,13 @@ def _check_messages(messages: object, line: int, name: str, issues: list[Issue])
             )
         if not isinstance(content, str) or not content.strip():
             issues.append(
-                Issue(
-                    "error",
-                    name,
-                    line,
-                    f"{where}.content",
-                    "empty content",
-                    "every message needs non-empty text content",
+                Issue.error(
+                    name, line, f"{where}.content", "empty content", "every message needs non-empty text content"
                 )
             )
         if weight not in (0, 1) or isinstance(weight, bool):
             issues.append(
-                Issue(
-                    "error",
+                Issue.error(
                     name,
                     line,
                     f"{where}.weight",
@@ -524,8 +476,7 @@ def _check_messages(messages: object, line: int, name: str, issues: list[Issue])
             )
         elif role != "assistant" and "weight" in message:
             issues.append(
-                Issue(
-                    "error",
+                Issue.error(
                     name,
                     line,
                     f"{where}.weight",
@@ -537,8 +488,7 @@ def _check_messages(messages: object, line: int, name: str, issues: list[Issue])
         result.append(_msg(str(role), content if isinstance(content, str) else "", weight))
     if not any(m["role"] == "assistant" and m["weight"] == 1 for m in result):
         issues.append(
-            Issue(
-                "error",
+            Issue.error(
                 name,
                 line,
                 "messages",
@@ -551,9 +501,9 @@ def _check_messages(messages: object, line: int, name: str, issues: list[Issue])
 
 def _check_classify(example: Example, name: str, issues: list[Issue]) -> None:
     if not (example.text or "").strip():
-        issues.append(Issue("error", name, example.line, "text", "empty text", "write the text to classify"))
+        issues.append(Issue.error(name, example.line, "text", "empty text", "write the text to classify"))
     if not example.label:
-        issues.append(Issue("error", name, example.line, "label", "empty label", "give every row a label"))
+        issues.append(Issue.error(name, example.line, "label", "empty label", "give every row a label"))
 
 
 def _read_text(path: Path, issues: list[Issue]) -> str | None:
@@ -561,5 +511,5 @@ def _read_text(path: Path, issues: list[Issue]) -> str | None:
         return path.read_text(encoding="utf-8-sig")  # tolerate the BOM spreadsheet exports add
     except UnicodeDecodeError as err:
         line = path.read_bytes()[: err.start].count(b"\n") + 1
-        issues.append(Issue("error", str(path), line, None, "not valid UTF-8", "save the file as UTF-8"))
+        issues.append(Issue.error(str(path), line, None, "not valid UTF-8", "save the file as UTF-8"))
         return None

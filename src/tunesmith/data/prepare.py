@@ -16,8 +16,8 @@ from tunesmith.data.render import Rendered, RenderedPair
 class Splits:
     train_examples: list[Example]
     val_examples: list[Example]
-    train_rendered: list[Rendered]
-    val_rendered: list[Rendered]
+    train_rendered: list[Rendered | RenderedPair]
+    val_rendered: list[Rendered | RenderedPair]
 
 
 def validation_size(n: int, fraction: float) -> int:
@@ -48,12 +48,12 @@ def split(report: DataReport, fraction: float, seed: int) -> Splits:
 
 def build_rows(
     task: str, splits: Splits, max_length: int, fraction: float, seed: int, has_val_file: bool
-) -> tuple[list[Row], list[Row]]:
+) -> tuple[list[Row | PairRow], list[Row | PairRow]]:
     """Rows for the loop: one example per row (truncated), or packed blocks for raw text."""
     if task == "text":
-        train = pack_documents([r.input_ids for r in splits.train_rendered], max_length)
+        train: list[Row | PairRow] = list(pack_documents([r.input_ids for r in splits.train_rendered], max_length))
         if has_val_file:
-            return train, pack_documents([r.input_ids for r in splits.val_rendered], max_length)
+            return train, list(pack_documents([r.input_ids for r in splits.val_rendered], max_length))
         n_val = validation_size(len(train), fraction)
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
         return [train[i] for i in sorted(order[n_val:])], [train[i] for i in sorted(order[:n_val])]

@@ -21,6 +21,14 @@ class Issue:
     message: str
     hint: str = ""
 
+    @classmethod
+    def error(cls, file: str, line: int | None, field: str | None, message: str, hint: str = "") -> Issue:
+        return cls("error", file, line, field, message, hint)
+
+    @classmethod
+    def warning(cls, file: str, line: int | None, field: str | None, message: str, hint: str = "") -> Issue:
+        return cls("warning", file, line, field, message, hint)
+
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
         what = f"{self.field}: " if self.field else ""
@@ -28,8 +36,23 @@ class Issue:
         return f"{where}: {self.severity}: {what}{self.message}{hint}"
 
 
+MAX_LISTED_ERRORS = 50  # error lines quoted in one message; the check lists them all (`tunesmith data check`)
+
+
+def listed_errors(issues: list[Issue], limit: int = MAX_LISTED_ERRORS) -> str:
+    """The errors among ``issues``, one ``file:line: error: field: message (hint: ...)`` a line, at most
+    ``limit`` of them and then how many more: the body of every "the data has errors" message."""
+    errors = [issue for issue in issues if issue.severity == "error"]
+    lines = [str(issue) for issue in errors[:limit]]
+    if len(errors) > limit:
+        lines.append(f"... and {len(errors) - limit} more errors (see `tunesmith data check`)")
+    return "\n".join(lines)
+
+
 class Findings:
     """``errors`` and ``warnings`` of a result that holds ``issues: list[Issue]``."""
+
+    issues: list[Issue]  # declared here for the type checker; each subclass is a dataclass with this field
 
     @property
     def errors(self) -> list[Issue]:

@@ -25,6 +25,7 @@ def pick_shots(pool: list[Example], k: int, seed: int) -> list[Example]:
         return rng.sample(pool, min(k, len(pool)))
     by_label: dict[str, list[Example]] = defaultdict(list)
     for example in pool:
+        assert example.label is not None  # a pool is one file's examples: all labelled or none
         by_label[example.label].append(example)
     for examples in by_label.values():
         rng.shuffle(examples)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from rich.markup import escape
 from rich.table import Table
 
+from tunesmith.core.config import Task
+from tunesmith.evaluation.measure import Measured
+from tunesmith.evaluation.results import Difference, EvalResult, Judgement
 from tunesmith.evaluation.significance import Sample, bootstrap
 from tunesmith.evaluation.systems import display_name
 
@@ -114,19 +119,19 @@ def helped_clearly(differences: dict, helped_: bool | None) -> bool | None:
     return bool(helped_) and all(d["clear"] for d in differences.values())
 
 
-def judge(task: str, measured: dict[str, object], seed: int = 0) -> tuple[dict, dict]:
-    """({"helped", "helped_clearly", "significance"}, each system's interval) for the ``measured`` systems."""
+def judge(task: Task, measured: Mapping[str, Measured], seed: int = 0) -> tuple[Judgement, dict[str, list[float]]]:
+    """Whether fine-tuning helped and how clearly, and each system's interval, for the ``measured`` systems."""
     helped_ = helped(task, {name: m.metrics for name, m in measured.items()})
     tested = significance(task, measured, seed)
-    judged = {
-        "helped": helped_,
-        "helped_clearly": helped_clearly(tested["differences"], helped_),
-        "significance": tested["differences"],
-    }
-    return judged, tested["intervals"]
+    judgement = Judgement(
+        helped=helped_,
+        helped_clearly=helped_clearly(tested["differences"], helped_),
+        significance={name: Difference(**d) for name, d in tested["differences"].items()},
+    )
+    return judgement, tested["intervals"]
 
 
-def significance(task: str, measured: dict[str, object], seed: int = 0) -> dict:
+def significance(task: Task, measured: Mapping[str, Measured], seed: int = 0) -> dict:
     """Paired bootstrap intervals of the primary metric for every system with per-example scores,
     and of the fine-tuned model's difference from each baseline (evaluation/significance.py)."""
     primary, higher_is_better = PRIMARY[task]
@@ -160,6 +165,31 @@ def verdict(task: str, results: dict[str, dict], helped_: bool | None, differenc
                 f"{format_difference(primary, d['difference'])} (95% interval "
                 f"{format_interval(primary, d)}): {reading(d)}"
             )
+        )
+    return lines
+
+
+def eval_verdict(figures: EvalResult | dict) -> list[str]:
+    """What an evaluation concludes, as lines (rich markup) to print under its table: whether fine-tuning
+    helped and how clearly (``verdict``), when training pays for itself against the few-shot prompt
+    (break-even), and how many examples changed. ``figures``: an EvalResult or its JSON."""
+    figures = figures.to_json() if isinstance(figures, EvalResult) else figures  # read by key once, not per field
+    lines = verdict(figures["task"], figures["results"], figures["helped"], figures.get("significance") or {})
+    even = figures.get("break_even")
+    if even and even["requests"] is None:
+        lines.append("break-even: never; the fine-tuned model is not cheaper per request than the few-shot prompt")
+    elif even:
+        lines.append(
+            escape(
+                f"break-even: training ({even['training_cpu_seconds']:.0f} CPU-s, "
+                f"${even['training_cost_usd']:.4f}) is paid back by the shorter prompt after "
+                f"{even['requests']:,} requests ({even['saved_cpu_seconds_per_request']:.3f} CPU-s saved each)"
+            )
+        )
+    if figures.get("diffs_total"):
+        lines.append(
+            f"{figures['diffs_total']} differences from a baseline, {figures['regressions_total']} of them "
+            "regressions (see --report or --json)"
         )
     return lines
 
@@ -199,7 +229,8 @@ def format_interval(metric: str, difference: dict) -> str:
 
 
 def format_gain(point: dict, previous: dict | None) -> str:
-    """A learning-curve point's paired difference from the previous size: ``+4.0 (-1.0 to +9.0)``."""
+    """A learning-curve point's paired difference from the previous size: ``+4.0 (-1.0 to +9.0)``; the
+    points as the curve's JSON holds them (the HTML report renders a --json file too)."""
     gain = (point.get("gains") or {}).get(str(previous["n"])) if previous else None
     if not gain:
         return "–"
@@ -214,7 +245,9 @@ def format_difference(metric: str, value: float, unit: bool = True) -> str:
     return f"{value:+.2f}" if metric == "perplexity" else f"{value:+.3f}"
 
 
-def per_example(inputs: list[str], references: list[str], lines: list[int], measured: dict[str, object]) -> list[dict]:
+def per_example(
+    inputs: list[str], references: list[str], lines: list[int], measured: Mapping[str, Measured]
+) -> list[dict]:
     """One record per example: each system's output and per-example score."""
     return [
         {
@@ -228,28 +261,29 @@ def per_example(inputs: list[str], references: list[str], lines: list[int], meas
     ]
 
 
-def blocks(measured: dict[str, object]) -> list[dict]:
+def blocks(measured: Mapping[str, Measured]) -> list[dict]:
     """Raw text's counterpart of ``per_example``: per held-out block, its tokens and each system's mean loss."""
     first = next((m for m in measured.values() if m.scores), None)
-    if first is None:
+    if first is None or first.weights is None:  # raw text's scores always come with their tokens
         return []
+    tokens = first.weights
     return [
-        {"tokens": first.weights[i], "losses": {name: m.scores[i] for name, m in measured.items() if m.scores}}
+        {"tokens": tokens[i], "losses": {name: m.scores[i] for name, m in measured.items() if m.scores}}
         for i in range(len(first.scores))
     ]
 
 
-def sample(figures: dict, system: str) -> Sample | None:
+def sample(figures: EvalResult, system: str) -> Sample | None:
     """``system``'s per-example scores from an eval's figures (``examples``, or ``blocks`` for raw text),
     as the bootstrap takes them; None when the figures have none."""
-    if figures["task"] == "text":
-        kept = [b for b in figures.get("blocks") or [] if system in b["losses"]]
+    if figures.task == "text":
+        kept = [b for b in figures.blocks or [] if system in b["losses"]]
         return Sample([b["losses"][system] for b in kept], [b["tokens"] for b in kept]) if kept else None
-    kept = [e["scores"][system] for e in figures.get("examples") or [] if system in e["scores"]]
-    return Sample(kept) if kept else None
+    scores: list[float] = [e["scores"][system] for e in figures.examples if system in e["scores"]]
+    return Sample(scores) if scores else None
 
 
-def diffs(examples: list[dict], measured: dict[str, object], higher_is_better: bool = True) -> list[dict]:
+def diffs(examples: list[dict], measured: Mapping[str, Measured], higher_is_better: bool = True) -> list[dict]:
     """Examples where the fine-tuned model and a baseline score differently: regressions first, the
     worst (largest drop, then most confident wrong answer) at the top, then improvements."""
     if "fine_tuned" not in measured or not measured["fine_tuned"].scores:

@@ -23,6 +23,7 @@ from tunesmith.evaluation.compare import (
     reading,
     sample_size,
 )
+from tunesmith.evaluation.results import CurveResult, EvalResult
 from tunesmith.evaluation.significance import RESAMPLES
 from tunesmith.evaluation.systems import DISPLAY, display_name
 
@@ -126,7 +127,8 @@ def _page(title: str, source: dict, fields: list[str], body: list[str]) -> str:
 
 def _comparison(figures: dict, results: dict, names: dict) -> str:
     """The verdict, the metrics table and the primary metric's bar chart."""
-    primary, higher_primary, out, rows = figures.get("primary"), figures.get("higher_is_better", True), [], []
+    primary: str = figures.get("primary") or ""  # a partial --json file may lack it: no chart then
+    higher_primary, out, rows = figures.get("higher_is_better", True), [], []
     baselines = [
         results[s][primary]
         for s in names
@@ -182,7 +184,7 @@ def _significance(figures: dict, names: dict) -> str:
     tested = figures.get("significance") or {}
     if not tested:
         return ""
-    primary = figures.get("primary")
+    primary: str = figures.get("primary") or ""
     shots = ((figures.get("results") or {}).get("few_shot") or {}).get("shots", 0)
     rows = [
         [
@@ -340,8 +342,10 @@ def _diffs(figures: dict, names: dict) -> str:
     return "<h2>Examples that changed</h2>" + table if rows else ""
 
 
-def render_eval_report(figures: dict) -> str:
-    """The eval report as one HTML document (see the module docstring)."""
+def render_eval_report(figures: EvalResult | dict) -> str:
+    """The eval report as one HTML document (see the module docstring): of an evaluation, or of the JSON
+    ``tunesmith eval --json`` wrote."""
+    figures = figures.to_json() if isinstance(figures, EvalResult) else figures
     results = figures.get("results") or {}
     shots = (results.get("few_shot") or {}).get("shots")
     systems = [s for s in figures.get("systems") or results if isinstance(results.get(s), dict)]
@@ -384,8 +388,9 @@ def _clearly_better(larger: dict, smaller: dict) -> bool:
     return tested is None or tested["clear"]
 
 
-def curve_verdict(curve: dict) -> str | None:
+def curve_verdict(curve: CurveResult | dict) -> str | None:
     """Where more data stops paying, in one or two sentences; None with fewer than two measured points."""
+    curve = curve.to_json() if isinstance(curve, CurveResult) else curve
     metric = curve.get("metric") or "metric"
     higher = curve.get("higher_is_better", metric in HIGHER_IS_BETTER)
     label = METRICS.get(metric, (metric,))[0]
@@ -429,8 +434,9 @@ def curve_verdict(curve: dict) -> str | None:
     return text
 
 
-def render_curve_report(curve: dict) -> str:
-    """The learning-curve report as one HTML document."""
+def render_curve_report(curve: CurveResult | dict) -> str:
+    """The learning-curve report as one HTML document (of a curve, or of its --json)."""
+    curve = curve.to_json() if isinstance(curve, CurveResult) else curve
     metric = curve.get("metric") or "metric"
     label = METRICS.get(metric, (metric,))[0]
     points = sorted((p for p in curve.get("points") or [] if _num(p.get("n"))), key=lambda p: p["n"])
@@ -488,11 +494,11 @@ def _write(text: str, path: Path) -> None:
     atomic_write_text(Path(path), text)
 
 
-def write_eval_report(figures: dict, path: Path) -> None:
+def write_eval_report(figures: EvalResult | dict, path: Path) -> None:
     """Render the eval report and write it to ``path`` atomically."""
     _write(render_eval_report(figures), path)
 
 
-def write_curve_report(curve: dict, path: Path) -> None:
+def write_curve_report(curve: CurveResult | dict, path: Path) -> None:
     """Render the learning-curve report and write it to ``path`` atomically."""
     _write(render_curve_report(curve), path)

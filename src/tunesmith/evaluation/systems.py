@@ -40,7 +40,7 @@ class System:
     shots: list[Example] = field(default_factory=list)
 
 
-def display_name(name: str, shots: int = 0) -> str:
+def display_name(name: str, shots: int | str = 0) -> str:
     return DISPLAY[name].format(shots=shots)
 
 

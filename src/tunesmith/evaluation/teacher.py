@@ -78,8 +78,9 @@ def measure_teacher(
     measured = _classify(replies, references, labels or []) if task == "classify" else _generation(replies, references)
     metrics = measured.metrics
     metrics["eval_seconds"] = round(time.perf_counter() - started, 3)
-    if all(reply.prompt_tokens is not None for reply in replies):
-        metrics["prompt_tokens_mean"] = statistics.fmean(reply.prompt_tokens for reply in replies)
+    prompt_tokens = [reply.prompt_tokens for reply in replies if reply.prompt_tokens is not None]
+    if len(prompt_tokens) == len(replies):  # the server reported `usage` for every request
+        metrics["prompt_tokens_mean"] = statistics.fmean(prompt_tokens)
     if options.latency_samples > 0:
         metrics.update(_latency(teacher, prompts, max_tokens, options))
     metrics.update(parameters=parameters, model=teacher.model)

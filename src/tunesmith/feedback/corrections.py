@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal, cast
 
 from tunesmith.core.durable import atomic_write_text, fsync_dir
 from tunesmith.core.errors import DataError
@@ -34,7 +34,7 @@ from tunesmith.data.records import Findings, Issue
 
 Verdict = Literal["good", "bad"]
 VERDICTS = ("good", "bad")
-Prompt = Union[str, list[dict]]  # a string, or messages ending with a user turn
+Prompt = str | list[dict]  # a string, or messages ending with a user turn
 PROMPT_KEYS = ("prompt", "messages")
 CORRECTION_KEYS = frozenset({*PROMPT_KEYS, "response", "verdict", "correction"})
 SFT_FILE, PAIRS_FILE = "sft.jsonl", "pairs.jsonl"
@@ -115,8 +115,7 @@ def parse_prompt(obj: dict, name: str, line: int, issues: list[Issue]) -> Prompt
     if len(given) != 1:
         message = "has both prompt and messages" if given else "missing key: prompt or messages"
         issues.append(
-            Issue(
-                "error",
+            Issue.error(
                 name,
                 line,
                 "prompt" if given else "prompt, messages",
@@ -129,8 +128,7 @@ def parse_prompt(obj: dict, name: str, line: int, issues: list[Issue]) -> Prompt
         prompt = obj["prompt"]
         if not isinstance(prompt, str):
             issues.append(
-                Issue(
-                    "error",
+                Issue.error(
                     name,
                     line,
                     "prompt",
@@ -140,7 +138,7 @@ def parse_prompt(obj: dict, name: str, line: int, issues: list[Issue]) -> Prompt
             )
             return None
         if not prompt.strip():
-            issues.append(Issue("error", name, line, "prompt", "empty prompt", "write the question or drop the line"))
+            issues.append(Issue.error(name, line, "prompt", "empty prompt", "write the question or drop the line"))
             return None
         return prompt
     messages = check_prompt_messages(obj["messages"], line, name, issues, field="messages")
@@ -152,37 +150,22 @@ def parse_correction(obj: dict, name: str, line: int, issues: list[Issue]) -> Co
     before = len(issues)
     for unknown in sorted(set(obj) - CORRECTION_KEYS):
         issues.append(
-            Issue(
-                "error",
-                name,
-                line,
-                unknown,
-                "unknown key",
-                "allowed keys: prompt or messages, response, verdict, correction",
+            Issue.error(
+                name, line, unknown, "unknown key", "allowed keys: prompt or messages, response, verdict, correction"
             )
         )
     prompt = parse_prompt(obj, name, line, issues)
     response, verdict, correction = obj.get("response"), obj.get("verdict"), obj.get("correction")
     if "response" not in obj:
         issues.append(
-            Issue(
-                "error",
-                name,
-                line,
-                "response",
-                "missing key",
-                f"give the model's answer; a line looks like {LINE_SHAPE}",
+            Issue.error(
+                name, line, "response", "missing key", f"give the model's answer; a line looks like {LINE_SHAPE}"
             )
         )
     elif not isinstance(response, str):
         issues.append(
-            Issue(
-                "error",
-                name,
-                line,
-                "response",
-                f"must be a string, got {type(response).__name__}",
-                "quote the model's answer",
+            Issue.error(
+                name, line, "response", f"must be a string, got {type(response).__name__}", "quote the model's answer"
             )
         )
     if verdict not in VERDICTS:
@@ -190,11 +173,10 @@ def parse_correction(obj: dict, name: str, line: int, issues: list[Issue]) -> Co
         hint = 'write "good" if the answer was right, "bad" with a correction if not'
         if isinstance(verdict, str) and verdict.strip().lower() in VERDICTS:
             hint = f'write it exactly as "{verdict.strip().lower()}", in lower case'
-        issues.append(Issue("error", name, line, "verdict", message, hint))
+        issues.append(Issue.error(name, line, "verdict", message, hint))
     if correction is not None and not isinstance(correction, str):
         issues.append(
-            Issue(
-                "error",
+            Issue.error(
                 name,
                 line,
                 "correction",
@@ -204,8 +186,7 @@ def parse_correction(obj: dict, name: str, line: int, issues: list[Issue]) -> Co
         )
     elif verdict == "bad" and not (correction or "").strip():
         issues.append(
-            Issue(
-                "error",
+            Issue.error(
                 name,
                 line,
                 "correction",
@@ -213,10 +194,9 @@ def parse_correction(obj: dict, name: str, line: int, issues: list[Issue]) -> Co
                 'a bad answer needs the right answer in "correction"',
             )
         )
-    elif verdict == "bad" and isinstance(response, str) and correction.strip() == response.strip():
+    elif verdict == "bad" and isinstance(response, str) and (correction or "").strip() == response.strip():
         issues.append(
-            Issue(
-                "error",
+            Issue.error(
                 name,
                 line,
                 "correction",
@@ -226,8 +206,7 @@ def parse_correction(obj: dict, name: str, line: int, issues: list[Issue]) -> Co
         )
     elif verdict == "good" and correction:  # "" or null: no correction (spreadsheet exports write them)
         issues.append(
-            Issue(
-                "error",
+            Issue.error(
                 name,
                 line,
                 "correction",
@@ -237,8 +216,7 @@ def parse_correction(obj: dict, name: str, line: int, issues: list[Issue]) -> Co
         )
     if verdict == "good" and isinstance(response, str) and not response.strip():
         issues.append(
-            Issue(
-                "error",
+            Issue.error(
                 name,
                 line,
                 "response",
@@ -248,7 +226,10 @@ def parse_correction(obj: dict, name: str, line: int, issues: list[Issue]) -> Co
         )
     if len(issues) > before or prompt is None:
         return None
-    return Correction(line, prompt, response, verdict, correction if verdict == "bad" else None)
+    # No issue above: the response is a string and the verdict one of VERDICTS.
+    return Correction(
+        line, prompt, cast(str, response), cast(Verdict, verdict), correction if verdict == "bad" else None
+    )
 
 
 # ---------------------------------------------------------------- converting
@@ -276,8 +257,7 @@ def convert(path: Path) -> CorrectionsResult:
         if first is not record:
             result.duplicates += 1
             issues.append(
-                Issue(
-                    "warning",
+                Issue.warning(
                     name,
                     record.line,
                     None,
@@ -300,8 +280,7 @@ def convert(path: Path) -> CorrectionsResult:
         left_out.update(lines)
         for other in group[1:]:
             issues.append(
-                Issue(
-                    "warning",
+                Issue.warning(
                     name,
                     other.line,
                     differs,
@@ -319,8 +298,7 @@ def convert(path: Path) -> CorrectionsResult:
             continue
         if not record.response.strip():
             issues.append(
-                Issue(
-                    "warning",
+                Issue.warning(
                     name,
                     record.line,
                     "response",

@@ -20,7 +20,7 @@ from pathlib import Path
 from tunesmith.core.durable import append_line, repair_tail
 from tunesmith.core.errors import DataError, TunesmithError
 from tunesmith.data.formats import read_json_objects
-from tunesmith.data.records import Issue
+from tunesmith.data.records import Issue, listed_errors
 from tunesmith.feedback.corrections import (
     Correction,
     Prompt,
@@ -94,7 +94,9 @@ class ReviewSession:
     ) -> Correction:
         """Append one review to the corrections file. Checked with the corrections rules first: a line
         ``data from-corrections`` would refuse raises ``TunesmithError`` and is not written."""
-        line = {"prompt": prompt.prompt} if isinstance(prompt.prompt, str) else {"messages": prompt.prompt}
+        line: dict[str, object] = (
+            {"prompt": prompt.prompt} if isinstance(prompt.prompt, str) else {"messages": prompt.prompt}
+        )
         line |= {"response": response, "verdict": verdict}
         if correction is not None:
             line["correction"] = correction
@@ -122,14 +124,14 @@ def read_prompts(path: Path, warnings: list[Issue]) -> list[ReviewPrompt]:
     seen: dict[str, int] = {}
     for line, obj in read_json_objects(path, issues):
         for unknown in sorted(set(obj) - {"prompt", "messages"}):
-            issues.append(Issue("error", name, line, unknown, "unknown key", f"a prompts line is {PROMPT_LINE_SHAPE}"))
+            issues.append(Issue.error(name, line, unknown, "unknown key", f"a prompts line is {PROMPT_LINE_SHAPE}"))
         prompt = parse_prompt(obj, name, line, issues)
         if prompt is None:
             continue
         item = ReviewPrompt(line, prompt)
         if item.key in seen:
             warnings.append(
-                Issue("warning", name, line, None, f"same prompt as line {seen[item.key]}", "it is reviewed once")
+                Issue.warning(name, line, None, f"same prompt as line {seen[item.key]}", "it is reviewed once")
             )
             continue
         seen[item.key] = line
@@ -161,8 +163,7 @@ def _repair_tail(path: Path, warnings: list[Issue]) -> None:
         line, tail = dropped
         preview = tail[:60].decode("utf-8", errors="replace")
         warnings.append(
-            Issue(
-                "warning",
+            Issue.warning(
                 str(path),
                 line,
                 None,
@@ -175,5 +176,4 @@ def _repair_tail(path: Path, warnings: list[Issue]) -> None:
 def _raise_errors(path: Path, issues: list[Issue], hint: str) -> None:
     errors = [i for i in issues if i.severity == "error"]
     if errors:
-        listed = "\n".join(str(issue) for issue in errors)
-        raise DataError(f"{path} has {len(errors)} error(s); {hint}:\n{listed}")
+        raise DataError(f"{path} has {len(errors)} error(s); {hint}:\n{listed_errors(errors)}")

@@ -11,6 +11,7 @@ import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 from rich.console import Console
 from rich.panel import Panel
@@ -23,16 +24,17 @@ from tunesmith.inference.loaded import load
 QUESTION = "[g]ood / [b]ad / [s]kip / [q]uit: "
 CORRECTION = "correction (end a line with \\ to go on to the next line): "
 CONTINUATION = "... "
-KEYS = {"g": "good", "good": "good", "b": "bad", "bad": "bad", "s": "skip", "skip": "skip", "q": "quit", "quit": "quit"}
-HELP = """keys, each followed by Enter:
-  g  good: the answer is right as it is
-  b  bad: type the right answer (the correction); end a line with \\ to continue it on the next
-     line, an empty correction is asked again
-  s  skip: record nothing; the prompt is asked again next time
-  q  quit (as does Ctrl-D); Ctrl-C also stops, with every recorded review kept
-Every verdict is appended to the --out file at once. Run the same command again to resume:
-prompts that already have a line there are skipped. Then: tunesmith data from-corrections."""
-
+Choice = Literal["good", "bad", "skip", "quit"]
+KEYS: dict[str, Choice] = {
+    "g": "good",
+    "good": "good",
+    "b": "bad",
+    "bad": "bad",
+    "s": "skip",
+    "skip": "skip",
+    "q": "quit",
+    "quit": "quit",
+}
 Read = Callable[[str], str]
 
 

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
+from tunesmith.core.config import Task
+from tunesmith.core.errors import TunesmithError
 from tunesmith.data.labels import CLASSIFY_TEMPLATE, classify_prompt
 from tunesmith.data.render import render_prompt
 from tunesmith.models.base import EMBEDDED, is_model_folder, resolve_base
@@ -20,9 +24,9 @@ from tunesmith.registry.lineage import in_registry, load_start, version_start
 @dataclass
 class LoadedModel:
     ref: str
-    model: object
-    tokenizer: object
-    task: str = "chat"
+    model: Any  # a transformers causal LM, or the PEFT model around one (``merge=False``)
+    tokenizer: PreTrainedTokenizerBase
+    task: Task = "chat"
     labels: list[str] | None = None
     system_prompt: str | None = None
     version: store.ModelVersion | None = None
@@ -30,7 +34,7 @@ class LoadedModel:
     def messages_for(self, prompt: str, history: list[dict] | None = None) -> list[dict]:
         """The conversation to send: the stored system prompt, history, and the prompt wrapped
         the way training wrapped it (classification prompts get the label instruction)."""
-        content = classify_prompt(prompt, self.labels) if self.task == "classify" else prompt
+        content = self._classify_prompt(prompt) if self.task == "classify" else prompt
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         return [*messages, *(history or []), {"role": "user", "content": content}]
 
@@ -43,7 +47,7 @@ class LoadedModel:
             # is not wrapped twice.
             instruction = CLASSIFY_TEMPLATE.split("{labels}")[0]  # whatever the order of the labels sent
             messages = [
-                {**m, "content": classify_prompt(m["content"], self.labels)}
+                {**m, "content": self._classify_prompt(m["content"])}
                 if m["role"] == "user" and not m["content"].startswith(instruction)
                 else m
                 for m in messages
@@ -51,6 +55,11 @@ class LoadedModel:
         if self.system_prompt and not any(m["role"] == "system" for m in messages):
             messages = [{"role": "system", "content": self.system_prompt}, *messages]
         return messages
+
+    def _classify_prompt(self, text: str) -> str:
+        if self.labels is None:
+            raise TunesmithError(f"{self.ref}: a classifier without its label set")
+        return classify_prompt(text, self.labels)
 
 
 def load(ref: str, merge: bool = True, precision: str = "auto") -> LoadedModel:
@@ -72,7 +81,7 @@ def load_version(version: store.ModelVersion, merge: bool = True, precision: str
     manifest = version.manifest
     tokenizer = load_tokenizer(version.path)
     dtype = precision_dtype(precision)
-    if has_adapter(manifest):
+    if manifest.has_adapter:
         # The base, with any earlier fine-tunes it builds on merged in (models.lineage), then its adapter.
         model = load_adapter(load_start(version_start(manifest, version.path), dtype), version.path / "adapter")
         if merge:
@@ -80,21 +89,16 @@ def load_version(version: store.ModelVersion, merge: bool = True, precision: str
     else:
         model = load_model(version.path / "model", dtype)
     # A DPO model answers like the chat model it was trained from.
-    task = "chat" if manifest["task"] == "preference" else manifest["task"]
+    task = "chat" if manifest.task == "preference" else manifest.task
     return LoadedModel(
         ref=version.ref,
         model=model.eval(),
         tokenizer=tokenizer,
         task=task,
-        labels=manifest.get("labels"),
-        system_prompt=manifest.get("system_prompt"),
+        labels=manifest.labels,
+        system_prompt=manifest.system_prompt,
         version=version,
     )
-
-
-def has_adapter(manifest: dict) -> bool:
-    """LoRA and DPO versions hold an adapter; full fine-tunes hold every weight."""
-    return manifest["method"] != "full"
 
 
 @torch.no_grad()
@@ -128,4 +132,4 @@ def generate_answer(
         **sampling,
     )
     new_tokens = output[0, inputs["input_ids"].shape[1] :]
-    return tokenizer.decode(new_tokens, skip_special_tokens=True)
+    return cast(str, tokenizer.decode(new_tokens, skip_special_tokens=True))  # one sequence: one string

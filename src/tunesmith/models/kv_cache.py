@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import CacheLayerMixin, DynamicLayer
 
 from tunesmith.models.parts import causal_lm
 
@@ -16,7 +16,14 @@ def prefix_cache(model, prefix_ids: list[int]) -> list[tuple[torch.Tensor, torch
     cache = DynamicCache()
     lm = causal_lm(model)
     lm.get_decoder()(input_ids=torch.tensor([prefix_ids], device=device), cache=cache, use_cache=True)
-    return [(layer.keys, layer.values) for layer in cache.layers]
+    return [_keys_values(layer) for layer in cache.layers]
+
+
+def _keys_values(layer: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """A filled attention layer's keys and values."""
+    if not isinstance(layer, CacheLayerMixin) or layer.keys is None or layer.values is None:
+        raise TypeError(f"a {type(layer).__name__} cache layer holds no keys and values")
+    return layer.keys, layer.values
 
 
 class _AppendingLayer(DynamicLayer):
@@ -35,18 +42,21 @@ class _AppendingLayer(DynamicLayer):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
+        keys, values = self.keys, self.values
+        assert keys is not None and values is not None  # set by lazy_initialization
         start = self.get_seq_length()
         end = start + key_states.shape[-2]
         # Reallocate when full, or when someone replaced keys/values (beam reordering, cropping is fine).
         buffers = self._buffers
-        if buffers is None or end > buffers[0].shape[-2] or (start and self.keys.data_ptr() != buffers[0].data_ptr()):
+        if buffers is None or end > buffers[0].shape[-2] or (start and keys.data_ptr() != buffers[0].data_ptr()):
             length = max(end, self.room) if buffers is None else max(end, 2 * buffers[0].shape[-2])
-            buffers = tuple(
+            new_keys, new_values = (
                 new.new_empty((*new.shape[:-2], length, new.shape[-1])) for new in (key_states, value_states)
             )
+            buffers = (new_keys, new_values)
             if start:
-                buffers[0][..., :start, :] = self.keys
-                buffers[1][..., :start, :] = self.values
+                buffers[0][..., :start, :] = keys
+                buffers[1][..., :start, :] = values
             self._buffers = buffers
         buffers[0][..., start:end, :] = key_states
         buffers[1][..., start:end, :] = value_states
@@ -69,7 +79,8 @@ def expanded_cache(prefix: list[tuple[torch.Tensor, torch.Tensor]], batch: int, 
     are reserved and new tokens are written into them."""
     cache = DynamicCache()
     if room:
-        cache.layer_class_to_replicate = lambda: _AppendingLayer(room)
+        # transformers calls it to make each layer: a factory serves as well as the class it is typed as
+        cache.layer_class_to_replicate = lambda: _AppendingLayer(room)  # type: ignore[assignment]
     for index, (keys, values) in enumerate(prefix):
         cache.update(keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1), index)
     return cache

@@ -18,21 +18,23 @@ from pathlib import Path
 
 import torch
 
+from tunesmith.core.config import Method, Task
 from tunesmith.core.errors import TunesmithError
 from tunesmith.models.base import EMBEDDED, resolve_base
 from tunesmith.models.load import load_adapter, load_model
 from tunesmith.registry import store
+from tunesmith.registry.manifest import LineageEntry, Manifest
 
 
 @dataclass
 class Ancestor:
     ref: str
-    method: str
-    task: str
+    method: Method
+    task: Task
     adapter: Path | None  # the adapter folder to merge (None: a full fine-tune, whose weights are the start)
 
-    def manifest_entry(self, copied_to: str | None) -> dict:
-        return {"ref": self.ref, "method": self.method, "task": self.task, "adapter": copied_to}
+    def manifest_entry(self, copied_to: str | None) -> LineageEntry:
+        return LineageEntry(ref=self.ref, method=self.method, task=self.task, adapter=copied_to)
 
 
 @dataclass
@@ -69,26 +71,21 @@ def resolve_start(spec: str) -> StartingPoint:
     version = store.get(spec)
     manifest = version.manifest
     own = version_start(manifest, version.path)
-    if manifest["method"] == "full":
-        me = Ancestor(version.ref, "full", manifest["task"], None)
+    if not manifest.has_adapter:
+        me = Ancestor(version.ref, "full", manifest.task, None)
         weights = version.path / "model"
     else:
-        me = Ancestor(version.ref, manifest["method"], manifest["task"], version.path / "adapter")
+        me = Ancestor(version.ref, manifest.method, manifest.task, version.path / "adapter")
         weights = own.weights
     return StartingPoint(version.ref, own.base_name, weights, version.path, [*own.lineage, me])
 
 
-def version_start(manifest: dict, version_path: Path) -> StartingPoint:
+def version_start(manifest: Manifest, version_path: Path) -> StartingPoint:
     """What a registry version's own weights (its adapter, or nothing for a full fine-tune) sit on."""
-    base_name = manifest["base"]["name"]
+    base_name = manifest.base.name
     lineage = [
-        Ancestor(
-            entry["ref"],
-            entry["method"],
-            entry["task"],
-            version_path / entry["adapter"] if entry.get("adapter") else None,
-        )
-        for entry in manifest.get("lineage") or []
+        Ancestor(entry.ref, entry.method, entry.task, version_path / entry.adapter if entry.adapter else None)
+        for entry in manifest.lineage
     ]
     full = [ancestor for ancestor in lineage if ancestor.adapter is None]
     if full:
@@ -96,15 +93,14 @@ def version_start(manifest: dict, version_path: Path) -> StartingPoint:
             weights = store.get(full[-1].ref).path / "model"
         except TunesmithError:
             raise TunesmithError(
-                f"{manifest.get('name')}:{manifest.get('version')} is built on the full "
-                f"fine-tune {full[-1].ref}, which is no longer in the registry"
+                f"{manifest.ref} is built on the full fine-tune {full[-1].ref}, which is no longer in the registry"
             ) from None
     else:
         try:
             weights = resolve_base(base_name)
         except TunesmithError as err:
             raise TunesmithError(f"the base model of this fine-tune is not available: {err}") from None
-    return StartingPoint(f"{manifest.get('name')}:{manifest.get('version')}", base_name, weights, version_path, lineage)
+    return StartingPoint(manifest.ref, base_name, weights, version_path, lineage)
 
 
 def load_start(start: StartingPoint, dtype: torch.dtype | None = None):

@@ -28,13 +28,16 @@ from pathlib import Path
 
 import torch
 
-from tunesmith.core.config import TrainConfig
+from tunesmith.core.config import ResolvedConfig
 from tunesmith.data.check import DataReport
 from tunesmith.data.labels import CLASSIFY_TEMPLATE
 from tunesmith.data.shots import POOL_FILE, pool_records
+from tunesmith.evaluation.results import Comparison
 from tunesmith.models.base import EMBEDDED, weights_hash
 from tunesmith.registry import store
 from tunesmith.registry.lineage import StartingPoint
+from tunesmith.registry.manifest import BaseModelInfo, DataFile, DataFiles, LineageEntry, Manifest, TrainingInfo
+from tunesmith.training.state import LoopResult, StepMetrics
 
 
 def file_sha256(path: Path) -> str:
@@ -45,8 +48,8 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def library_versions() -> dict:
-    versions = {"python": platform.python_version()}
+def library_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
     for package in ("tunesmith", "torch", "transformers", "peft", "safetensors", "tokenizers"):
         try:
             versions[package] = metadata.version(package)
@@ -59,11 +62,11 @@ def write_version(
     name: str,
     model,
     tokenizer,
-    config: TrainConfig,
+    config: ResolvedConfig,
     report: DataReport,
     start: StartingPoint,
-    loop,
-    comparison: dict,
+    loop: LoopResult,
+    comparison: Comparison,
     wall_seconds: float,
     run_dir: Path,
     shot_pool: list | None = None,
@@ -85,52 +88,52 @@ def write_version(
         if shot_pool and config.task != "text":
             records = pool_records(shot_pool, config.seed)
             (staging / POOL_FILE).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        manifest = {
-            "name": name,
-            "version": None,  # set by store.publish
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "task": config.task,
-            "method": config.method,
-            "base": {
-                "name": start.base_name,
-                "path": str(start.weights),
-                "sha256": weights_hash(start.weights),
-                "embedded": start.base_name in EMBEDDED,
-            },
-            "lineage": lineage,
-            "data": {
-                "train": _data_entry(config.data, len(report.train.examples)),
-                "val": _data_entry(config.val_data, len(report.val.examples)) if report.val else None,
-            },
-            "labels": config.labels,
-            "system_prompt": config.system_prompt,
-            "prompt_template": CLASSIFY_TEMPLATE if config.task == "classify" else None,
-            "seed": config.seed,
-            "config": config.model_dump(mode="json"),
-            "libraries": library_versions(),
-            "metrics": comparison,
-            "provenance": provenance,
-            "training": {
-                "steps": loop.steps,
-                "total_steps": loop.total_steps,
-                "best_step": loop.best_step,
-                "best_val_loss": loop.best_val_loss,
-                "stopped_early": loop.stopped_early,
-                "tokens": loop.tokens,
-                "train_seconds": round(loop.train_seconds, 2),
-                "wall_seconds": round(wall_seconds, 2),
-                "device": str(next(model.parameters()).device.type),
-                "precision": config.precision,
-                "threads": torch.get_num_threads(),
-            },
-        }
-        (staging / store.MANIFEST).write_text(json.dumps(manifest, indent=2))
+        manifest = Manifest(
+            name=name,
+            version=None,  # set by store.publish
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            task=config.task,
+            method=config.method,
+            base=BaseModelInfo(
+                name=start.base_name,
+                path=str(start.weights),
+                sha256=weights_hash(start.weights),
+                embedded=start.base_name in EMBEDDED,
+            ),
+            lineage=lineage,
+            data=DataFiles(
+                train=_data_entry(config.data, len(report.train.examples)),
+                val=_data_entry(config.val_data, len(report.val.examples)) if report.val else None,
+            ),
+            labels=config.labels,
+            system_prompt=config.system_prompt,
+            prompt_template=CLASSIFY_TEMPLATE if config.task == "classify" else None,
+            seed=config.seed,
+            config=config,
+            libraries=library_versions(),
+            metrics=comparison,
+            provenance=provenance,
+            training=TrainingInfo(
+                steps=loop.steps,
+                total_steps=loop.total_steps,
+                best_step=loop.best_step,
+                best_val_loss=loop.best_val_loss,
+                stopped_early=loop.stopped_early,
+                tokens=loop.tokens,
+                train_seconds=round(loop.train_seconds, 2),
+                wall_seconds=round(wall_seconds, 2),
+                device=str(next(model.parameters()).device.type),
+                precision=config.precision,
+                threads=torch.get_num_threads(),
+            ),
+        )
+        (staging / store.MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2))
         return store.publish(name, staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone after a successful rename anyway
 
 
-def _copy_lineage(start: StartingPoint, staging: Path) -> list[dict]:
+def _copy_lineage(start: StartingPoint, staging: Path) -> list[LineageEntry]:
     """Manifest entries for the ancestors, with a copy of each adapter the new one sits on."""
     needed = set(start.adapters)
     entries = []
@@ -143,22 +146,22 @@ def _copy_lineage(start: StartingPoint, staging: Path) -> list[dict]:
     return entries
 
 
-def _data_entry(path: Path | None, rows: int) -> dict | None:
+def _data_entry(path: Path | None, rows: int) -> DataFile | None:
     if path is None:
         return None
-    return {"path": str(Path(path).resolve()), "sha256": file_sha256(Path(path)), "rows": rows}
+    return DataFile(path=str(Path(path).resolve()), sha256=file_sha256(Path(path)), rows=rows)
 
 
-def plot_loss(history: list[dict], target: Path, title: str) -> None:
+def plot_loss(history: list[StepMetrics], target: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4))
-    steps = [entry["step"] for entry in history]
-    axis.plot(steps, [entry["loss"] for entry in history], label="train loss", linewidth=1)
-    val = [(entry["step"], entry["val_loss"]) for entry in history if "val_loss" in entry]
+    steps = [entry.step for entry in history]
+    axis.plot(steps, [entry.loss for entry in history], label="train loss", linewidth=1)
+    val = [(entry.step, entry.val_loss) for entry in history if entry.val_loss is not None]
     if val:
         axis.plot(*zip(*val), marker="o", label="validation loss")
     axis.set_xlabel("optimizer step")

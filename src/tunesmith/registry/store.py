@@ -17,8 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.core import paths
-from tunesmith.core.config import check_name
+from tunesmith.core.config import Method, Task, check_name
 from tunesmith.core.errors import TunesmithError
+from tunesmith.core.results import Result
+from tunesmith.evaluation.results import Comparison
+from tunesmith.registry.manifest import Manifest
 
 MANIFEST = "manifest.json"
 
@@ -34,22 +37,37 @@ class ModelVersion:
         return f"{self.name}:{self.version}"
 
     @property
-    def manifest(self) -> dict:
-        return json.loads((self.path / MANIFEST).read_text())
+    def manifest(self) -> Manifest:
+        """Read from disk on each access: cheap, and a version's manifest never changes once published."""
+        return Manifest.model_validate_json((self.path / MANIFEST).read_text())
 
-    def summary(self) -> dict:
+    def summary(self) -> VersionSummary:
         manifest = self.manifest
-        return {
-            "name": self.name,
-            "version": self.version,
-            "ref": self.ref,
-            "base": manifest.get("base", {}).get("name"),
-            "task": manifest.get("task"),
-            "method": manifest.get("method"),
-            "created": manifest.get("created"),
-            "metrics": manifest.get("metrics", {}),
-            "path": str(self.path),
-        }
+        return VersionSummary(
+            name=self.name,
+            version=self.version,
+            ref=self.ref,
+            base=manifest.base.name,
+            task=manifest.task,
+            method=manifest.method,
+            created=manifest.created,
+            metrics=manifest.metrics,
+            path=str(self.path),
+        )
+
+
+class VersionSummary(Result):
+    """A line of ``tunesmith models list``."""
+
+    name: str
+    version: int
+    ref: str
+    base: str
+    task: Task
+    method: Method
+    created: str | None
+    metrics: Comparison
+    path: str
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
@@ -147,9 +165,9 @@ def dependents(refs: set[str]) -> dict[str, list[str]]:
     for version in list_models():
         if version.ref in refs:
             continue
-        for ancestor in version.manifest.get("lineage", []):
-            if ancestor.get("adapter") is None and ancestor.get("ref") in refs:
-                found.setdefault(ancestor["ref"], []).append(version.ref)
+        for ancestor in version.manifest.lineage:
+            if ancestor.adapter is None and ancestor.ref in refs:
+                found.setdefault(ancestor.ref, []).append(version.ref)
     return found
 
 
@@ -180,6 +198,6 @@ def remove(ref: str, force: bool = False) -> list[ModelVersion]:
 def version_for_job(name: str, job_id: str) -> ModelVersion | None:
     """The version of ``name`` a `tunesmith serve` job published, if any (its manifest's provenance)."""
     for version in versions(name):
-        if (version.manifest.get("provenance") or {}).get("job") == job_id:
+        if (version.manifest.provenance or {}).get("job") == job_id:
             return version
     return None

@@ -57,12 +57,14 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     app.state.pool = ModelPool(settings.model_memory_bytes, partial(catalog.load, precision=settings.precision))
     app.state.store = JobStore(paths.serve_db())
 
-    app.add_exception_handler(APIError, api_error_response)
-    app.add_exception_handler(RequestValidationError, validation_error_response)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(TunesmithError, _tunesmith_error)
-    app.add_exception_handler(UnknownCursor, _unknown_cursor)
-    app.add_exception_handler(Exception, _unexpected_error)
+    # FastAPI's decorator, called directly, registers each handler the same way as add_exception_handler,
+    # whose type (a handler of any Exception) refuses handlers of one exception class
+    app.exception_handler(APIError)(api_error_response)
+    app.exception_handler(RequestValidationError)(validation_error_response)
+    app.exception_handler(StarletteHTTPException)(_http_error)
+    app.exception_handler(TunesmithError)(_tunesmith_error)
+    app.exception_handler(UnknownCursor)(_unknown_cursor)
+    app.exception_handler(Exception)(_unexpected_error)
 
     for router in (completions.router, files.router, jobs.router):
         app.include_router(router, prefix="/v1", dependencies=[Depends(require_api_key)])

@@ -63,7 +63,7 @@ def _base_object(base: dict) -> dict:
 
 def _version_object(version: store.ModelVersion) -> dict:
     try:
-        created = int(datetime.fromisoformat(version.manifest["created"]).timestamp())
+        created = int(datetime.fromisoformat(version.manifest.created or "").timestamp())
     except (KeyError, TypeError, ValueError):
         created = int(version.path.stat().st_mtime)
     return {"id": version.ref, "object": "model", "created": created, "owned_by": "user"}

@@ -11,16 +11,16 @@ sets, mixed formats). What needs the tokenizer (lengths, truncation) runs when t
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from tunesmith.core import paths
 from tunesmith.data.check import DataReport, check_structure
+from tunesmith.data.records import listed_errors
 from tunesmith.serve.job_store import JobStore
 
-MAX_LISTED = 50  # error lines quoted in one message
 
-
-def stored_path(file_row) -> Path:
+def stored_path(file_row: sqlite3.Row) -> Path:
     return paths.files_dir() / file_row["stored"]
 
 
@@ -32,11 +32,7 @@ def user_text(text: str, names: dict[str, str]) -> str:
 
 
 def error_lines(report: DataReport, names: dict[str, str]) -> str:
-    errors = report.errors
-    lines = [user_text(str(issue), names) for issue in errors[:MAX_LISTED]]
-    if len(errors) > MAX_LISTED:
-        lines.append(f"... and {len(errors) - MAX_LISTED} more errors")
-    return f"{len(errors)} error(s) in the data:\n" + "\n".join(lines)
+    return f"{len(report.errors)} error(s) in the data:\n" + user_text(listed_errors(report.errors), names)
 
 
 def check_upload(path: Path, filename: str) -> str | None:
@@ -51,8 +47,12 @@ def validate_job(store: JobStore, job_id: str) -> bool:
     Runs in the API when a job is created, and in the worker for a job left in validating_files by
     a server that stopped mid-check."""
     job = store.get_job(job_id)
-    rows = {param: store.get_file(job[param]) for param in ("training_file", "validation_file") if job[param]}
-    for param, row in rows.items():
+    assert job is not None  # jobs are never deleted
+    rows: dict[str, sqlite3.Row] = {}
+    for param in ("training_file", "validation_file"):
+        if not job[param]:
+            continue
+        row = store.get_file(job[param])
         if row is None:  # deleted between the request's check and now
             message = f"{param} {job[param]} was deleted"
             store.transition(
@@ -64,6 +64,7 @@ def validate_job(store: JobStore, job_id: str) -> bool:
                 error={"code": f"invalid_{param}", "param": param, "message": message},
             )
             return False
+        rows[param] = row
     train, val = rows["training_file"], rows.get("validation_file")
     names = {str(stored_path(row)): row["filename"] for row in rows.values()}
     store.add_event(

@@ -24,33 +24,37 @@ import signal
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 from tunesmith.core import paths
-from tunesmith.core.config import TrainConfig
+from tunesmith.core.config import ResolvedConfig, Task, TrainConfig
 from tunesmith.core.errors import DataError, TunesmithError
 from tunesmith.evaluation.compare import PRIMARY, format_value, sample_size
 from tunesmith.registry.store import version_for_job
 from tunesmith.serve.datacheck import stored_path, user_text
-from tunesmith.serve.job_store import JobStore
+from tunesmith.serve.job_store import JobStore, StepEventData
 from tunesmith.serve.process import die_with_parent
 from tunesmith.training.checkpoint import latest_checkpoint
-from tunesmith.training.loop import TrainHooks
+from tunesmith.training.state import StepMetrics, TrainHooks
 from tunesmith.workflows.train import train
 
 HYPERPARAMETERS = {"n_epochs": "epochs", "batch_size": "batch_size", "learning_rate_multiplier": "lr_multiplier"}
 
 
-def resolved_hyperparameters(config) -> dict:
-    """The job's hyperparameters as numbers, from a resolved TrainConfig (or its dumped dict)."""
-    values = config if isinstance(config, dict) else config.model_dump()
-    return {name: values.get(key, 1.0 if key == "lr_multiplier" else None) for name, key in HYPERPARAMETERS.items()}
+def resolved_hyperparameters(config: TrainConfig, job) -> dict[str, Any]:
+    """The job's hyperparameters as the run uses them: OpenAI's three as numbers, and every other training
+    setting the job asked for (by its TrainConfig name), as resolved."""
+    values = config.model_dump(mode="json")
+    asked = [name for name in json.loads(job["hyperparameters"]) if name not in HYPERPARAMETERS]
+    return {name: values.get(field) for name, field in [*HYPERPARAMETERS.items(), *zip(asked, asked)]}
 
 
 class JobHooks:
     """Training progress as job events and checkpoint records."""
 
     def __init__(self, store: JobStore, job: dict, parent: int | None):
-        self.store, self.job_id, self.name, self.parent = store, job["id"], job["registry_name"], parent
+        self.store, self.job, self.parent = store, job, parent
+        self.job_id, self.name = job["id"], job["registry_name"]
         self.reported = store.last_metrics_step(self.job_id)  # steps replayed after a restart are not repeated
         self.total_steps = 0
         self.valid_loss: float | None = None
@@ -58,9 +62,9 @@ class JobHooks:
     def as_hooks(self):
         return TrainHooks(on_start=self.on_start, on_metrics=self.on_metrics, on_checkpoint=self.on_checkpoint)
 
-    def on_start(self, config, total_steps: int, start_step: int) -> None:
+    def on_start(self, config: ResolvedConfig, total_steps: int, start_step: int) -> None:
         self.total_steps = total_steps
-        hyperparameters = resolved_hyperparameters(config)
+        hyperparameters = resolved_hyperparameters(config, self.job)
         self.store.update_job(self.job_id, resolved=hyperparameters)
         data = {
             **hyperparameters,
@@ -75,49 +79,50 @@ class JobHooks:
         )
         self.store.add_event(self.job_id, message, data=data)
 
-    def on_metrics(self, entry: dict) -> None:
+    def on_metrics(self, entry: StepMetrics) -> None:
         if self.parent is not None and os.getppid() != self.parent:
             os.kill(os.getpid(), signal.SIGINT)  # the worker is gone (no PDEATHSIG here): checkpoint and stop
-        if "val_loss" in entry:
-            self.valid_loss = entry["val_loss"]
-        step = entry["step"]
-        if step <= self.reported:
+        if entry.val_loss is not None:
+            self.valid_loss = entry.val_loss
+        if entry.step <= self.reported:
             return
-        self.reported = step
-        data = {
-            "step": step,
-            "total_steps": self.total_steps,
-            "train_loss": entry["loss"],
-            "tokens_per_s": entry["tokens_per_s"],
-            "epoch": entry["epoch"],
-        }
-        message = f"Step {step}/{self.total_steps}: training loss={entry['loss']:.4f}"
-        if "val_loss" in entry:
-            data["valid_loss"] = entry["val_loss"]
-            message += f", validation loss={entry['val_loss']:.4f}"
-        self.store.add_event(self.job_id, message, type="metrics", data=data)
+        self.reported = entry.step
+        data = StepEventData(
+            step=entry.step,
+            total_steps=self.total_steps,
+            train_loss=entry.loss,
+            tokens_per_s=entry.tokens_per_s,
+            epoch=entry.epoch,
+        )
+        message = f"Step {entry.step}/{self.total_steps}: training loss={entry.loss:.4f}"
+        if entry.val_loss is not None:
+            data.valid_loss = entry.val_loss
+            message += f", validation loss={entry.val_loss:.4f}"
+        self.store.add_event(self.job_id, message, type="metrics", data=data.to_json())
 
-    def on_checkpoint(self, step: int, folder: Path, entry: dict) -> None:
-        metrics = {"step": step, "train_loss": entry["loss"], "valid_loss": entry.get("val_loss", self.valid_loss)}
+    def on_checkpoint(self, step: int, folder: Path, entry: StepMetrics) -> None:
+        valid_loss = entry.val_loss if entry.val_loss is not None else self.valid_loss
+        metrics = {"step": step, "train_loss": entry.loss, "valid_loss": valid_loss}
         if self.store.add_checkpoint(self.job_id, step, f"{self.name}:ckpt-step-{step}", metrics):
             self.store.add_event(self.job_id, f"Checkpoint created at step {step}", data={"step": step})
 
 
-def job_config(store: JobStore, job):
+def job_config(store: JobStore, job) -> TrainConfig:
+    """The job's TrainConfig: its files, model, name and seed, and the hyperparameters it was created with
+    (OpenAI's names mapped to TrainConfig fields; any other key is a TrainConfig field, as serve.jobs checked)."""
     chosen = {
-        key: value
-        for name, key in HYPERPARAMETERS.items()
-        if (value := json.loads(job["hyperparameters"])[name]) != "auto"
+        HYPERPARAMETERS.get(name, name): value
+        for name, value in json.loads(job["hyperparameters"]).items()
+        if value != "auto"
     }
-    files = {
-        param: store.get_file(job[param]) if job[param] else None for param in ("training_file", "validation_file")
-    }
+    files = {param: store.get_file(job[param]) for param in ("training_file", "validation_file") if job[param]}
     for param, row in files.items():
-        if job[param] and row is None:
+        if row is None:
             raise TunesmithError(f"{param} {job[param]} was deleted")
-    val = files["validation_file"]
+    train, val = files["training_file"], files.get("validation_file")
+    assert train is not None  # checked just above
     return TrainConfig(
-        data=stored_path(files["training_file"]),
+        data=stored_path(train),
         val_data=stored_path(val) if val else None,
         base=job["model"],
         name=job["registry_name"],
@@ -126,8 +131,9 @@ def job_config(store: JobStore, job):
     )
 
 
-def comparison_message(task: str, comparison: dict) -> str:
-    """``validation: accuracy fine-tuned 92.0% vs base 70.0% vs 8-shot 85.0%; fine-tuning helped``"""
+def comparison_message(task: Task, comparison: dict[str, Any]) -> str:
+    """``validation: accuracy fine-tuned 92.0% vs base 70.0% vs 8-shot 85.0%; fine-tuning helped``, from the
+    comparison's JSON (what the event carries as its data)."""
     metric = PRIMARY[task][0]
     shown = {
         "fine_tuned": "fine-tuned",
@@ -139,7 +145,8 @@ def comparison_message(task: str, comparison: dict) -> str:
         for system, label in shown.items()
         if metric in comparison.get(system, {})
     ]
-    verdict = {True: "; fine-tuning helped", False: "; fine-tuning did not help"}.get(comparison.get("helped"), "")
+    helped = comparison.get("helped")
+    verdict = "" if helped is None else "; fine-tuning helped" if helped else "; fine-tuning did not help"
     if comparison.get("helped") and comparison.get("helped_clearly") is False:
         verdict += f", but not clearly (within the noise of {sample_size(comparison['significance'])})"
     return f"validation: {metric} " + " vs ".join(parts) + verdict
@@ -148,16 +155,18 @@ def comparison_message(task: str, comparison: dict) -> str:
 def succeed(store: JobStore, job, version) -> None:
     """Record the published version (after training, or found again after a crash)."""
     manifest = version.manifest
-    comparison, training = manifest.get("metrics") or {}, manifest.get("training") or {}
+    comparison = manifest.metrics.to_json()  # the event's data: the comparison as the manifest holds it
     if any(system in comparison for system in ("base", "few_shot", "fine_tuned")):
-        store.add_event(job["id"], comparison_message(manifest["task"], comparison), type="metrics", data=comparison)
+        store.add_event(job["id"], comparison_message(manifest.task, comparison), type="metrics", data=comparison)
     history = (version.path / "metrics.jsonl").read_text().splitlines()
     last = json.loads(history[-1]) if history else {}
+    steps = manifest.training.steps if manifest.training else 0
+    best_val_loss = manifest.training.best_val_loss if manifest.training else None
     store.add_checkpoint(
         job["id"],
-        training.get("steps", 0),
+        steps,
         version.ref,
-        {"step": training.get("steps", 0), "train_loss": last.get("loss"), "valid_loss": training.get("best_val_loss")},
+        {"step": steps, "train_loss": last.get("loss"), "valid_loss": best_val_loss},
         replace=True,
     )
     store.add_event(job["id"], f"New fine-tuned model created: {version.ref}", data={"model": version.ref})
@@ -169,8 +178,8 @@ def succeed(store: JobStore, job, version) -> None:
         ("running",),
         "The job has successfully completed",
         fine_tuned_model=version.ref,
-        trained_tokens=training.get("tokens"),
-        resolved=resolved_hyperparameters(manifest.get("config") or {}),
+        trained_tokens=manifest.training.tokens if manifest.training else None,
+        resolved=resolved_hyperparameters(manifest.config, job) if manifest.config else None,
     )
 
 

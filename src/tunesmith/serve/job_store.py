@@ -23,7 +23,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Literal
 
+from tunesmith.core.results import Result
 from tunesmith.serve.protocol import new_id
 
 UNFINISHED = ("validating_files", "queued", "running")
@@ -142,7 +144,7 @@ class JobStore:
                 "INSERT INTO files (id, filename, stored, bytes, purpose, created_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (file_id, filename, stored, size, purpose, int(time.time())),
             )
-        return self.get_file(file_id)
+        return _written(self.get_file(file_id))
 
     def get_file(self, file_id: str) -> sqlite3.Row | None:
         with self._connect() as db:
@@ -198,7 +200,11 @@ class JobStore:
                     int(time.time()),
                 ),
             )
-        return self.get_job(job_id)
+        return _written(self.get_job(job_id))
+
+    def job(self, job_id: str) -> sqlite3.Row:
+        """A job known to exist (created by this server: jobs are never deleted)."""
+        return _written(self.get_job(job_id))
 
     def get_job(self, job_id: str) -> sqlite3.Row | None:
         with self._connect() as db:
@@ -294,6 +300,12 @@ class JobStore:
         return self._page("checkpoints", "job_id = ?", [job_id], after, limit)
 
 
+def _written(row: sqlite3.Row | None) -> sqlite3.Row:
+    """The row just inserted; files and jobs are never deleted, so it is there."""
+    assert row is not None
+    return row
+
+
 def _insert_event(db: sqlite3.Connection, job_id: str, message: str, level: str, type: str, data: dict | None) -> None:
     db.execute(
         "INSERT INTO events (id, job_id, created_at, level, type, message, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -356,16 +368,39 @@ def job_object(row: sqlite3.Row) -> dict:
     }
 
 
-def event_object(row: sqlite3.Row) -> dict:
-    return {
-        "object": "fine_tuning.job.event",
-        "id": row["id"],
-        "created_at": row["created_at"],
-        "level": row["level"],
-        "message": row["message"],
-        "data": json.loads(row["data"]) if row["data"] else {},
-        "type": row["type"],
-    }
+class StepEventData(Result):
+    """The ``data`` of a job's per-step metrics event (type "metrics"), as OpenAI's jobs report them."""
+
+    step: int
+    total_steps: int
+    train_loss: float
+    tokens_per_s: float
+    epoch: float
+    valid_loss: float | None = None  # only on steps that validated
+
+
+class JobEvent(Result):
+    """``fine_tuning.job.event``: one line of a job's history (messages, per-step metrics, the comparison)."""
+
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    id: str
+    created_at: int
+    level: Literal["info", "warn", "error"]
+    message: str
+    data: dict[str, Any]
+    type: Literal["message", "metrics"]
+
+
+def event_object(row: sqlite3.Row) -> JobEvent:
+    return JobEvent(
+        object="fine_tuning.job.event",
+        id=row["id"],
+        created_at=row["created_at"],
+        level=row["level"],
+        message=row["message"],
+        data=json.loads(row["data"]) if row["data"] else {},
+        type=row["type"],
+    )
 
 
 def checkpoint_object(row: sqlite3.Row) -> dict:

@@ -6,22 +6,26 @@ files are checked together with the data check, and it becomes ``queued`` (or ``
 why). Training happens in the worker process (serve.worker), never in this one.
 
 Hyperparameters are accepted where OpenAI's API takes them: at the top level (deprecated there) and
-under ``method.supervised.hyperparameters``.
+under ``method.supervised.hyperparameters``. Besides OpenAI's three (n_epochs, batch_size,
+learning_rate_multiplier), any training setting is a hyperparameter by its TrainConfig name (lora_rank,
+max_length, ...), checked by TrainConfig here and stored with the job for the runner (job_runner.job_config).
 """
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tunesmith.core.config import check_name
+from tunesmith.core.config import TrainConfig, check_name
 from tunesmith.core.errors import TunesmithError
 from tunesmith.models.base import EMBEDDED, resolve_base
 from tunesmith.registry import store as registry
 from tunesmith.serve.datacheck import validate_job
+from tunesmith.serve.job_runner import HYPERPARAMETERS
 from tunesmith.serve.job_store import (
     UNFINISHED,
     JobStore,
@@ -38,12 +42,20 @@ LIMITS = {
     "batch_size": (True, 1, 256, True),
     "learning_rate_multiplier": (False, 0, 100, False),
 }
+# TrainConfig fields a job sets from its own request fields, never from hyperparameters
+JOB_FIELDS = {"data": "training_file", "val_data": "validation_file", "base": "model", "name": "suffix", "seed": "seed"}
+OPENAI_NAMES = {field: name for name, field in HYPERPARAMETERS.items()}  # epochs -> n_epochs, ...
+SETTINGS = [name for name in TrainConfig.model_fields if name not in JOB_FIELDS and name not in OPENAI_NAMES]
 
 router = APIRouter()
 
 
 class Hyperparameters(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Any other key is a training setting by its TrainConfig name, checked in _hyperparameters.
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={"description": f"Also any training setting by name: {', '.join(SETTINGS)}."},
+    )
 
     n_epochs: Any = Field("auto", description='Passes over the training data, or "auto" (from the data size).')
     batch_size: Any = Field("auto", description='Examples per optimizer step, or "auto" (8).')
@@ -109,7 +121,7 @@ def create_job(request: Request, body: JobRequest) -> dict:
     )
     store.add_event(job_id, f"Created fine-tuning job: {job_id}", data={"model": body.model})
     validate_job(store, job_id)
-    return job_object(store.get_job(job_id))
+    return job_object(store.job(job_id))
 
 
 @router.get("/fine_tuning/jobs")
@@ -129,20 +141,20 @@ def cancel_job(request: Request, job_id: str) -> dict:
     store: JobStore = request.app.state.store
     job = _job_row(request, job_id)
     if not store.transition(job_id, "cancelled", UNFINISHED, "Fine-tuning job cancelled"):
-        job = store.get_job(job_id)
+        job = store.job(job_id)
         raise APIError(
             409,
             f"Job {job_id} is {job['status']}: only a job that is {', '.join(UNFINISHED)} can be cancelled",
             param="fine_tuning_job_id",
         )
-    return job_object(store.get_job(job["id"]))
+    return job_object(store.job(job["id"]))
 
 
 @router.get("/fine_tuning/jobs/{job_id}/events")
 def list_events(request: Request, job_id: str, after: str | None = None, limit: int = Query(20, ge=1, le=1000)) -> dict:
     _job_row(request, job_id)
     rows, more = request.app.state.store.list_events(job_id, after, limit)
-    return page([event_object(row) for row in rows], more)
+    return page([event_object(row).to_json() for row in rows], more)
 
 
 @router.get("/fine_tuning/jobs/{job_id}/checkpoints")
@@ -162,7 +174,8 @@ def _job_row(request: Request, job_id: str):
 
 
 def _hyperparameters(body: JobRequest) -> dict:
-    """The requested values, "auto" where not given, from either place the API accepts them."""
+    """The requested values, "auto" where not given, from either place the API accepts them; training
+    settings by their TrainConfig name, checked by TrainConfig."""
     if body.method is not None and body.method.type != "supervised":
         raise APIError(
             400,
@@ -173,20 +186,55 @@ def _hyperparameters(body: JobRequest) -> dict:
     if body.method is not None and body.method.supervised is not None:
         places["method.supervised.hyperparameters"] = body.method.supervised.hyperparameters
     result: dict[str, Any] = {name: "auto" for name in LIMITS}
+    params: dict[str, str] = {}  # where each value was given, for an error
     for place, given in places.items():
         for name, value in (given.model_dump() if given else {}).items():
             if value is None or value == "auto":
                 continue
-            value = _check_value(f"{place}.{name}", value, *LIMITS[name])
-            if result[name] != "auto" and result[name] != value:
+            param = f"{place}.{name}"
+            value = _check_value(param, value, *LIMITS[name]) if name in LIMITS else _check_setting(param, name, value)
+            if result.get(name, "auto") != "auto" and result[name] != value:
                 raise APIError(
                     400,
                     f"{name} is given twice with different values ({result[name]} and {value}); "
                     "give it once, under method.supervised.hyperparameters",
-                    param=f"{place}.{name}",
+                    param=param,
                 )
-            result[name] = value
-    return result
+            result[name], params[name] = value, param
+    return _checked_settings(result, params)
+
+
+def _check_setting(param: str, name: str, value: Any) -> Any:
+    """A training setting's name is a TrainConfig field that the job does not set otherwise."""
+    if name in JOB_FIELDS:
+        raise APIError(400, f"{name} is not a hyperparameter: the job's {JOB_FIELDS[name]} sets it", param=param)
+    if name in OPENAI_NAMES:
+        raise APIError(400, f"{name}: give it as {OPENAI_NAMES[name]}", param=param)
+    if name not in TrainConfig.model_fields:
+        raise APIError(
+            400,
+            f"unknown hyperparameter {name!r}: give {', '.join(LIMITS)} or a training setting: {', '.join(SETTINGS)}",
+            param=param,
+        )
+    return value
+
+
+def _checked_settings(result: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
+    """``result`` validated by TrainConfig, the settings as it reads them (``"16"`` -> 16); a bad value is a
+    400 naming where it was given (a rule between settings: the hyperparameters object)."""
+    place = next(reversed(params.values()), "hyperparameters").rsplit(".", 1)[0]
+    settings = {HYPERPARAMETERS.get(name, name): value for name, value in result.items() if value != "auto"}
+    try:
+        config = TrainConfig(data=Path("training_file"), **settings)
+    except ValidationError as error:
+        problem = error.errors()[0]
+        field = str(problem["loc"][0]) if problem["loc"] else None
+        name = OPENAI_NAMES.get(field, field) if field else None
+        message = problem["msg"].removeprefix("Value error, ")
+        param = params.get(name, place) if name else place
+        raise APIError(400, f"{param}: {message}", param=param) from None
+    read = config.model_dump(mode="json")
+    return {name: value if name in LIMITS else read[name] for name, value in result.items()}
 
 
 def _check_value(param: str, value: Any, integer: bool, low: float, high: float, low_allowed: bool) -> int | float:

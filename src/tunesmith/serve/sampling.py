@@ -66,7 +66,7 @@ class _Nucleus(LogitsProcessor):
     def __init__(self, temperature: float, top_p: float, generator: torch.Generator):
         self.temperature, self.top_p, self.generator = temperature, top_p, generator
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         # shifted so the best logit is 0: a tiny temperature then sends the others to -inf, never to nan
         shifted = scores - scores.max(dim=-1, keepdim=True).values
         probs = torch.softmax(shifted / max(self.temperature, 1e-6), dim=-1)
@@ -96,7 +96,8 @@ class _Watcher(StoppingCriteria):
         self.ids = list(prompt_ids[-4:])
         self.prefix, self.read = 0, len(self.ids)
         self.text, self.sent = "", 0
-        self.tokens, self.last_token = 0, None
+        self.tokens = 0
+        self.last_token: int | None = None
         self.stopped_at: int | None = None  # index in text of the stop string that ended generation
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
@@ -114,7 +115,8 @@ class _Watcher(StoppingCriteria):
                 self._send(len(self.text) - _held_back(self.text, self.stop))
         else:
             self._send(len(self.text))
-        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+        # transformers types the result as the legacy torch.BoolTensor, which no operation returns
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
     def finish(self) -> str:
         """The whole text once generation ended; sends what was held back."""

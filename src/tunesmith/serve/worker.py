@@ -121,6 +121,11 @@ class Worker:
             return job
         return self.store.claim_next()
 
+    def status(self, job_id: str) -> str:
+        job = self.store.get_job(job_id)
+        assert job is not None  # jobs are never deleted
+        return job["status"]
+
     def run_job(self, job) -> None:
         job_id = job["id"]
         log(f"running {job_id}")
@@ -139,12 +144,12 @@ class Worker:
             if self.stopping or self.orphaned():
                 self.interrupt(runner, job_id)
                 return
-            if self.store.get_job(job_id)["status"] == "cancelled":
+            if self.status(job_id) == "cancelled":
                 runner.kill()
                 runner.wait()
                 break
             time.sleep(RUNNING_POLL_S)
-        status = self.store.get_job(job_id)["status"]
+        status = self.status(job_id)
         if status == "cancelled":
             discard_run(job)
             self.store.add_event(job_id, "Training stopped; its checkpoints were removed")
@@ -159,7 +164,7 @@ class Worker:
                 )
             else:
                 self.fail(job_id, runner.returncode, logs / f"{job_id}.log")
-        log(f"{job_id}: {self.store.get_job(job_id)['status']}")
+        log(f"{job_id}: {self.status(job_id)}")
 
     def interrupt(self, runner: subprocess.Popen, job_id: str) -> None:
         """Server stopping: let the runner checkpoint, then queue the job again for the next start."""

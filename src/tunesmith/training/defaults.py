@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from tunesmith.core.config import TrainConfig
+from tunesmith.core.config import ResolvedConfig, Task, TrainConfig, default_name
 from tunesmith.data.check import default_max_length
 
 # Share of the fp32 matmul peak our loop reaches on nominal model FLOPs, used only for estimates.
@@ -51,11 +51,11 @@ def resolve(
     n_train: int,
     lengths: list[int],
     model_max_length: int | None,
-    task: str,
+    task: Task,
     labels: list[str] | None = None,
-) -> TrainConfig:
-    """A copy of ``config`` with every auto field filled in from the data."""
-    updates: dict = {"task": task}
+) -> ResolvedConfig:
+    """A copy of ``config`` with every auto field filled in from the data and the hardware."""
+    updates: dict = {"task": task, "name": config.name or default_name(config.data)}
     if config.epochs is None:
         updates["epochs"] = 3 if n_train <= 200 else 2 if n_train <= 1000 else 1
     if config.lr is None:
@@ -68,15 +68,19 @@ def resolve(
         updates["max_length"] = default_max_length(lengths, task, model_max_length)
     if config.micro_batch_size is None:
         updates["micro_batch_size"] = config.batch_size
+    per_epoch = steps_per_epoch(n_train, config.batch_size)
     if config.checkpoint_every is None:
-        epochs = updates.get("epochs", config.epochs)
-        updates["checkpoint_every"] = default_checkpoint_every(steps_per_epoch(n_train, config.batch_size) * epochs)
+        epochs = config.epochs if config.epochs is not None else updates["epochs"]
+        updates["checkpoint_every"] = default_checkpoint_every(per_epoch * epochs)
+    if config.eval_every is None:
+        # Rounded up, so the fourth pass of an epoch lands on its last step rather than one step before it.
+        updates["eval_every"] = max(1, math.ceil(per_epoch / 4))
     if labels is not None:
         updates["labels"] = labels
     if config.precision == "auto":
         updates["precision"] = "bf16" if native_bf16() else "fp32"
     resolved = config.model_copy(update=updates)
-    return TrainConfig.model_validate(resolved.model_dump())  # re-run the cross-field checks
+    return ResolvedConfig.model_validate(resolved.model_dump())  # re-run the cross-field checks
 
 
 def default_checkpoint_every(total_steps: int) -> int:

@@ -21,55 +21,27 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
 
-from tunesmith.core.config import TrainConfig
+from tunesmith.core.config import ResolvedConfig
 from tunesmith.data.batching import Row, epoch_order
 from tunesmith.training import checkpoint as ckpt
 from tunesmith.training.defaults import steps_per_epoch
 from tunesmith.training.kernels import training_kernels
 from tunesmith.training.loss import answer_loss, loss_batch, token_loss_sums
+from tunesmith.training.state import LoopResult, LoopState, StepMetrics, TrainHooks
 
 
-@dataclass
-class LoopResult:
-    steps: int
-    total_steps: int
-    history: list[dict] = field(default_factory=list)
-    best_val_loss: float | None = None
-    best_step: int | None = None
-    stopped_early: bool = False
-    interrupted: bool = False
-    train_seconds: float = 0.0
-    tokens: int = 0
-
-
-@dataclass
-class TrainHooks:
-    """Callbacks into a running loop; each is optional and runs in the loop's thread.
-
-    on_start(config, total_steps, start_step)  once, with the resolved config (start_step > 0 on resume)
-    on_metrics(entry)                          after each step: the metrics.jsonl entry (val_loss when measured)
-    on_checkpoint(step, folder, entry)         after each checkpoint is on disk, with the latest entry
-    """
-
-    on_start: Callable[[TrainConfig, int, int], None] | None = None
-    on_metrics: Callable[[dict], None] | None = None
-    on_checkpoint: Callable[[int, Path, dict], None] | None = None
-
-
-def make_optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model, config: ResolvedConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.999))
 
 
-def make_scheduler(optimizer, total_steps: int, config: TrainConfig):
+def make_scheduler(optimizer, total_steps: int, config: ResolvedConfig):
     warmup = math.ceil(config.warmup_ratio * total_steps)
 
     def factor(step: int) -> float:
@@ -134,7 +106,7 @@ class _StopFlag:
 
 def train_loop(
     model,
-    config: TrainConfig,
+    config: ResolvedConfig,
     train_rows: list,
     val_rows: list,
     pad_id: int,
@@ -149,43 +121,33 @@ def train_loop(
     objective = objective or SupervisedObjective()
     per_epoch = steps_per_epoch(len(train_rows), config.batch_size)
     total_steps = per_epoch * config.epochs
-    # Rounded up, so the fourth pass of an epoch lands on its last step rather than one step before it.
-    eval_every = config.eval_every or max(1, math.ceil(per_epoch / 4))
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, total_steps, config)
     lengths = [len(row) for row in train_rows]
 
-    state = {
-        "epoch": 0,
-        "step_in_epoch": 0,
-        "global_step": 0,
-        "history": [],
-        "best_val_loss": None,
-        "best_step": None,
-        "bad_evals": 0,
-        "stopped_early": False,
-        "seconds": 0.0,
-        "tokens": 0,
-    }
+    state = LoopState()
     best: dict[str, torch.Tensor] | None = None
     latest = ckpt.latest_checkpoint(run_dir) if resume else None
     if latest is not None:
-        state, best = ckpt.load_checkpoint(latest, model, optimizer, scheduler)
-        log(f"Resuming from {latest.name} (step {state['global_step']} of {total_steps})")
+        saved, best = ckpt.load_checkpoint(latest, model, optimizer, scheduler)
+        state = LoopState.from_checkpoint(saved)
+        log(f"Resuming from {latest.name} (step {state.global_step} of {total_steps})")
     metrics_file = run_dir / "metrics.jsonl"
-    metrics_file.write_text("".join(json.dumps(entry) + "\n" for entry in state["history"]))
+    metrics_file.write_text("".join(json.dumps(entry.to_json()) + "\n" for entry in state.history))
     if hooks.on_start:
-        hooks.on_start(config, total_steps, state["global_step"])
+        hooks.on_start(config, total_steps, state.global_step)
 
     def save() -> None:
-        folder = ckpt.save_checkpoint(run_dir, state["global_step"], model, optimizer, scheduler, state, best)
-        if hooks.on_checkpoint and state["history"]:
-            hooks.on_checkpoint(state["global_step"], folder, state["history"][-1])
+        folder = ckpt.save_checkpoint(
+            run_dir, state.global_step, model, optimizer, scheduler, state.to_checkpoint(), best
+        )
+        if hooks.on_checkpoint and state.history:
+            hooks.on_checkpoint(state.global_step, folder, state.history[-1])
 
-    def record(entry: dict) -> None:
-        state["history"].append(entry)
+    def record(entry: StepMetrics) -> None:
+        state.history.append(entry)
         with open(metrics_file, "a") as handle:
-            handle.write(json.dumps(entry) + "\n")
+            handle.write(json.dumps(entry.to_json()) + "\n")
         if hooks.on_metrics:
             hooks.on_metrics(entry)
 
@@ -193,7 +155,7 @@ def train_loop(
     # On a terminal the bar redraws in place; in a log (CI, a job) it writes a line every 10 s.
     progress = tqdm(
         total=total_steps,
-        initial=state["global_step"],
+        initial=state.global_step,
         unit="step",
         dynamic_ncols=True,
         desc="training",
@@ -202,59 +164,50 @@ def train_loop(
     interrupted = False
     # The kernels are switched on once for the loop (~27 ms to patch every layer), validation included.
     with _StopFlag() as stop, training_kernels(model, config.precision == "bf16"):
-        while state["epoch"] < config.epochs and not state["stopped_early"]:
-            order = epoch_order(lengths, config.batch_size, config.seed, state["epoch"])
-            while state["step_in_epoch"] < len(order):
+        while state.epoch < config.epochs and not state.stopped_early:
+            order = epoch_order(lengths, config.batch_size, config.seed, state.epoch)
+            while state.step_in_epoch < len(order):
                 if stop.requested:
                     interrupted = True
                     break
                 started = time.perf_counter()
-                rows = [train_rows[i] for i in order[state["step_in_epoch"]]]
+                rows = [train_rows[i] for i in order[state.step_in_epoch]]
                 loss, tokens, figures = objective.step(model, rows, config.micro_batch_size, pad_id)
                 grad_norm = None
                 if config.grad_clip:
-                    grad_norm = torch.nn.utils.clip_grad_norm_(
-                        [p for p in model.parameters() if p.requires_grad], config.grad_clip
-                    ).item()
+                    trained = [p for p in model.parameters() if p.requires_grad]
+                    grad_norm = torch.nn.utils.clip_grad_norm_(trained, config.grad_clip).item()
                 lr = scheduler.get_last_lr()[0]
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 seconds = time.perf_counter() - started
-                state["step_in_epoch"] += 1
-                state["global_step"] += 1
-                state["seconds"] += seconds
-                state["tokens"] += tokens
-                step = state["global_step"]
-                entry = {
+                state.step_in_epoch += 1
+                state.global_step += 1
+                state.seconds += seconds
+                state.tokens += tokens
+                step = state.global_step
+                values = {
                     "step": step,
-                    "epoch": state["epoch"] + state["step_in_epoch"] / len(order),
+                    "epoch": state.epoch + state.step_in_epoch / len(order),
                     "loss": loss,
                     "lr": lr,
                     "grad_norm": grad_norm,
                     "tokens_per_s": tokens / seconds,
                     **figures,
                 }
-                if val_rows and (step % eval_every == 0 or step == total_steps):
-                    entry.update(objective.validate(model, val_rows, pad_id, config.micro_batch_size))
-                    best = _track_best(state, entry["val_loss"], step, model, best)
-                    if config.early_stopping_patience and state["bad_evals"] >= config.early_stopping_patience:
-                        state["stopped_early"] = True
+                if val_rows and (step % config.eval_every == 0 or step == total_steps):
+                    values.update(objective.validate(model, val_rows, pad_id, config.micro_batch_size))
+                    best = _track_best(state, values["val_loss"], step, model, best)
+                    if config.early_stopping_patience and state.bad_evals >= config.early_stopping_patience:
+                        state.stopped_early = True
+                entry = StepMetrics(**values)
                 record(entry)
-                progress.set_postfix(
-                    loss=f"{loss:.4f}",
-                    tok_s=f"{tokens / seconds:.0f}",
-                    **({"val": f"{entry['val_loss']:.4f}"} if "val_loss" in entry else {}),
-                    **(
-                        {"pref_acc": f"{entry['val_preference_accuracy']:.2f}"}
-                        if "val_preference_accuracy" in entry
-                        else {}
-                    ),
-                )
+                progress.set_postfix(_progress_figures(entry))
                 progress.update(1)
-                if step % config.checkpoint_every == 0 or state["stopped_early"]:
+                if step % config.checkpoint_every == 0 or state.stopped_early:
                     save()
-                if state["stopped_early"]:
+                if state.stopped_early:
                     log(
                         f"Early stop at step {step}: no validation improvement in "
                         f"{config.early_stopping_patience} evaluations"
@@ -262,33 +215,44 @@ def train_loop(
                     break
             if interrupted:
                 break
-            if state["step_in_epoch"] >= len(order):
-                state["epoch"] += 1
-                state["step_in_epoch"] = 0
+            if state.step_in_epoch >= len(order):
+                state.epoch += 1
+                state.step_in_epoch = 0
         if interrupted:
             save()
     progress.close()
 
-    if not interrupted and best is not None and state["best_step"] != state["global_step"]:
+    if not interrupted and best is not None and state.best_step != state.global_step:
         ckpt.load_trainable_state(model, best)  # end on the best validation weights
     return LoopResult(
-        steps=state["global_step"],
+        steps=state.global_step,
         total_steps=total_steps,
-        history=state["history"],
-        best_val_loss=state["best_val_loss"],
-        best_step=state["best_step"],
-        stopped_early=state["stopped_early"],
+        history=state.history,
+        best_val_loss=state.best_val_loss,
+        best_step=state.best_step,
+        stopped_early=state.stopped_early,
         interrupted=interrupted,
-        train_seconds=state["seconds"],
-        tokens=state["tokens"],
+        train_seconds=state.seconds,
+        tokens=state.tokens,
     )
 
 
-def _track_best(state: dict, val_loss: float, step: int, model, best):
-    if state["best_val_loss"] is None or val_loss < state["best_val_loss"]:
-        state["best_val_loss"] = val_loss
-        state["best_step"] = step
-        state["bad_evals"] = 0
+def _progress_figures(entry: StepMetrics) -> dict[str, str]:
+    """The progress bar's postfix: loss, speed, and the validation figures of steps that have them."""
+    shown = {"loss": f"{entry.loss:.4f}", "tok_s": f"{entry.tokens_per_s:.0f}"}
+    if entry.val_loss is not None:
+        shown["val"] = f"{entry.val_loss:.4f}"
+    if entry.val_preference_accuracy is not None:
+        shown["pref_acc"] = f"{entry.val_preference_accuracy:.2f}"
+    return shown
+
+
+def _track_best(state: LoopState, val_loss: float, step: int, model, best):
+    """The best trainable weights so far (a copy), updating the state's best step and patience count."""
+    if state.best_val_loss is None or val_loss < state.best_val_loss:
+        state.best_val_loss = val_loss
+        state.best_step = step
+        state.bad_evals = 0
         return {name: value.clone() for name, value in ckpt.trainable_state(model).items()}
-    state["bad_evals"] += 1
+    state.bad_evals += 1
     return best

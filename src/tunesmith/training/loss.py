@@ -6,6 +6,7 @@ The same ``token_loss_sums`` is the training loss, so validation and evaluation 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,7 @@ from tunesmith.models.parts import eval_mode, hidden_and_head
 from tunesmith.training.kernels import lays_out_shared_prefix
 
 
-def token_loss_sums(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def token_loss_sums(model, batch: dict[str, Any]) -> torch.Tensor:
     """Summed next-token cross-entropy per row over positions whose label is not IGNORE.
 
     The output projection (576 x 49k for SmolLM2) is applied only where a label is, not at

@@ -16,17 +16,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
-from tunesmith.core.config import TrainConfig
+from tunesmith.core.config import TrainConfig, default_name
 from tunesmith.core.errors import DataError, TunesmithError
 from tunesmith.data.check import check_structure
-from tunesmith.data.records import example_record
-from tunesmith.evaluation.compare import format_gain, format_value, sample
+from tunesmith.data.records import example_record, listed_errors
+from tunesmith.evaluation.compare import sample
 from tunesmith.evaluation.measure import EvalOptions
+from tunesmith.evaluation.results import CurvePoint, CurveResult, Difference
 from tunesmith.evaluation.significance import Sample, bootstrap
 from tunesmith.workflows.evaluate import BASELINES, evaluate
-from tunesmith.workflows.train import default_name, train
+from tunesmith.workflows.train import train
 
 
 def learning_curve(
@@ -37,7 +37,7 @@ def learning_curve(
     name: str | None = None,
     options: EvalOptions | None = None,
     console: Console | None = None,
-) -> dict:
+) -> CurveResult:
     """Train on nested subsets of ``train_file`` and evaluate each on ``test_file``."""
     console = console or Console(stderr=True, soft_wrap=True)
     options = options or EvalOptions()
@@ -45,7 +45,7 @@ def learning_curve(
     name = name or f"{default_name(train_file)}-curve"
     structure = check_structure(train_file, config.task, None, config.labels)
     if not structure.ok:
-        raise DataError("the training file has errors:\n" + "\n".join(map(str, structure.errors[:20])), structure)
+        raise DataError("the training file has errors:\n" + listed_errors(structure.errors), structure)
     examples = structure.train.examples
     sizes = sorted(set(sizes))
     if not sizes or sizes[0] < 1:
@@ -93,46 +93,47 @@ def learning_curve(
                 console=console,
             )
             figures = figures or measured
-            tuned = measured["results"]["fine_tuned"]
+            training = result.version.manifest.training
             points.append(
-                {
-                    "n": size,
-                    "model": result.version.ref,
-                    "value": tuned[measured["primary"]],
-                    "interval": measured["intervals"].get("fine_tuned"),
-                    "train_seconds": result.version.manifest["training"]["wall_seconds"],
-                }
+                CurvePoint(
+                    n=size,
+                    model=result.version.ref,
+                    value=getattr(measured.results["fine_tuned"], measured.primary),
+                    interval=measured.intervals.get("fine_tuned"),
+                    train_seconds=training.wall_seconds if training else 0.0,
+                )
             )
             samples.append(sample(measured, "fine_tuned"))
     assert figures is not None
-    primary = figures["primary"]
-    _add_gains(points, samples, primary, figures["higher_is_better"], options.seed)
-    return {
-        "task": figures["task"],
-        "metric": primary,
-        "higher_is_better": figures["higher_is_better"],
-        "train": str(train_file),
-        "test": str(test_file),
-        "seed": config.seed,
-        "points": points,
-        "baselines": {
-            system: figures["results"][system][primary] for system in BASELINES if system in figures["results"]
+    primary = figures.primary
+    _add_gains(points, samples, primary, figures.higher_is_better, options.seed)
+    few_shot = figures.results.get("few_shot")
+    return CurveResult(
+        task=figures.task,
+        metric=primary,
+        higher_is_better=figures.higher_is_better,
+        train=str(train_file),
+        test=str(test_file),
+        seed=config.seed,
+        points=points,
+        baselines={
+            system: getattr(figures.results[system], primary) for system in BASELINES if system in figures.results
         },
-        "shots": figures["results"].get("few_shot", {}).get("shots", 0),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(time.perf_counter() - started, 1),
-    }
+        shots=(few_shot.shots if few_shot else None) or 0,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        seconds=round(time.perf_counter() - started, 1),
+    )
 
 
 def _add_gains(
-    points: list[dict], samples: list[Sample | None], metric: str, higher_is_better: bool, seed: int
+    points: list[CurvePoint], samples: list[Sample | None], metric: str, higher_is_better: bool, seed: int
 ) -> None:
     """Give each point ``gains``: its paired difference from every smaller size, with a 95% interval
     (significance.bootstrap; the sizes were measured on the same test examples), keyed by that size."""
     for j, (point, larger) in enumerate(zip(points, samples)):
         if larger is None:
             continue
-        smaller = {str(points[i]["n"]): samples[i] for i in range(j) if samples[i] is not None}
+        smaller = {str(points[i].n): sample for i in range(j) if (sample := samples[i]) is not None}
         if not smaller:
             continue
         tested = bootstrap(
@@ -143,35 +144,4 @@ def _add_gains(
             exponential=metric == "perplexity",
             seed=seed,
         )
-        point["gains"] = {n: {**d, "metric": metric} for n, d in tested["differences"].items()}
-
-
-def curve_table(curve: dict) -> Table:
-    metric = curve["metric"]
-    table = Table(
-        title=f"learning curve: {metric} on {curve['test']}",
-        caption="n: training examples. gain on "
-        "previous: the difference from the previous n on the same test examples (95% interval)",
-    )
-    table.add_column("n", justify="right")
-    table.add_column(metric, justify="right", no_wrap=True)
-    table.add_column("95% interval", justify="right", no_wrap=True)
-    # The paired difference from the previous size, with its 95% interval: is the step up real?
-    table.add_column("gain on previous", justify="right", no_wrap=True)
-    table.add_column("model", overflow="fold")  # a name to copy: folded, never cut short
-    table.add_column("train time", justify="right", no_wrap=True)
-    for i, point in enumerate(curve["points"]):
-        low_high = point.get("interval")
-        span = f"{format_value(metric, low_high[0])}–{format_value(metric, low_high[1])}" if low_high else "–"
-        table.add_row(
-            str(point["n"]),
-            format_value(metric, point["value"]),
-            span,
-            format_gain(point, curve["points"][i - 1] if i else None),
-            point["model"],
-            f"{point['train_seconds']:.0f} s",
-        )
-    for system, value in curve["baselines"].items():
-        label = "base zero-shot" if system == "base" else f"base {curve['shots']}-shot"
-        table.add_row("–", format_value(metric, value), "", "", f"[dim]{label} (reference)[/]", "")
-    return table
+        point.gains = {n: Difference(**d, metric=metric) for n, d in tested["differences"].items()}

@@ -27,7 +27,7 @@ from tunesmith.core.durable import append_line, repair_tail
 from tunesmith.core.errors import DataError, TunesmithError
 from tunesmith.data.formats import check_prompt_messages
 from tunesmith.data.labels import check_labels, classify_prompt, normalize_label
-from tunesmith.data.records import Issue
+from tunesmith.data.records import Issue, listed_errors
 from tunesmith.models.openai_client import Reply, Teacher, TeacherUnavailable
 
 
@@ -56,15 +56,14 @@ def read_inputs(path: Path, task: str, labels: list[str] | None, system: str | N
         try:
             obj = json.loads(raw)
         except ValueError as error:
-            issues.append(Issue("error", name, number, None, f"bad JSON: {error}", "one JSON object a line"))
+            issues.append(Issue.error(name, number, None, f"bad JSON: {error}", "one JSON object a line"))
             continue
         if not isinstance(obj, dict):
-            issues.append(Issue("error", name, number, None, "expected a JSON object", "one JSON object a line"))
+            issues.append(Issue.error(name, number, None, "expected a JSON object", "one JSON object a line"))
         elif task == "classify":
             if not isinstance(obj.get("text"), str) or not obj["text"].strip():
                 issues.append(
-                    Issue(
-                        "error",
+                    Issue.error(
                         name,
                         number,
                         "text",
@@ -79,9 +78,9 @@ def read_inputs(path: Path, task: str, labels: list[str] | None, system: str | N
             messages = _with_system(messages, system)
             inputs.append(_input(number, {"messages": messages}, messages))
     if not issues and not inputs:
-        issues.append(Issue("error", name, None, None, "no inputs", "add one JSON object a line"))
+        issues.append(Issue.error(name, None, None, "no inputs", "add one JSON object a line"))
     if issues:
-        shown = "\n".join(map(str, issues[:50])) + (f"\n... and {len(issues) - 50} more" if len(issues) > 50 else "")
+        shown = listed_errors(issues)
         raise DataError(f"{len(issues)} error(s) in the inputs; nothing was sent:\n{shown}")
     return inputs
 
@@ -106,12 +105,11 @@ def _with_system(messages: list[dict], system: str | None) -> list[dict]:
 def _chat_messages(obj: dict, name: str, line: int, issues: list[Issue]) -> list[dict] | None:
     hint = 'a chat input is {"prompt": "..."} or {"messages": [..., {"role": "user", "content": "..."}]}'
     if "prompt" in obj and "messages" in obj:
-        issues.append(Issue("error", name, line, "prompt", "give either prompt or messages, not both", hint))
+        issues.append(Issue.error(name, line, "prompt", "give either prompt or messages, not both", hint))
         return None
     if "prompt" not in obj and "messages" not in obj:
         issues.append(
-            Issue(
-                "error",
+            Issue.error(
                 name,
                 line,
                 "prompt",
@@ -125,7 +123,7 @@ def _chat_messages(obj: dict, name: str, line: int, issues: list[Issue]) -> list
     if "prompt" in obj:
         if isinstance(obj["prompt"], str) and obj["prompt"].strip():
             return [{"role": "user", "content": obj["prompt"]}]
-        issues.append(Issue("error", name, line, "prompt", "must be a non-empty string", hint))
+        issues.append(Issue.error(name, line, "prompt", "must be a non-empty string", hint))
         return None
     messages = check_prompt_messages(obj["messages"], line, name, issues, field="messages")
     return None if messages is None else [_turn(m) for m in messages]

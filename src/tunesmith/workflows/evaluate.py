@@ -17,7 +17,7 @@ from rich.console import Console
 from tunesmith.core.errors import DataError, TunesmithError
 from tunesmith.data.check import check_data
 from tunesmith.data.formats import read_file
-from tunesmith.data.records import Example
+from tunesmith.data.records import Example, listed_errors
 from tunesmith.data.render import example_messages
 from tunesmith.data.shots import POOL_FILE, load_pool, pick_shots
 from tunesmith.evaluation.compare import (
@@ -29,6 +29,7 @@ from tunesmith.evaluation.compare import (
     per_example,
 )
 from tunesmith.evaluation.measure import EvalOptions, Measured, measure
+from tunesmith.evaluation.results import EvalResult, SystemMetrics
 from tunesmith.evaluation.scores import break_even
 from tunesmith.evaluation.systems import (
     SYSTEM_ORDER,
@@ -37,11 +38,12 @@ from tunesmith.evaluation.systems import (
     split_answer,
 )
 from tunesmith.evaluation.teacher import measure_teacher
-from tunesmith.inference.loaded import LoadedModel, has_adapter, load
+from tunesmith.inference.loaded import LoadedModel, load
 from tunesmith.models.base import resolve_base
 from tunesmith.models.load import load_model
 from tunesmith.models.openai_client import Teacher
 from tunesmith.models.precision import precision_dtype
+from tunesmith.registry.manifest import Manifest
 
 BASELINES = ("base", "few_shot")
 MAX_DIFFS = 200  # kept in the figures (the worst first); the totals count them all
@@ -58,7 +60,7 @@ def evaluate(
     console: Console | None = None,
     teacher: Teacher | None = None,
     teacher_parameters: int | None = None,
-) -> dict:
+) -> EvalResult:
     """Every figure of ``ref`` (and, for a fine-tune, its baselines) on ``data``, in one stable shape.
     ``teacher``: a model behind an OpenAI-compatible URL, measured as the system "teacher" (a reference)."""
     options = options or EvalOptions()
@@ -72,7 +74,7 @@ def evaluate(
     started = time.perf_counter()
     loaded = load(ref, merge=False, precision=options.precision)
     manifest = loaded.version.manifest if loaded.version else None
-    max_length = manifest["config"]["max_length"] if manifest else DEFAULT_MAX_LENGTH
+    max_length = (manifest.config.max_length if manifest and manifest.config else None) or DEFAULT_MAX_LENGTH
     # Classifiers and text models are measured on their own task; a chat-like model (chat,
     # completion, DPO) on any chat-like data, preference pairs included.
     expected = loaded.task if manifest and loaded.task in ("classify", "text") else "auto"
@@ -80,7 +82,7 @@ def evaluate(
         Path(data), expected, loaded.tokenizer, max_length, labels=loaded.labels, system_prompt=loaded.system_prompt
     )
     if not report.ok:
-        raise DataError("the evaluation data has errors:\n" + "\n".join(map(str, report.errors)), report)
+        raise DataError("the evaluation data has errors:\n" + listed_errors(report.errors), report)
     task, labels, examples = report.task, report.labels, report.train.examples
     if manifest and expected == "auto" and task in ("classify", "text"):
         raise TunesmithError(
@@ -116,29 +118,33 @@ def evaluate(
         else per_example(*_inputs_and_references(examples, task), [e.line for e in examples], measured)
     )
     changed = diffs(examples_out, {name: m for name, m in measured.items() if name not in REFERENCES})
-    judged, intervals = judge(task, measured, options.seed)
-    return {
-        "model": loaded.ref,
-        "task": task,
-        "data": str(data),
-        "n": len(examples),
-        "labels": labels,
-        "precision": "bf16" if dtype == torch.bfloat16 else "fp32",
-        "primary": primary,
-        "higher_is_better": higher_is_better,
-        "systems": list(results),
-        "results": results,
-        **judged,
-        "intervals": intervals,
-        "break_even": _break_even(manifest, results, prices),
-        "examples": examples_out,
-        **({"blocks": blocks(measured)} if task == "text" else {}),
-        "diffs": changed[:MAX_DIFFS],
-        "diffs_total": len(changed),
-        "regressions_total": sum(d["kind"] == "regression" for d in changed),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(time.perf_counter() - started, 1),
-    }
+    judgement, intervals = judge(task, measured, options.seed)
+    result = EvalResult(
+        model=loaded.ref,
+        task=task,
+        data=str(data),
+        n=len(examples),
+        labels=labels,
+        precision="bf16" if dtype == torch.bfloat16 else "fp32",
+        primary=primary,
+        higher_is_better=higher_is_better,
+        systems=list(results),
+        results={name: SystemMetrics(**metrics) for name, metrics in results.items()},
+        helped=judgement.helped,
+        helped_clearly=judgement.helped_clearly,
+        significance=judgement.significance,
+        intervals=intervals,
+        break_even=_break_even(manifest, results, prices),
+        examples=examples_out,
+        diffs=changed[:MAX_DIFFS],
+        diffs_total=len(changed),
+        regressions_total=sum(d["kind"] == "regression" for d in changed),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        seconds=round(time.perf_counter() - started, 1),
+    )
+    if task == "text":  # set only here: the other tasks' JSON has no "blocks" key
+        result.blocks = blocks(measured)
+    return result
 
 
 def _parameters(model) -> int:
@@ -147,21 +153,21 @@ def _parameters(model) -> int:
 
 
 def _systems(
-    loaded: LoadedModel, manifest: dict | None, shots: list[Example], baselines: tuple[str, ...], dtype: torch.dtype
+    loaded: LoadedModel, manifest: Manifest | None, shots: list[Example], baselines: tuple[str, ...], dtype: torch.dtype
 ) -> dict[str, System]:
     if manifest is None:  # a model on its own
         systems = {"base": System("base", loaded.model)}
         if shots:
             systems["few_shot"] = System("few_shot", loaded.model, shots=shots)
         return systems
-    parent = manifest["lineage"][-1]["ref"] if manifest.get("lineage") else None
-    if has_adapter(manifest):
+    parent = manifest.parent
+    if manifest.has_adapter:
         systems = same_model_systems(loaded.model, [] if parent else shots, parent=parent)
         if parent and baselines:  # adapter-off is the parent; the base is loaded beside it
-            base = load_model(resolve_base(manifest["base"]["name"]), dtype).eval()
+            base = load_model(resolve_base(manifest.base.name), dtype).eval()
             systems.update(base=System("base", base), few_shot=System("few_shot", base, shots=shots))
     elif baselines:  # a full fine-tune: the baselines need the base weights loaded beside it
-        base = load_model(resolve_base(manifest["base"]["name"]), dtype).eval()
+        base = load_model(resolve_base(manifest.base.name), dtype).eval()
         systems = {
             "base": System("base", base),
             "few_shot": System("few_shot", base, shots=shots),
@@ -182,14 +188,14 @@ def _shot_pool(loaded: LoadedModel, shots_from: Path | None) -> list[Example]:
     if shots_from is not None:
         parsed = read_file(Path(shots_from), loaded.task if loaded.version else "auto")
         if parsed.errors:
-            raise DataError(f"{shots_from} has errors:\n" + "\n".join(map(str, parsed.errors[:20])))
+            raise DataError(f"{shots_from} has errors:\n" + listed_errors(parsed.errors))
         return parsed.examples
     if loaded.version is not None and (loaded.version.path / POOL_FILE).is_file():
         return load_pool(loaded.version.path / POOL_FILE)
     if loaded.version is not None:
-        train = loaded.version.manifest["data"]["train"]
-        if train and Path(train["path"]).is_file():
-            return read_file(Path(train["path"]), loaded.task).examples
+        data = loaded.version.manifest.data
+        if data and data.train and Path(data.train.path).is_file():
+            return read_file(Path(data.train.path), loaded.task).examples
     return []  # a model alone, with no examples to show: no few-shot baseline
 
 
@@ -205,16 +211,21 @@ def _inputs_and_references(examples: list[Example], task: str) -> tuple[list[str
     return inputs, references
 
 
-def _break_even(manifest: dict | None, results: dict[str, dict], prices: dict | None) -> dict | None:
+def _break_even(manifest: Manifest | None, results: dict[str, dict], prices: dict | None) -> dict | None:
     """Requests after which training pays for itself against the few-shot prompt it replaces."""
     tuned, alternative = results.get("fine_tuned", {}), results.get("few_shot", {})
-    if manifest is None or "latency_ms_p50" not in tuned or "latency_ms_p50" not in alternative:
+    if (
+        manifest is None
+        or manifest.training is None
+        or "latency_ms_p50" not in tuned
+        or "latency_ms_p50" not in alternative
+    ):
         return None
-    training = manifest["training"]
+    training = manifest.training
     threads = torch.get_num_threads()
-    on_gpu = training.get("device", "cpu") == "cuda"
-    wall = training["wall_seconds"]
-    train_threads = training.get("threads", threads)
+    on_gpu = training.device == "cuda"
+    wall = training.wall_seconds
+    train_threads = training.threads or threads
     figures = break_even(
         training_cpu_seconds=0.0 if on_gpu else wall * train_threads,
         training_gpu_seconds=wall if on_gpu else 0.0,

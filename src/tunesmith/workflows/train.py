@@ -21,14 +21,16 @@ from rich.console import Console
 from rich.text import Text
 
 from tunesmith.core import paths
-from tunesmith.core.config import TrainConfig, load_config
+from tunesmith.core.config import ResolvedConfig, TrainConfig, default_name, load_config, method_task_problem
 from tunesmith.core.durable import atomic_write_text
 from tunesmith.core.errors import DataError, TunesmithError
 from tunesmith.data.check import DataReport, check_data, check_structure
 from tunesmith.data.prepare import build_rows, split
+from tunesmith.data.records import listed_errors
 from tunesmith.data.shots import pick_shots
 from tunesmith.evaluation.compare import comparison_table, judge, verdict
 from tunesmith.evaluation.measure import EvalOptions, Measured, measure
+from tunesmith.evaluation.results import Comparison, Judgement, SystemMetrics
 from tunesmith.evaluation.systems import System, same_model_systems
 from tunesmith.models.load import add_lora, count_parameters, load_tokenizer
 from tunesmith.registry import store
@@ -49,15 +51,16 @@ from tunesmith.training.loop import (
 class TrainResult:
     version: store.ModelVersion | None  # None when interrupted
     loop: LoopResult
-    base_metrics: dict
-    tuned_metrics: dict
     run_dir: Path
-    comparison: dict | None = None  # validation figures per system, and "helped"
+    comparison: Comparison  # validation figures per system, and whether fine-tuning helped
 
+    @property
+    def base_metrics(self) -> SystemMetrics:
+        return self.comparison.base or SystemMetrics()
 
-def default_name(data: Path) -> str:
-    stem = "".join(c if c.isalnum() or c in "._-" else "-" for c in Path(data).stem).strip("-._")
-    return (stem or "model")[:64]
+    @property
+    def tuned_metrics(self) -> SystemMetrics:
+        return self.comparison.fine_tuned or SystemMetrics()
 
 
 def train(
@@ -93,7 +96,8 @@ def train(
             "same model. Restore the file, or delete the run folder and train again"
         )
 
-    _check_method(config, structure.task)
+    if (problem := method_task_problem(config.method, structure.task)) is not None:
+        raise TunesmithError(f"{config.data}: {problem}")
     start = resolve_start(config.base)
     config = config.model_copy(update={"base": start.spec})  # NAME -> NAME:VERSION: a resume builds on the same
     tokenizer = load_tokenizer(start.tokenizer)
@@ -106,6 +110,7 @@ def train(
         console.print(Text(str(warning), style="yellow"))
 
     splits = split(report, config.val_fraction, config.seed)
+    assert report.max_length is not None  # check_data with a tokenizer sets it
     train_rows, val_rows = build_rows(
         report.task, splits, report.max_length, config.val_fraction, config.seed, config.val_data is not None
     )
@@ -114,7 +119,7 @@ def train(
             f"{config.data}: no training example keeps any answer token at "
             f"max_length {report.max_length}; raise --max-length"
         )
-    config = defaults.resolve(
+    resolved = defaults.resolve(
         config.model_copy(update={"name": name, "max_length": report.max_length}),
         len(train_rows),
         [len(r) for r in train_rows],
@@ -123,32 +128,33 @@ def train(
         report.labels,
     )
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", config.to_yaml())
+    atomic_write_text(run_dir / "config.yaml", resolved.to_yaml())
     atomic_write_text(run_dir / "data.sha256", data_hash + "\n")
 
-    torch.manual_seed(config.seed)
+    torch.manual_seed(resolved.seed)
     # bf16 weights only where nothing is learnt in them: the frozen base under LoRA. Full
     # fine-tuning keeps fp32 masters and computes in bf16 under autocast (training.kernels).
-    bf16_weights = config.precision == "bf16" and config.uses_adapter
+    bf16_weights = resolved.precision == "bf16" and resolved.uses_adapter
     model = load_start(start, dtype=torch.bfloat16 if bf16_weights else torch.float32)
-    if config.uses_adapter:
-        model = add_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_targets)
+    if resolved.uses_adapter:
+        assert resolved.lora_rank is not None and resolved.lora_alpha is not None  # resolve fills both
+        model = add_lora(model, resolved.lora_rank, resolved.lora_alpha, resolved.lora_dropout, resolved.lora_targets)
     trainable, total = count_parameters(model)
     built_on = f" on {start.parent}" if start.parent else ""
     console.print(
         f"[bold]{name}[/]: {report.task} · {len(train_rows)} train / {len(val_rows)} validation rows · "
-        f"{config.method}{built_on} ({trainable / 1e6:.2f}M of {total / 1e6:.1f}M parameters trained) · "
-        f"{config.epochs} epoch(s), lr {config.lr:g}, batch {config.batch_size}, "
-        f"max_length {config.max_length}, {config.precision}"
+        f"{resolved.method}{built_on} ({trainable / 1e6:.2f}M of {total / 1e6:.1f}M parameters trained) · "
+        f"{resolved.epochs} epoch(s), lr {resolved.lr:g}, batch {resolved.batch_size}, "
+        f"max_length {resolved.max_length}, {resolved.precision}"
     )
 
-    evaluation = _ValidationComparison(model, tokenizer, config, splits, val_rows, start.parent)
+    evaluation = _ValidationComparison(model, tokenizer, resolved, splits, val_rows, start.parent)
     baselines = evaluation.baselines(run_dir)
     started = time.time()
-    objective = DPOObjective(config.beta) if config.method == "dpo" else SupervisedObjective()
+    objective = DPOObjective(resolved.beta) if resolved.method == "dpo" else SupervisedObjective()
     loop = train_loop(
         model,
-        config,
+        resolved,
         train_rows,
         val_rows,
         tokenizer.pad_token_id,
@@ -163,19 +169,20 @@ def train(
             f"[yellow]Stopped at step {loop.steps}/{loop.total_steps}; checkpoint saved. "
             f"Continue with:  tunesmith train --resume {name}[/]"
         )
-        return TrainResult(None, loop, baselines.get("base", {}), {}, run_dir)
+        return TrainResult(None, loop, run_dir, _comparison(baselines))
 
     results = {**baselines, **evaluation.fine_tuned()}
-    comparison = {**results, **judge(config.task, evaluation.measured, config.seed)[0]}
+    judgement = judge(resolved.task, evaluation.measured, resolved.seed)[0]
+    comparison = _comparison(results, judgement)
     if len(results) > 1:
-        console.print(comparison_table(config.task, results, f"{name} on {len(val_rows)} validation rows"))
-        for line in verdict(config.task, results, comparison["helped"], comparison["significance"]):
+        console.print(comparison_table(resolved.task, results, f"{name} on {len(val_rows)} validation rows"))
+        for line in verdict(resolved.task, results, comparison.helped, judgement.significance):
             console.print(line)
     version = write_version(
         name,
         model,
         tokenizer,
-        config,
+        resolved,
         report,
         start,
         loop,
@@ -187,20 +194,14 @@ def train(
     )
     shutil.rmtree(run_dir, ignore_errors=True)
     console.print(f"Saved [bold]{version.ref}[/] to {version.path}")
-    return TrainResult(version, loop, results.get("base", {}), results.get("fine_tuned", {}), run_dir, comparison)
+    return TrainResult(version, loop, run_dir, comparison)
 
 
-def _check_method(config: TrainConfig, task: str) -> None:
-    if config.method == "dpo" and task != "preference":
-        raise TunesmithError(
-            f"{config.data}: --method dpo trains on preference pairs "
-            '{"prompt": ..., "chosen": ..., "rejected": ...}; this file is ' + f"{task} data"
-        )
-    if task == "preference" and config.method != "dpo":
-        raise TunesmithError(
-            f"{config.data} holds preference pairs: train them with --method dpo "
-            "(optionally --base an earlier fine-tune to improve)"
-        )
+def _comparison(results: dict[str, dict], judgement: Judgement | None = None) -> Comparison:
+    """Each system's figures (base, few_shot or parent, fine_tuned), with the verdict once there is one."""
+    figures = {name: SystemMetrics(**metrics) for name, metrics in results.items()}
+    verdict = judgement.model_dump(exclude_unset=True) if judgement else {}
+    return Comparison.model_validate({**figures, **verdict})
 
 
 def _config_for_resume(name: str) -> TrainConfig:
@@ -217,7 +218,7 @@ class _ValidationComparison:
     LATENCY_SAMPLES = 4  # a rough median that keeps the closing comparison short; `tunesmith eval` times 16
     MAX_NEW_TOKENS = 64
 
-    def __init__(self, model, tokenizer, config: TrainConfig, splits, val_rows, parent: str | None = None):
+    def __init__(self, model, tokenizer, config: ResolvedConfig, splits, val_rows, parent: str | None = None):
         self.tokenizer, self.config, self.val_rows = tokenizer, config, val_rows
         self.examples = splits.val_examples
         # Generation is capped so the closing comparison stays short on a CPU; `tunesmith eval` generates
@@ -278,8 +279,4 @@ class _ValidationComparison:
 
 
 def _error_summary(report: DataReport) -> str:
-    errors = report.errors
-    lines = [str(issue) for issue in errors[:50]]
-    if len(errors) > 50:
-        lines.append(f"... and {len(errors) - 50} more errors (see `tunesmith data check`)")
-    return f"{len(errors)} error(s) in the data; nothing was trained:\n" + "\n".join(lines)
+    return f"{len(report.errors)} error(s) in the data; nothing was trained:\n" + listed_errors(report.errors)
