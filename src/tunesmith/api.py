@@ -1,5 +1,10 @@
 """The Python API: one function for each CLI command, and everything a command can do. The CLI
-(tunesmith.cli) only turns flags into these arguments and prints what they return."""
+(tunesmith.cli) only turns flags into these arguments and prints what they return.
+
+Each CLI command is a process of its own, so a function here imports the machinery it runs (torch,
+transformers, the server) when it is called: `tunesmith models list` answers in a fraction of a second, and
+`tunesmith eval` does not pay for loading the server. These are the only imports inside functions in the
+package for that reason; none of them hides a cycle (import-linter checks the layers either way)."""
 
 from __future__ import annotations
 
@@ -9,38 +14,37 @@ import os
 import shlex
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from rich.console import Console
 
 import tunesmith
-from tunesmith.core.config import PrecisionChoice, TaskChoice, TrainConfig, format_validation_error, load_config
+from tunesmith.core.config import (
+    DEFAULT_BASE,
+    PrecisionChoice,
+    TaskChoice,
+    TrainConfig,
+    format_validation_error,
+    load_config,
+)
 from tunesmith.core.durable import atomic_write_text
 from tunesmith.core.errors import DataError, TunesmithError
 from tunesmith.core.results import Result
 from tunesmith.data.check import DataReport
 from tunesmith.data.records import listed_errors
-from tunesmith.evaluation.measure import EvalOptions
-from tunesmith.evaluation.report import write_curve_report, write_eval_report
 from tunesmith.evaluation.results import CurveResult, EvalResult
 from tunesmith.evaluation.scores import load_prices
-from tunesmith.evaluation.teacher import parse_parameters
 from tunesmith.feedback import corrections
-from tunesmith.feedback.session import ReviewSession
-from tunesmith.feedback.terminal import review_in_terminal
-from tunesmith.inference import loaded
-from tunesmith.inference.chat import ChatSession
-from tunesmith.inference.loaded import LoadedModel
 from tunesmith.models import base
 from tunesmith.models.openai_client import Teacher
 from tunesmith.registry import store
-from tunesmith.serve.app import ServeSettings
-from tunesmith.serve.server import serve
-from tunesmith.workflows import check, curve
 from tunesmith.workflows import distill as distillation
-from tunesmith.workflows import evaluate as evaluation
-from tunesmith.workflows import train as training
+
+if TYPE_CHECKING:
+    from tunesmith.inference.chat import ChatSession
+    from tunesmith.inference.loaded import LoadedModel
+    from tunesmith.workflows.train import TrainResult
 
 CURVE_SIZES = (50, 100, 200, 400)
 
@@ -48,22 +52,24 @@ CURVE_SIZES = (50, 100, 200, 400)
 def check_data(
     path: str | Path,
     task: TaskChoice = "auto",
-    base: str = base.DEFAULT_BASE,
+    base: str = DEFAULT_BASE,
     max_length: int | None = None,
     val: str | Path | None = None,
 ) -> DataReport:
     """The data check (`tunesmith data check`); returns a DataReport (``.ok``, ``.errors``, ``.to_json()``)."""
+    from tunesmith.workflows import check
+
     return check.check_file(Path(path), task, base, max_length, Path(val) if val else None)
 
 
-def train(
-    config: TrainConfig | str | Path | None = None, resume: str | None = None, **settings: Any
-) -> training.TrainResult:
+def train(config: TrainConfig | str | Path | None = None, resume: str | None = None, **settings: Any) -> TrainResult:
     """Fine-tune (`tunesmith train`); returns a TrainResult with the published version.
 
     ``config``: a TrainConfig, or a YAML file of its fields. ``settings``: TrainConfig fields by name
     (``data="reviews.jsonl", lora_rank=16``) over the config, None meaning not given. ``resume``: continue
     the interrupted run of that name with its saved settings."""
+    from tunesmith.workflows import train as training
+
     given = {name: value for name, value in settings.items() if value is not None}
     if resume is not None:
         if config is not None or given:
@@ -101,6 +107,11 @@ def evaluate(
     with ``teacher_model``: also measure that OpenAI-compatible model as a reference (key: ``teacher_api_key``,
     else $OPENAI_API_KEY; ``teacher_parameters``: its size, e.g. "1.7B"). ``report`` writes the HTML report
     and ``json_path`` the figures as JSON. Returns the figures (an EvalResult; ``.to_json()`` is the JSON)."""
+    from tunesmith.evaluation.measure import EvalOptions
+    from tunesmith.evaluation.report import write_eval_report
+    from tunesmith.evaluation.teacher import parse_parameters
+    from tunesmith.workflows import evaluate as evaluation
+
     figures = evaluation.evaluate(
         model,
         Path(data),
@@ -134,6 +145,10 @@ def learning_curve(
     override it, and the seed also picks the subsets and the shots. ``name``: the registry name prefix
     (models are NAME-nSIZE). ``options``: EvalOptions fields (shots, latency_samples, ...). ``report``
     and ``json_path`` write the HTML report and the JSON."""
+    from tunesmith.evaluation.measure import EvalOptions
+    from tunesmith.evaluation.report import write_curve_report
+    from tunesmith.workflows import curve
+
     settings = {"data": train_file, "base": base, "seed": seed}
     config = _train_config(config, {key: value for key, value in settings.items() if value is not None})
     result = curve.learning_curve(
@@ -146,6 +161,8 @@ def learning_curve(
 def load(model: str, precision: PrecisionChoice = "auto") -> LoadedModel:
     """Load a registry model (NAME, NAME:VERSION), a base model name or a local folder for generation, its
     weights in ``precision`` (auto: bf16 on a GPU with bf16, else fp32)."""
+    from tunesmith.inference import loaded
+
     return loaded.load(model, precision=precision)
 
 
@@ -157,6 +174,8 @@ def generate(
     precision: PrecisionChoice = "auto",
 ) -> str:
     """One answer (`tunesmith generate`); ``model`` is a loaded model or a reference to load in ``precision``."""
+    from tunesmith.inference import loaded
+
     return loaded.generate_answer(_loaded(model, precision), prompt, max_tokens=max_tokens, temperature=temperature)
 
 
@@ -165,6 +184,8 @@ def chat(
 ) -> ChatSession:
     """A conversation (`tunesmith chat`): ``session.say(prompt)`` answers after the earlier turns (a classifier
     answers each text alone), ``session.reset()`` forgets them."""
+    from tunesmith.inference.chat import ChatSession
+
     return ChatSession(_loaded(model, precision), max_tokens, temperature)
 
 
@@ -228,6 +249,9 @@ def review(
     """Review a model's answers in the terminal (`tunesmith review`): each pending prompt of ``prompts`` with
     the model's answer, judged good, or bad with a correction; verdicts are appended to ``out`` as they are
     given, and a rerun resumes. Returns 0 when done or quit, 130 on Ctrl-C."""
+    from tunesmith.feedback.session import ReviewSession
+    from tunesmith.feedback.terminal import review_in_terminal
+
     session = ReviewSession(Path(prompts), Path(out))  # file errors stop here, before a model is loaded
     resume = ["tunesmith", "review", model, "--prompts", str(prompts), "--out", str(out)]
     resume += ["--max-tokens", str(max_tokens)] if max_tokens != 256 else []
@@ -246,6 +270,9 @@ def run_server(
     """The OpenAI-compatible API (`tunesmith serve`), until stopped. ``api_key`` (default $TUNESMITH_API_KEY)
     is required on every call, and on any address but loopback; ``worker=False`` queues fine-tuning jobs
     without running them here."""
+    from tunesmith.serve.app import ServeSettings
+    from tunesmith.serve.server import serve
+
     settings = ServeSettings(
         api_key=api_key or os.environ.get("TUNESMITH_API_KEY") or None,
         max_upload_bytes=int(max_upload_mb * 2**20),
@@ -290,7 +317,9 @@ def _train_config(config: TrainConfig | str | Path | None, settings: dict[str, A
 
 
 def _loaded(model: LoadedModel | str, precision: PrecisionChoice) -> LoadedModel:
-    return model if isinstance(model, LoadedModel) else loaded.load(model, precision=precision)
+    from tunesmith.inference import loaded
+
+    return model if isinstance(model, loaded.LoadedModel) else loaded.load(model, precision=precision)
 
 
 def _baselines(baselines: str | Sequence[str]) -> tuple[str, ...]:

@@ -34,6 +34,7 @@ TASKS: tuple[Task, ...] = get_args(Task)
 TASK_CHOICES: tuple[TaskChoice, ...] = get_args(TaskChoice)
 METHODS: tuple[Method, ...] = get_args(Method)
 PRECISIONS: tuple[PrecisionChoice, ...] = get_args(PrecisionChoice)
+DEFAULT_BASE = "smollm2-135m"  # the embedded base (models.base), what every command starts from
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -76,7 +77,7 @@ class TrainConfig(BaseModel):
     val_data: Path | None = Field(None, description="Validation file; when absent a split is held out from `data`.")
     task: TaskChoice = Field("auto", description="Data format; `auto` detects it from the file.")
     base: str = Field(
-        "smollm2-135m",
+        DEFAULT_BASE,
         description="Model to start from: a known base name (see `tunesmith base list`), a local Hugging "
         "Face model folder, or a registry fine-tune (NAME or NAME:VERSION) to build on; the manifest then "
         "records the lineage.",

@@ -12,8 +12,8 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from tunesmith.core.config import Task, TaskChoice
 from tunesmith.data.formats import ParsedFile, read_file
 from tunesmith.data.records import Findings, Issue
 from tunesmith.data.render import (
@@ -22,9 +22,6 @@ from tunesmith.data.render import (
     render_example,
     tokenize_document,
 )
-
-if TYPE_CHECKING:
-    from tunesmith.core.config import Task, TaskChoice
 
 MAX_LISTED = 5  # line numbers quoted per warning
 

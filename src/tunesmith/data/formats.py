@@ -22,12 +22,9 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from tunesmith.core.config import Task, TaskChoice
 from tunesmith.data.records import Example, Findings, Issue
-
-if TYPE_CHECKING:
-    from tunesmith.core.config import Task, TaskChoice
 
 ROLES = ("system", "user", "assistant")
 
@@ -341,15 +338,7 @@ def check_prompt_messages(
         return None
     last = messages[-1].get("role") if isinstance(messages[-1], dict) else None
     if last in ROLES and last != "user":
-        issues.append(
-            Issue.error(
-                name,
-                line,
-                field,
-                "the conversation must end with a user turn",
-                "the answer is the assistant's reply to the last user message; drop what follows it",
-            )
-        )
+        issues.append(_must_end_with_user(name, line, field, "; drop what follows it"))
         return None
     # The chat check wants an assistant turn to learn from: lend it the answer slot, then drop it
     # (and anything it says about that borrowed turn).
@@ -371,16 +360,18 @@ def check_prompt_messages(
                 )
             )
     if checked is None and len(issues) == before:  # only the borrowed turn was objected to
-        issues.append(
-            Issue.error(
-                name,
-                line,
-                field,
-                "the conversation must end with a user turn",
-                "the answer is the assistant's reply to the last user message",
-            )
-        )
+        issues.append(_must_end_with_user(name, line, field))
     return None if checked is None else [_msg(m["role"], m["content"]) for m in checked[:-1]]
+
+
+def _must_end_with_user(name: str, line: int, field: str, advice: str = "") -> Issue:
+    return Issue.error(
+        name,
+        line,
+        field,
+        "the conversation must end with a user turn",
+        f"the answer is the assistant's reply to the last user message{advice}",
+    )
 
 
 def _msg(role: str, content: str, weight: int = 1) -> dict:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from rich.markup import escape
 from rich.table import Table
 
 from tunesmith.core.config import Task
-from tunesmith.evaluation.measure import Measured
 from tunesmith.evaluation.results import Difference, EvalResult, Judgement
 from tunesmith.evaluation.significance import Sample, bootstrap
 from tunesmith.evaluation.systems import display_name
+
+if TYPE_CHECKING:  # measuring needs torch; formatting a table or a verdict (the CLI's, `models list`'s) does not
+    from tunesmith.evaluation.measure import Measured
 
 # Which metric decides "did it help", and whether higher is better.
 PRIMARY = {

@@ -64,7 +64,7 @@ class EvalOptions:
     seed: int = 0
     """Picks the shots and the requests that are timed."""
     precision: str = "auto"
-    """Weights' precision (models.load.precision_dtype): auto is bf16 on a GPU with bf16, else fp32."""
+    """Weights' precision (models.precision.precision_dtype): auto is bf16 on a GPU with bf16, else fp32."""
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """`tunesmith review` in a terminal: show each pending prompt and the model's answer, read a key.
 
-The terminal I/O only; what is pending and how a verdict is stored is ``tunesmith.review``. Input
+The terminal I/O only; what is pending and how a verdict is stored is ``feedback.session``. Input
 is read line by line with ``input()``, so it works the same when stdin is a pipe (the tests drive it
 that way): end of input quits cleanly, like ``q``.
 """

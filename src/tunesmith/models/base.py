@@ -19,13 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from safetensors import safe_open
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunesmith.core import paths
+from tunesmith.core.config import DEFAULT_BASE
 from tunesmith.core.errors import TunesmithError
-from tunesmith.models.load import quiet_transformers
-
-DEFAULT_BASE = "smollm2-135m"
 
 
 @dataclass(frozen=True)
@@ -97,6 +94,12 @@ def resolve_base(spec: str, convert: bool = True) -> Path:
 
 
 def _convert_embedded(base: EmbeddedBase, folder: Path) -> Path:
+    # Imported here, once per machine: listing or resolving bases (`tunesmith base list`, the server's model
+    # list) needs neither torch nor transformers.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunesmith.models.load import quiet_transformers
+
     quiet_transformers()
     target = base.cache_path()
     print(f"Converting {base.name} from {base.package} to safetensors (once, ~20 s) ...", flush=True)

@@ -8,7 +8,6 @@ import warnings
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
@@ -55,8 +54,12 @@ def load_model(folder: Path | str, dtype: torch.dtype | None = None):
     return model.to(device())  # type: ignore[arg-type]
 
 
+# peft is imported where an adapter is made or loaded: a second of start-up that generating from a base model,
+# and every command that loads no model, need not pay.
 def add_lora(model, rank: int, alpha: float, dropout: float, targets):
     """Wrap ``model`` with fresh LoRA adapters (PEFT). ``targets``: module names or 'all-linear'."""
+    from peft import LoraConfig, get_peft_model
+
     config = LoraConfig(
         r=rank,
         lora_alpha=alpha,  # type: ignore[arg-type]  # PEFT annotates int; a float works (scaling = alpha / r)
@@ -68,6 +71,8 @@ def add_lora(model, rank: int, alpha: float, dropout: float, targets):
 
 
 def load_adapter(model, adapter_folder: Path, trainable: bool = False):
+    from peft import PeftModel
+
     return PeftModel.from_pretrained(model, str(adapter_folder), is_trainable=trainable)
 
 

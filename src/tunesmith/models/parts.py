@@ -3,16 +3,19 @@ output head, and eval mode for a while."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-from peft import PeftModel
 
 
 def causal_lm(model):
     """The transformers model itself: under a PEFT wrapper, the model it wraps."""
-    return model.get_base_model() if isinstance(model, PeftModel) else model
+    # A model can only be a PeftModel once peft is imported; asking that way spares every process that never
+    # wraps a model (generate, chat, serve a base) the second of importing peft.
+    peft = sys.modules.get("peft")
+    return model.get_base_model() if peft is not None and isinstance(model, peft.PeftModel) else model
 
 
 @contextmanager

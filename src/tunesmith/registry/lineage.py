@@ -3,7 +3,7 @@
 A run may start from a registry fine-tune (``--base NAME[:VERSION]``), e.g. DPO on top of a
 supervised model. The starting weights are then the base model with the ancestors' LoRA adapters
 merged in, oldest first, or the weights of a full fine-tune. The new version records its
-ancestors in ``manifest["lineage"]`` (oldest first) and keeps a copy of every ancestor adapter it
+ancestors in the manifest's ``lineage`` (oldest first) and keeps a copy of every ancestor adapter it
 needs under ``lineage/N/``, so it loads on its own even if an ancestor is removed later; a full
 fine-tune ancestor (all weights, hundreds of MB) is referred to in the registry instead.
 

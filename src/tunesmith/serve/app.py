@@ -43,7 +43,7 @@ class ServeSettings:
     api_key: str | None = None  # required on every /v1 call when set
     max_upload_bytes: int = 100 * 2**20  # uploads above this are refused with 413
     model_memory_bytes: int = 3 * 2**30  # loaded models beyond this are evicted, least recently used first
-    precision: str = "auto"  # of the served weights (models.load.precision_dtype)
+    precision: str = "auto"  # of the served weights (models.precision.precision_dtype)
 
 
 def create_app(settings: ServeSettings | None = None) -> FastAPI:

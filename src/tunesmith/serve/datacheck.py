@@ -54,16 +54,7 @@ def validate_job(store: JobStore, job_id: str) -> bool:
             continue
         row = store.get_file(job[param])
         if row is None:  # deleted between the request's check and now
-            message = f"{param} {job[param]} was deleted"
-            store.transition(
-                job_id,
-                "failed",
-                ("validating_files",),
-                message,
-                level="error",
-                error={"code": f"invalid_{param}", "param": param, "message": message},
-            )
-            return False
+            return _fail(store, job_id, param, f"{param} {job[param]} was deleted")
         rows[param] = row
     train, val = rows["training_file"], rows.get("validation_file")
     names = {str(stored_path(row)): row["filename"] for row in rows.values()}
@@ -74,16 +65,7 @@ def validate_job(store: JobStore, job_id: str) -> bool:
     for warning in report.warnings:
         store.add_event(job_id, user_text(str(warning), names), level="warn")
     if not report.ok:
-        message = error_lines(report, names)
-        store.transition(
-            job_id,
-            "failed",
-            ("validating_files",),
-            message,
-            level="error",
-            error={"code": "invalid_training_file", "param": "training_file", "message": message},
-        )
-        return False
+        return _fail(store, job_id, "training_file", error_lines(report, names))
     return store.transition(
         job_id,
         "queued",
@@ -96,3 +78,10 @@ def validate_job(store: JobStore, job_id: str) -> bool:
             "labels": report.labels,
         },
     )
+
+
+def _fail(store: JobStore, job_id: str, param: str, message: str) -> bool:
+    """The job fails validation because of ``param`` (an ``invalid_<param>`` error, as OpenAI reports it)."""
+    error = {"code": f"invalid_{param}", "param": param, "message": message}
+    store.transition(job_id, "failed", ("validating_files",), message, level="error", error=error)
+    return False

@@ -1,7 +1,7 @@
 """One fine-tuning job in its own process: ``python -m tunesmith.serve.job_runner JOB_ID``.
 
 The worker starts it for a job it has marked running. The job becomes a TrainConfig and goes through
-the same ``training.run.train`` as ``tunesmith train``, with hooks that record its progress as job
+the same ``workflows.train.train`` as ``tunesmith train``, with hooks that record its progress as job
 events (a metrics event per step) and checkpoint records.
 
 Nothing is trained twice, whatever stopped an earlier attempt:

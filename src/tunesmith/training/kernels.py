@@ -28,10 +28,10 @@ On the benchmark's sentiment rows (46 shared of ~80 tokens) a step takes 35% les
 
 from __future__ import annotations
 
+import sys
 from contextlib import ExitStack, contextmanager
 
 import torch
-from peft.tuners.lora import Linear as LoraLinear
 from torch import nn
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -71,7 +71,10 @@ class _LoraLinearFunction(torch.autograd.Function):
 
 
 def _fusable(module) -> bool:
-    if not isinstance(module, LoraLinear) or module.merged or module.disable_adapters:
+    # A LoRA layer exists only once peft is imported; asking that way spares evaluation and serving, which
+    # import this module for the training attention's layout check, the second of importing peft.
+    lora = sys.modules.get("peft.tuners.lora")
+    if lora is None or not isinstance(module, lora.Linear) or module.merged or module.disable_adapters:
         return False
     active = [name for name in module.active_adapters if name in module.lora_A]
     if len(active) != 1 or active[0] in module.lora_variant:  # DoRA and friends keep PEFT's path

@@ -1,6 +1,8 @@
-"""Teacher-forced loss of one model on held-out rows: answer loss and perplexity.
+"""The training loss, and the teacher-forced figures evaluation takes from it: answer loss, perplexity and
+summed log-likelihoods of held-out rows.
 
-The same ``token_loss_sums`` is the training loss, so validation and evaluation agree with it.
+``token_loss_sums`` is what the loop minimises; validation and evaluation call the same function, so they
+agree with training.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ the user's inputs, and its answers become the training file of a small student (
                                     retried with back-off, a refusal (4xx) stops the run
     the main thread writes          valid -> OUT, invalid -> the rejects file; one write + fsync a line
 
-The teacher is any OpenAI-compatible chat API (tunesmith.openai_client).
+The teacher is any OpenAI-compatible chat API (models.openai_client).
 """
 
 from __future__ import annotations
