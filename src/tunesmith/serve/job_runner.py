@@ -32,13 +32,11 @@ from tunesmith.core.errors import DataError, TunesmithError
 from tunesmith.evaluation.compare import PRIMARY, format_value, sample_size
 from tunesmith.registry.store import version_for_job
 from tunesmith.serve.datacheck import stored_path, user_text
-from tunesmith.serve.job_store import JobStore, StepEventData
+from tunesmith.serve.job_store import HYPERPARAMETERS, JobStore, StepEventData
 from tunesmith.serve.process import die_with_parent
 from tunesmith.training.checkpoint import latest_checkpoint
 from tunesmith.training.state import StepMetrics, TrainHooks
 from tunesmith.workflows.train import train
-
-HYPERPARAMETERS = {"n_epochs": "epochs", "batch_size": "batch_size", "learning_rate_multiplier": "lr_multiplier"}
 
 
 def resolved_hyperparameters(config: TrainConfig, job) -> dict[str, Any]:

@@ -368,6 +368,10 @@ def job_object(row: sqlite3.Row) -> dict:
     }
 
 
+# OpenAI's hyperparameter names for TrainConfig fields; a job's other hyperparameters are TrainConfig names.
+HYPERPARAMETERS = {"n_epochs": "epochs", "batch_size": "batch_size", "learning_rate_multiplier": "lr_multiplier"}
+
+
 class StepEventData(Result):
     """The ``data`` of a job's per-step metrics event (type "metrics"), as OpenAI's jobs report them."""
 

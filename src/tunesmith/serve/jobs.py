@@ -25,8 +25,8 @@ from tunesmith.core.errors import TunesmithError
 from tunesmith.models.base import EMBEDDED, resolve_base
 from tunesmith.registry import store as registry
 from tunesmith.serve.datacheck import validate_job
-from tunesmith.serve.job_runner import HYPERPARAMETERS
 from tunesmith.serve.job_store import (
+    HYPERPARAMETERS,
     UNFINISHED,
     JobStore,
     checkpoint_object,
