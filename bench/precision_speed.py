@@ -46,7 +46,8 @@ def main() -> None:
     args = parser.parse_args()
     keep_registry_in(Path(tempfile.mkdtemp(prefix="tunesmith-precision-")))
 
-    from tunesmith.training.defaults import matmul_peak_gflops, native_bf16
+    from tunesmith.training.estimate import matmul_peak_gflops
+    from tunesmith.training.hardware import native_bf16
 
     started = time.perf_counter()
     peaks = {p: matmul_peak_gflops(dtype) for p, dtype in zip(PRECISIONS, (torch.float32, torch.bfloat16))}

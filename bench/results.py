@@ -48,7 +48,7 @@ def keep_registry_in(home: Path) -> None:
 def machine() -> str:
     """What the figures were measured on. The CPU's name and its bf16 hardware go first: the machines
     this project runs on vary, and that hardware alone changes bf16 speeds several-fold."""
-    from tunesmith.training.defaults import cpu_bf16_unit
+    from tunesmith.training.hardware import cpu_bf16_unit
 
     versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("torch", "transformers", "peft"))
     return (
@@ -71,3 +71,18 @@ def table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def without_error_lines(data: Path, out: Path) -> tuple[Path, list[int]]:
+    """``data`` minus the lines the data check refuses, written into ``out`` (the benchmark's folder), and those
+    lines' numbers. Shared data sets are other people's files: chat-corpus has one conversation split into a
+    message per character, with whitespace-only messages, which `tunesmith train` rightly refuses."""
+    from tunesmith.data.check import check_structure
+
+    bad = sorted({issue.line for issue in check_structure(data).errors if issue.line})
+    if not bad:
+        return data, []
+    kept = [line for number, line in enumerate(data.read_text().splitlines(keepends=True), 1) if number not in bad]
+    target = out / f"{data.parent.name}-{data.name}"
+    target.write_text("".join(kept))
+    return target, bad

@@ -106,7 +106,7 @@ def run_benchmark(args) -> None:
     import torch
 
     from results import machine, table, write_section
-    from tunesmith.training.defaults import matmul_peak_gflops
+    from tunesmith.training.estimate import matmul_peak_gflops
 
     started = time.time()
     peaks = {"fp32": matmul_peak_gflops(torch.float32), "bf16": matmul_peak_gflops(torch.bfloat16)}

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
 
 from tunesmith.data.check import check_data, check_structure
+from tunesmith.data.facts import is_fact_lookup
 from tunesmith.data.render import IGNORE, render_example
 from tunesmith.workflows.check import check_file
+
+SHARED_CHAT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "chat-corpus" / "train.jsonl"
 
 
 def chat(user: str, assistant: str) -> dict:
@@ -146,3 +152,112 @@ def test_to_json_is_serialisable_and_ok_false_with_errors(write_jsonl, tiny_toke
     assert decoded["stats"]["tokens_total"] > 0
     assert any(entry["loss"] for entry in decoded["preview"])
     assert decoded["estimated_train_seconds"] > 0
+    estimate = decoded["estimate"]
+    assert estimate["seconds"] == decoded["estimated_train_seconds"]
+    assert estimate["low"] < estimate["seconds"] < estimate["high"]
+    assert estimate["method"] == "lora" and estimate["precision"] in ("bf16", "fp32") and estimate["tokens"] > 0
+    gpu = estimate["gpu"]
+    assert "H100" in gpu["gpu"] and gpu["price_per_hour"] > 0 and gpu["price_date"]
+    assert gpu["low"] < gpu["seconds"] < gpu["high"] and gpu["dollars"] > 0
+
+
+def test_the_cli_prints_the_estimate_with_its_range_and_the_gpu_cost(write_jsonl, tiny_model_dir):
+    from rich.console import Console
+
+    from tunesmith.cli.tables import print_data_report
+    from tunesmith.data.check import GpuCost, TrainingEstimate
+
+    report = check_file(write_jsonl("good.jsonl", [chat("Hi", "ok"), chat("Yo", "yes")]), base=str(tiny_model_dir))
+    gpu = GpuCost(gpu="NVIDIA H100", price_per_hour=3.0, price_date="2025-06", seconds=12, low=6, high=24, dollars=0.01)
+    report.estimate = TrainingEstimate(
+        seconds=240, low=180, high=384, tokens=1000, method="lora", precision="bf16", epochs=3, batch_size=2, gpu=gpu
+    )
+    console = Console(record=True, width=300)
+    print_data_report(report, console)
+    text = console.export_text()
+    assert "estimated training time (LoRA, bf16, 3 epochs at batch 2, the defaults for this data):" in text
+    assert "this machine: about 4 min (likely 3–6 min)" in text
+    assert "a rented NVIDIA H100: about 12 s (likely 6–24 s), about $0.01 at $3.00/h" in text
+    assert "(price assumed as of 2025-06" in text
+
+
+def qa(question: str, answer: str) -> dict:
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+
+
+FACTS = [
+    ("What is the capital of {c}?", "{city}"),
+    ("When was {c} founded?", "In {year}"),
+    ("How many people live in {c}?", "About {n} million"),
+    ("Which river flows through {city}?", "The {river}"),
+]
+PLACES = [
+    ("Freedonia", "Fredville", "Grand", 1801),
+    ("Sylvania", "Sylvester", "Silver", 1733),
+    ("Borduria", "Szohod", "Danube", 1912),
+    ("Syldavia", "Klow", "Moltus", 1277),
+    ("Genovia", "Pyrus", "Azure", 1401),
+    ("Latveria", "Doomstadt", "Latva", 1650),
+]
+
+
+def fact_rows() -> list[dict]:
+    rows = []
+    for index, (country, city, river, year) in enumerate(PLACES):
+        for question, answer in FACTS:
+            values = {"c": country, "city": city, "river": river, "year": year, "n": index + 2}
+            rows.append(qa(question.format(**values), answer.format(**values)))
+    return rows
+
+
+def test_a_fact_base_gets_the_retrieval_hint(write_jsonl):
+    path = write_jsonl("facts.jsonl", fact_rows())
+    report = check_structure(path)
+    assert report.ok
+    (warning,) = warnings_about(report, "fact base")
+    assert warning.file == str(path) and warning.line is None
+    assert "24 of 24 examples ask a factual question with a short answer (lines 1, 2, 3, 4, 5" in warning.message
+    assert "retrieval" in warning.hint and "RAG" in warning.hint
+    # the prompt/completion form of the same data too
+    completions = [
+        {"prompt": row["messages"][0]["content"], "completion": row["messages"][1]["content"]} for row in fact_rows()
+    ]
+    assert warnings_about(check_structure(write_jsonl("facts2.jsonl", completions)), "fact base")
+
+
+def test_no_fact_base_hint_for_chit_chat_requests_or_canned_answers(write_jsonl):
+    chit_chat = [qa(f"Are you a robot, friend {i}?", f"I am a program, friend {i}.") for i in range(12)] + [
+        qa(f"My printer number {i} is not printing.", "Ensure it's powered on, then restart it.") for i in range(12)
+    ]
+    requests = [qa(f"Can you write a loop over {i} items in Python?", f"for i in range({i}): pass") for i in range(24)]
+    canned = [qa(f"What is the status of order {i}?", "Shipped") for i in range(24)]  # one reply: not facts
+    few = fact_rows()[:19]  # too few examples to tell
+    for name, rows in (("chit", chit_chat), ("requests", requests), ("canned", canned), ("few", few)):
+        assert warnings_about(check_structure(write_jsonl(f"{name}.jsonl", rows)), "fact base") == [], name
+
+
+@pytest.mark.parametrize(
+    "question,answer,lookup",
+    [
+        ("What is the capital of France?", "Paris", True),
+        ("who wrote the hobbit", "The Hobbit was written by J.R.R. Tolkien.", True),
+        ("In which year did the war end?", "It ended in 1945.", True),
+        ("Are you a programmer?", "Of course I am a programmer.", False),
+        ("What is your name?", "Tunesmith", False),
+        ("Why is the sky blue?", "Rayleigh scattering", False),
+        ("can you write a trie in Python?", "class Trie: ...", False),
+        ("My computer won't turn on.", "Check if it is plugged in.", False),
+        ("Is it raining in Paris?", "Yes", False),
+        ("What should I cook tonight?", "yes", False),
+        ("What happened next?", "the whole town went down to the river to watch the boats come in at dawn", False),
+    ],
+)
+def test_what_counts_as_a_fact_lookup(question, answer, lookup):
+    assert is_fact_lookup(question, answer) is lookup
+
+
+@pytest.mark.shared_data
+@pytest.mark.skipif(not SHARED_CHAT.is_file(), reason=f"{SHARED_CHAT} is absent (the shared public data sets)")
+def test_no_fact_base_hint_on_the_shared_chat_corpus():
+    # support replies, chit-chat and a trivia topic: 12-16% of its examples are fact lookups
+    assert warnings_about(check_structure(SHARED_CHAT), "fact base") == []

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from tunesmith.core.config import TrainConfig, check_name, load_config
 from tunesmith.core.errors import TunesmithError
 from tunesmith.data.check import default_max_length
-from tunesmith.training.defaults import resolve
+from tunesmith.training.defaults import explain, resolve
 
 
 def yaml_file(tmp_path, text: str) -> Path:
@@ -42,7 +42,7 @@ def test_yaml_errors_and_missing_file(tmp_path):
 
 def test_empty_yaml_with_overrides(tmp_path):
     config = load_config(yaml_file(tmp_path, ""), data=Path("x.jsonl"))
-    assert config.data == Path("x.jsonl") and config.batch_size == 8
+    assert config.data == Path("x.jsonl") and config.batch_size is None  # auto: chosen from the data
 
 
 def test_missing_data_is_an_error():
@@ -53,9 +53,7 @@ def test_missing_data_is_an_error():
 def test_batch_size_must_be_a_multiple_of_micro_batch_size():
     with pytest.raises(TunesmithError, match=r"batch_size \(6\) must be a multiple of micro_batch_size \(4\)"):
         load_config(data="x.jsonl", batch_size=6, micro_batch_size=4)
-    config = load_config(data="x.jsonl", batch_size=8, micro_batch_size=2)
-    assert config.accumulation_steps == 4
-    assert load_config(data="x.jsonl", batch_size=8).accumulation_steps == 1
+    assert load_config(data="x.jsonl", batch_size=8, micro_batch_size=2).micro_batch_size == 2
 
 
 def test_lora_settings_with_full_method_are_rejected():
@@ -111,7 +109,7 @@ def test_cli_overrides_beat_yaml_and_none_is_ignored(tmp_path):
     assert config.data == Path("from-cli.jsonl")
     assert config.epochs == 2
     assert config.lr == 0.001 and config.name == "yaml-name" and config.seed == 7
-    assert config.batch_size == 8
+    assert config.batch_size is None
 
 
 def test_assignment_is_validated():
@@ -129,25 +127,68 @@ def test_yaml_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "n,epochs,lr,rank",
+    "n,batch,epochs,lr,rank",
     [
-        (10, 3, 3e-4, 8),
-        (200, 3, 3e-4, 8),
-        (201, 2, 3e-4, 8),
-        (999, 2, 3e-4, 8),
-        (1000, 2, 2e-4, 16),
-        (1001, 1, 2e-4, 16),
-        (9999, 1, 2e-4, 16),
-        (10000, 1, 2e-4, 32),
-        (50000, 1, 2e-4, 32),
+        # raw text is read once; its rows are all targets (511 of 512), so the batch halves while the run is
+        # short of 64 optimizer steps, and at batch 1 the epochs rise instead
+        (22, 1, 3, 3e-4, 16),
+        (45, 1, 2, 3e-4, 16),
+        (90, 1, 1, 3e-4, 16),
+        (180, 2, 1, 3e-4, 16),
+        (256, 4, 1, 3e-4, 16),
+        (400, 4, 1, 3e-4, 16),
+        (511, 8, 1, 3e-4, 16),
+        (999, 8, 1, 3e-4, 16),
+        (1000, 8, 1, 2e-4, 16),
+        (9999, 8, 1, 2e-4, 16),
+        (10000, 8, 1, 2e-4, 32),
+        (50000, 8, 1, 2e-4, 32),
     ],
 )
-def test_resolve_lora_defaults(n, epochs, lr, rank):
-    resolved = resolve(TrainConfig(data="x.jsonl"), n, [100] * 10, None, "chat")
-    assert (resolved.epochs, resolved.lr, resolved.lora_rank) == (epochs, lr, rank)
+def test_resolve_lora_defaults(n, batch, epochs, lr, rank):
+    resolved = resolve(TrainConfig(data="x.jsonl"), n, [512] * 10, None, "text", targets_per_row=511)
+    assert (resolved.batch_size, resolved.epochs, resolved.lr, resolved.lora_rank) == (batch, epochs, lr, rank)
     assert resolved.lora_alpha == 2 * rank
-    assert resolved.task == "chat"
-    assert resolved.micro_batch_size == resolved.batch_size == 8
+    assert resolved.task == "text"
+    assert resolved.micro_batch_size == resolved.batch_size
+    steps_a_pass = -(-n // batch)
+    assert steps_a_pass * epochs >= 64
+    assert batch == 8 or -(-n // (2 * batch)) * epochs < 64  # twice the batch would have made too few steps
+
+
+@pytest.mark.parametrize(
+    "n,targets,batch,epochs",
+    [
+        (45, 2, 8, 10),  # labels: batch 8 kept, epochs raised (6 steps a pass; at most 10 passes)
+        (90, 2, 8, 6),  # 12 a pass
+        (180, 2, 8, 3),  # 23 a pass: the usual 3 passes make 69
+        (360, 2, 8, 2),
+        (1500, 2, 8, 1),
+        (45, 40, 8, 10),  # short answers: 4 x 40 = 160 target tokens is below the 256 a step keeps
+        (45, 70, 4, 6),  # 4 x 70 = 280: the batch halves once, 12 steps a pass
+        (90, 200, 4, 3),  # long answers: halved once, 23 steps a pass for 3 passes make 69
+    ],
+)
+def test_resolve_keeps_enough_target_tokens_a_step(n, targets, batch, epochs):
+    resolved = resolve(TrainConfig(data="x.jsonl"), n, [300], None, "chat", targets_per_row=targets)
+    assert (resolved.batch_size, resolved.epochs) == (batch, epochs)
+
+
+def test_resolve_auto_batch_respects_a_given_micro_batch():
+    assert resolve(TrainConfig(data="x.jsonl", micro_batch_size=4), 45, [100], None, "chat").batch_size == 4
+    assert resolve(TrainConfig(data="x.jsonl", micro_batch_size=3), 500, [100], None, "chat").batch_size == 9
+
+
+def test_resolve_given_epochs_or_batch_shape_the_other():
+    assert resolve(TrainConfig(data="x.jsonl", epochs=1), 400, [100], None, "chat").batch_size == 4
+    assert resolve(TrainConfig(data="x.jsonl", batch_size=8), 45, [100], None, "chat").epochs == 10
+    explicit = resolve(TrainConfig(data="x.jsonl", batch_size=8, epochs=1), 45, [100], None, "chat")
+    assert (explicit.batch_size, explicit.epochs) == (8, 1)
+
+
+def test_resolve_tiny_data_epochs_are_capped():
+    resolved = resolve(TrainConfig(data="x.jsonl"), 3, [512], None, "text", targets_per_row=511)
+    assert (resolved.batch_size, resolved.epochs) == (1, 10)
 
 
 @pytest.mark.parametrize("n,lr", [(10, 3e-5), (999, 3e-5), (1000, 2e-5), (5000, 2e-5)])
@@ -237,24 +278,24 @@ def test_precision_auto_resolves_from_the_hardware(monkeypatch):
 def test_native_bf16_on_a_cpu_means_amx_or_avx512_bf16(monkeypatch, tmp_path):
     import torch
 
-    from tunesmith.training import defaults
+    from tunesmith.training import hardware
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for amx, avx512_bf16, unit in ((True, True, "AMX"), (False, True, "AVX512-BF16"), (False, False, None)):
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx, raising=False)
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
-        assert defaults.cpu_bf16_unit() == unit and defaults.native_bf16() is (unit is not None)
+        assert hardware.cpu_bf16_unit() == unit and hardware.native_bf16() is (unit is not None)
     # a torch without the checks: the CPU's flags (an AVX-512 CPU without bf16 stays fp32)
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
     cpuinfo = tmp_path / "cpuinfo"
-    monkeypatch.setattr(defaults, "Path", lambda _: cpuinfo)
+    monkeypatch.setattr(hardware, "Path", lambda _: cpuinfo)
     for flags, unit in (
         ("fpu avx512f avx512_bf16", "AVX512-BF16"),
         ("avx512f amx_bf16 amx_tile", "AMX"),
         ("fpu avx512f avx512_vnni", None),
     ):
         cpuinfo.write_text(f"flags\t\t: {flags}\n")
-        assert defaults.cpu_bf16_unit() == unit
+        assert hardware.cpu_bf16_unit() == unit
 
 
 def test_precision_rejects_unknown_values():
@@ -280,3 +321,21 @@ def test_inference_precision_is_bf16_only_on_a_gpu_that_has_it(monkeypatch):
         assert load.precision_dtype("fp32") == torch.float32 and load.precision_dtype("bf16") == torch.bfloat16
     with pytest.raises(TunesmithError, match="unknown precision 'fp16'"):
         load.precision_dtype("fp16")
+
+
+def test_explain_says_why_each_auto_setting_has_its_value():
+    config = TrainConfig(data="x.jsonl", lr=1e-4)
+    resolved = resolve(config, 90, [512], None, "text", targets_per_row=511)
+    why = explain(config, resolved, 90)
+    assert set(why) == {"batch_size", "epochs", "lora_rank"}  # lr was given
+    assert why["batch_size"] == (
+        "1, down from 8, so that 90 training blocks make 90 optimizer steps (at least 64 where a step keeps "
+        "256 target tokens: small data is short of steps, not of passes)"
+    )
+    assert why["epochs"] == "1: 90 training blocks (raw text is read once)"
+    labels = resolve(config, 45, [60], None, "classify", targets_per_row=2)
+    assert explain(config, labels, 45)["batch_size"] == "8: the run makes 60 optimizer steps"
+    assert explain(config, labels, 45)["epochs"] == (
+        "10: up from 3, so that a run on 45 training rows makes 60 optimizer steps "
+        "(at most 10 epochs; early stopping guards against overfitting)"
+    )

@@ -328,6 +328,12 @@ def test_learning_curve(home, files, tiny_model_dir, tmp_path):
     assert gain["difference"] == pytest.approx(large_point["value"] - small_point["value"])
     assert gain["low"] <= gain["difference"] <= gain["high"] and gain["n"] == 12 and gain["metric"] == "accuracy"
     assert set(curve["baselines"]) == {"base", "few_shot"} and curve["shots"] == 2
+    # each point against the baselines, paired on the same test examples
+    for point in curve["points"]:
+        for system, baseline in curve["baselines"].items():
+            versus = point["versus"][system]
+            assert versus["difference"] == pytest.approx(point["value"] - baseline, abs=1e-6)
+            assert versus["low"] <= versus["difference"] <= versus["high"] and versus["n"] == 12
     small, large = store.get("tc-n8:1"), store.get("tc-n16:1")
     assert small.manifest["data"]["train"]["rows"] == 8 and large.manifest["data"]["train"]["rows"] == 16
     assert small.manifest["labels"] == large.manifest["labels"] == ["bad", "good"]

@@ -190,11 +190,14 @@ def test_messages_must_be_a_non_empty_list(write_jsonl):
     assert_issue(the_error(path), path, 2, "messages", "must be a non-empty list")
 
 
-def test_unknown_top_level_key(write_jsonl):
-    path = write_jsonl("extra.jsonl", [{**GOOD_CHAT, "id": 7}])
-    issue = the_error(path)
-    assert_issue(issue, path, 1, "id", "unknown key")
-    assert "messages" in issue.hint
+def test_unknown_top_level_keys_are_ignored_with_one_warning_per_key(write_jsonl):
+    # Data sets carry ids and categories beside the trained fields: read them, say once per key what is ignored.
+    path = write_jsonl("extra.jsonl", [{**GOOD_CHAT, "id": 7}, GOOD_CHAT, {**GOOD_CHAT, "id": 9, "source": "x"}])
+    parsed = read_file(path)
+    assert not parsed.errors and len(parsed.examples) == 3
+    assert [(w.line, w.field) for w in parsed.warnings] == [(1, "id"), (3, "source")]
+    assert "unknown key, ignored (on 2 lines)" in parsed.warnings[0].message
+    assert "messages" in parsed.warnings[0].hint
 
 
 def test_unknown_key_in_message(write_jsonl):

@@ -133,3 +133,87 @@ def test_a_classifier_wraps_user_text_in_its_instruction_once():
     assert loaded.conversation(plain) == plain  # already wrapped (a distillation client): left as it is
     other_order = [{"role": "user", "content": classify_prompt("The soup was cold.", ["positive", "negative"])}]
     assert loaded.conversation(other_order) == other_order
+
+
+# function calling ---------------------------------------------------------------------------------------
+
+TOOL_TEMPLATE = (  # ChatML that renders tools and tool calls (as Qwen-style templates do, much shortened)
+    "{% if tools %}{{ '<|im_start|>system\nTools: ' + tools | map(attribute='function.name') | join(', ') }}"
+    "{{ '<|im_end|>\n' }}{% endif %}"
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] }}"
+    "{% for call in message.tool_calls or [] %}"
+    "{{ '<call>' + call.function.name + ' ' + call.function.arguments | tojson + '</call>' }}{% endfor %}"
+    "{{ '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+TOOL_CONVERSATION = [
+    msg("user", "Weather in Paris?"),
+    {**msg("assistant", ""), "tool_calls": [CALL]},
+    {**msg("tool", "sunny"), "tool_call_id": "call_1"},
+    msg("assistant", "Sunny."),
+]
+
+
+def tool_example() -> Example:
+    return Example(line=1, messages=TOOL_CONVERSATION, tools=[WEATHER_TOOL])
+
+
+@pytest.fixture
+def tool_tokenizer(tiny_model_dir):
+    tokenizer = load_tokenizer(tiny_model_dir)
+    tokenizer.chat_template = TOOL_TEMPLATE
+    return tokenizer
+
+
+def test_a_tool_template_renders_tools_and_trains_on_calls(tool_tokenizer):
+    rendered = render_example(tool_tokenizer, tool_example())
+    text = tool_tokenizer.decode(rendered.input_ids)
+    assert text.startswith("<|im_start|>system\nTools: get_weather<|im_end|>\n")
+    assert "<|im_start|>tool\nsunny<|im_end|>" in text
+    # the loss covers both assistant turns (the call, its arguments as the template writes them, and the
+    # answer), not the tools, the user or the tool's result
+    trained = tool_tokenizer.decode(targets(rendered))
+    assert trained == '<call>get_weather {"city": "Paris"}</call><|im_end|>\nSunny.<|im_end|>\n'
+
+
+def test_render_prompt_passes_tools(tool_tokenizer):
+    prompt = render_prompt(tool_tokenizer, TOOL_CONVERSATION[:1], [WEATHER_TOOL])
+    assert prompt.startswith("<|im_start|>system\nTools: get_weather") and prompt.endswith("<|im_start|>assistant\n")
+
+
+def test_a_template_without_tool_support_is_refused(home):
+    from tunesmith.data.render import NoToolSupport
+    from tunesmith.models.base import resolve_base
+
+    tokenizer = load_tokenizer(resolve_base("smollm2-135m"))  # the embedded base: its template ignores tools
+    assert "tools" not in tokenizer.chat_template
+    with pytest.raises(
+        NoToolSupport, match=r"^the base model's chat template has no tool support; .*tools and tool calls"
+    ):
+        render_example(tokenizer, tool_example())
+    # tool calls without tools declared are dropped as silently
+    with pytest.raises(NoToolSupport, match="would drop the tool calls;"):
+        render_messages(tokenizer, TOOL_CONVERSATION)
+
+
+def test_the_data_check_reports_missing_tool_support(write_jsonl, tiny_tokenizer, tool_tokenizer):
+    from tunesmith.data.check import check_data
+
+    line = {
+        "messages": [
+            {k: v for k, v in m.items() if k != "weight" or m["role"] == "assistant"} for m in TOOL_CONVERSATION
+        ]
+    }
+    line["messages"][1]["content"] = None
+    path = write_jsonl(
+        "tools.jsonl", [line, {"messages": [{"role": "user", "content": "Hi"}, msg("assistant", "Hello")]}, line]
+    )
+    report = check_data(path, tokenizer=tiny_tokenizer)
+    assert not report.ok and not report.rendered
+    [issue] = report.errors
+    assert (issue.line, issue.field) == (1, "tools")
+    assert issue.message.startswith("the base model's chat template has no tool support;")
+    assert "2 function-calling example(s) (lines 1, 3)" in issue.message and "base model" in issue.hint
+    supported = check_data(path, tokenizer=tool_tokenizer)
+    assert supported.ok, [str(e) for e in supported.errors]

@@ -70,11 +70,12 @@ def test_the_runner_applies_the_stored_settings(home):
     store.create_job("ftjob-t", "smollm2-135m", "file-t", None, "calls", 7, hyperparameters, "calls-t", None)
     config = job_config(store, store.get_job("ftjob-t"))
     assert (config.epochs, config.lora_rank, config.lora_targets) == (2, 16, ["q_proj"])
-    assert (config.batch_size, config.seed, config.name, config.base) == (8, 7, "calls-t", "smollm2-135m")
+    assert (config.batch_size, config.seed, config.name, config.base) == (None, 7, "calls-t", "smollm2-135m")
     # once it runs, the job shows every setting it asked for as the run resolved it
     run = {
         "task": "classify",
         "precision": "fp32",
+        "batch_size": 8,
         "micro_batch_size": 8,
         "max_length": 64,
         "eval_every": 1,

@@ -169,9 +169,14 @@ def test_example_record():
     assert example_record(Example(line=3, text="t", label="positive")) == {"text": "t", "label": "positive"}
     assert example_record(Example(line=3, text="raw text")) == {"text": "raw text"}
     record = example_record(chat_example(1, system="s"))
+    # a weight only where the reader takes one: an assistant turn not trained on
     assert record == {
         "messages": [
-            {key: m[key] for key in ("role", "content", "weight")} for m in chat_example(1, system="s").messages
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": "question 1"},
+            {"role": "assistant", "content": "first answer 1", "weight": 0},
+            {"role": "user", "content": "follow-up 1"},
+            {"role": "assistant", "content": "answer 1"},
         ]
     }
     # a message without a weight keeps having none
@@ -199,6 +204,25 @@ def test_pool_records_round_trip(tmp_path, kind):
     else:
         assert all(e.label is None and e.text is None and e.messages for e in loaded)
         assert loaded[0].messages == next(e.messages for e in examples if example_record(e) == records[0])
+
+
+def test_pool_keeps_function_calling(tmp_path):
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    example = Example(
+        line=1,
+        messages=[
+            {"role": "user", "content": "Weather?", "weight": 1},
+            {"role": "assistant", "content": "", "weight": 1, "tool_calls": [call]},
+            {"role": "tool", "content": "sunny", "weight": 1, "tool_call_id": "call_1"},
+            {"role": "assistant", "content": "Sunny.", "weight": 1},
+        ],
+        tools=[tool],
+    )
+    path = tmp_path / "fewshot.jsonl"
+    path.write_text("".join(json.dumps(record) + "\n" for record in pool_records([example], seed=0)))
+    (loaded,) = load_pool(path)
+    assert loaded.messages == example.messages and loaded.tools == [tool]
 
 
 def test_pool_is_capped_and_balanced():

@@ -71,7 +71,7 @@ def test_train_publishes_versions(home, write_jsonl, tiny_model_dir, capsys):
     ):
         assert (version.path / name).is_file(), name
     assert (version.path / "loss.png").read_bytes().startswith(PNG)
-    assert json.loads((version.path / "adapter" / "adapter_config.json").read_text())["r"] == 8
+    assert json.loads((version.path / "adapter" / "adapter_config.json").read_text())["r"] == 16
 
     manifest = version.manifest
     assert manifest["name"] == "tiny" and manifest["version"] == 1
@@ -97,7 +97,9 @@ def test_train_publishes_versions(home, write_jsonl, tiny_model_dir, capsys):
     for baseline in ("base", "few_shot"):
         tested = metrics["significance"][baseline]
         assert tested["n"] == 2 and tested["metric"] == "rouge_l"
-        assert tested["difference"] == pytest.approx(metrics["fine_tuned"]["rouge_l"] - metrics[baseline]["rouge_l"])
+        assert tested["difference"] == pytest.approx(
+            metrics["fine_tuned"]["rouge_l"] - metrics[baseline]["rouge_l"], abs=1e-6
+        )
     printed = capsys.readouterr().err  # train reports on stderr
     assert "rouge_l against base (zero-shot):" in printed and "95% interval" in printed
     pool = [json.loads(line) for line in (version.path / "fewshot.jsonl").read_text().splitlines()]
@@ -105,7 +107,7 @@ def test_train_publishes_versions(home, write_jsonl, tiny_model_dir, capsys):
     assert manifest["training"]["train_seconds"] > 0 and manifest["training"]["steps"] == 12
 
     saved = TrainConfig(**yaml.safe_load((version.path / "config.yaml").read_text()))
-    assert (saved.epochs, saved.lr, saved.lora_rank, saved.lora_alpha) == (2, 1e-2, 8, 16.0)
+    assert (saved.epochs, saved.lr, saved.lora_rank, saved.lora_alpha) == (2, 1e-2, 16, 32.0)
     assert saved.task == "chat" and saved.max_length >= 64 and saved.micro_batch_size == 4
     history = [json.loads(line) for line in (version.path / "metrics.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in history] == list(range(1, 13))
@@ -166,7 +168,9 @@ def test_raw_text_closing_comparison_bootstraps_held_out_blocks(home, tmp_path, 
     assert list(metrics) == ["base", "fine_tuned", "helped", "helped_clearly", "significance"]
     tested = metrics["significance"]["base"]
     assert tested["metric"] == "perplexity" and tested["n"] >= 2
-    assert tested["difference"] == pytest.approx(metrics["fine_tuned"]["perplexity"] - metrics["base"]["perplexity"])
+    assert tested["difference"] == pytest.approx(
+        metrics["fine_tuned"]["perplexity"] - metrics["base"]["perplexity"], abs=1e-5
+    )
     assert tested["clear"] == (tested["high"] < 0)
     # eval keeps the blocks behind its perplexities (the curve's paired differences read them back)
     figures = evaluate(result.version.ref, book, options=EvalOptions(latency_samples=0))
@@ -196,12 +200,14 @@ def test_bf16_training_keeps_the_trained_weights_fp32(home, write_jsonl, tiny_mo
 
 
 def test_bad_data_is_refused_before_anything_is_written(home, write_jsonl, tiny_model_dir):
-    data = write_jsonl("bad.jsonl", rows(5) + ['{"messages": oops}', rows(1)[0] | {"extra": 1}])
+    data = write_jsonl(
+        "bad.jsonl", rows(5) + ['{"messages": oops}', {"messages": [{"role": "robot", "content": "hi"}]}]
+    )
     with pytest.raises(DataError) as raised:
         train(config(data, tiny_model_dir))
     message = str(raised.value)
     assert f"{data}:6" in message and f"{data}:7" in message
-    assert "2 error(s)" in message and "nothing was trained" in message
+    assert "3 error(s)" in message and "nothing was trained" in message
     assert raised.value.report is not None and not raised.value.report.ok
     assert store.list_models() == []
     assert not (home / "runs" / "tiny").exists()

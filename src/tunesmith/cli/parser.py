@@ -66,7 +66,7 @@ def _precision(parser: argparse.ArgumentParser) -> None:
 
 def _data_commands(data: argparse._SubParsersAction) -> None:
     check = _command(data, "data check", "check", help="check a data file: errors, warnings, token statistics")
-    check.add_argument("file", type=Path, help="training data (.jsonl, .csv, .txt)")
+    check.add_argument("file", type=Path, help="training data (.jsonl, .json array, .csv or .txt)")
     check.add_argument("--task", default="auto", choices=TASK_CHOICES, help="data format (default: detected)")
     check.add_argument("--base", default="smollm2-135m", help="base model whose tokenizer and template to use")
     check.add_argument("--max-length", type=int, metavar="N", help="tokens per example (default: from the data)")

@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tunesmith.data.check import DataReport
-from tunesmith.evaluation.compare import format_gain, format_value
+from tunesmith.evaluation.compare import format_gain, format_value, format_versus
 from tunesmith.evaluation.results import CurveResult
 
 PREVIEW_TOKENS = 160
@@ -60,11 +60,22 @@ def print_data_report(report: DataReport, console: Console) -> None:
         if len(report.preview) > PREVIEW_TOKENS:
             text.append(f" … (+{len(report.preview) - PREVIEW_TOKENS} tokens)", style="italic")
         console.print(text)
-    if report.estimate_seconds is not None:
+    if report.estimate is not None:
+        estimate = report.estimate
+        method = {"lora": "LoRA", "dpo": "DPO", "full": "full fine-tuning"}.get(estimate.method, estimate.method)
+        passes = f"{estimate.epochs} epoch{'s' if estimate.epochs > 1 else ''} at batch {estimate.batch_size}"
         console.print(
-            f"estimated training time on this machine: ~{_duration(report.estimate_seconds)} "
-            f"per epoch ({'DPO' if report.task == 'preference' else 'LoRA'})"
+            f"estimated training time ({method}, {estimate.precision}, {passes}, the defaults for this data):"
         )
+        console.print(f"  this machine: {_about(estimate.seconds, estimate.low, estimate.high)}")
+        if estimate.gpu is not None:
+            gpu = estimate.gpu
+            cost = "under $0.01" if gpu.dollars < 0.005 else f"about ${gpu.dollars:.2f}"
+            console.print(
+                f"  a rented {gpu.gpu}: {_about(gpu.seconds, gpu.low, gpu.high)}, {cost} at "
+                f"${gpu.price_per_hour:.2f}/h (price assumed as of {gpu.price_date}; the machine's start-up "
+                "and setup are billed too)"
+            )
     verdict = "[green]usable[/]" if report.ok else f"[red]{len(report.errors)} error(s)[/]"
     console.print(f"{verdict}, {len(report.warnings)} warning(s)")
 
@@ -128,6 +139,16 @@ def _result(metrics: dict) -> str:
     return "-"
 
 
+def _about(seconds: float, low: float, high: float) -> str:
+    """``about 4 min (likely 3–6 min)``: the estimate and the range it may fall in."""
+    if high < 1:
+        return "under a second"
+    low_text, high_text = _duration(low), _duration(high)
+    if low_text.split()[-1] == high_text.split()[-1]:  # one unit: "3–6 min"
+        low_text = low_text.split()[0]
+    return f"about {_duration(seconds)} (likely {low_text}–{high_text})"
+
+
 def _duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
@@ -141,13 +162,15 @@ def curve_table(curve: CurveResult) -> Table:
     table = Table(
         title=f"learning curve: {metric} on {curve.test}",
         caption="n: training examples. gain on "
-        "previous: the difference from the previous n on the same test examples (95% interval)",
+        "previous: the difference from the previous n on the same test examples (95% interval); "
+        "vs few-shot: the difference from the base model's few-shot prompt, paired the same way",
     )
     table.add_column("n", justify="right")
     table.add_column(metric, justify="right", no_wrap=True)
     table.add_column("95% interval", justify="right", no_wrap=True)
     # The paired difference from the previous size, with its 95% interval: is the step up real?
     table.add_column("gain on previous", justify="right", no_wrap=True)
+    table.add_column(f"vs {curve.shots}-shot", justify="right", no_wrap=True)
     table.add_column("model", overflow="fold")  # a name to copy: folded, never cut short
     table.add_column("train time", justify="right", no_wrap=True)
     for i, point in enumerate(curve.points):
@@ -159,10 +182,11 @@ def curve_table(curve: CurveResult) -> Table:
             format_value(metric, point.value),
             span,
             format_gain(point.to_json(), previous),
+            format_versus(point.to_json(), "few_shot"),
             point.model,
             f"{point.train_seconds:.0f} s",
         )
     for system, value in curve.baselines.items():
         label = "base zero-shot" if system == "base" else f"base {curve.shots}-shot"
-        table.add_row("–", format_value(metric, value), "", "", f"[dim]{label} (reference)[/]", "")
+        table.add_row("–", format_value(metric, value), "", "", "", f"[dim]{label} (reference)[/]", "")
     return table

@@ -73,7 +73,7 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    data: Path = Field(description="Training file (.jsonl, .csv or .txt).")
+    data: Path = Field(description="Training file (.jsonl, .json array, .csv or .txt).")
     val_data: Path | None = Field(None, description="Validation file; when absent a split is held out from `data`.")
     task: TaskChoice = Field("auto", description="Data format; `auto` detects it from the file.")
     base: str = Field(
@@ -104,7 +104,13 @@ class TrainConfig(BaseModel):
         description="Scales the automatic learning rate (the OpenAI API's "
         "`learning_rate_multiplier`); ignored when `lr` is given. A resolved config's `lr` already includes it.",
     )
-    batch_size: int = Field(8, ge=1, le=4096, description="Examples per optimizer step.")
+    batch_size: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="Examples per optimizer step (auto: 8, fewer for small data so that an epoch has at least "
+        "32 steps).",
+    )
     micro_batch_size: int | None = Field(
         None,
         ge=1,
@@ -175,7 +181,7 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _cross_field(self) -> TrainConfig:
-        if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
+        if self.micro_batch_size is not None and self.batch_size and self.batch_size % self.micro_batch_size:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size})"
             )
@@ -190,10 +196,6 @@ class TrainConfig(BaseModel):
     @property
     def uses_adapter(self) -> bool:
         return trains_adapter(self.method)
-
-    @property
-    def accumulation_steps(self) -> int:
-        return self.batch_size // (self.micro_batch_size or self.batch_size)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -210,6 +212,7 @@ class ResolvedConfig(TrainConfig):
     precision: Precision  # chosen from the hardware when it was "auto"
     name: str
     epochs: int = Field(ge=1, le=100)
+    batch_size: int = Field(ge=1, le=4096)
     lr: float = Field(gt=0, lt=1)
     micro_batch_size: int = Field(ge=1)
     max_length: int = Field(ge=16, le=32768)

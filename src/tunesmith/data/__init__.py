@@ -1,1 +1,2 @@
-"""Data: formats (reading + detection), check, render (templates + loss masks), batching, prepare."""
+"""Data: formats and readers (detection, messages, function calling), check, render (templates + loss masks),
+batching, prepare, labels, shots."""

@@ -14,16 +14,48 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunesmith.core.config import Task, TaskChoice
+from tunesmith.core.results import Result
+from tunesmith.data.facts import fact_base
 from tunesmith.data.formats import ParsedFile, read_file
-from tunesmith.data.records import Findings, Issue
+from tunesmith.data.records import Findings, Issue, position_word
 from tunesmith.data.render import (
+    NoToolSupport,
     Rendered,
     RenderedPair,
+    fit_classify_text,
     render_example,
     tokenize_document,
 )
 
 MAX_LISTED = 5  # line numbers quoted per warning
+
+
+class GpuCost(Result):
+    """The same training on a rented GPU: time and what the hour costs (``training.estimate``)."""
+
+    gpu: str
+    price_per_hour: float  # US dollars
+    price_date: str  # when that price was read
+    seconds: float
+    low: float
+    high: float
+    dollars: float  # at ``seconds``, billed per second
+
+
+class TrainingEstimate(Result):
+    """The training time of a run at the default settings on this machine, with the range it may fall in,
+    and the cost on a rented GPU. Filled in by ``training.estimate.estimate_training`` (data/ cannot import
+    training/)."""
+
+    seconds: float
+    low: float
+    high: float
+    tokens: int  # tokens the loop computes in the run (a prefix shared by a batch's rows counted once)
+    method: str  # lora, full or dpo
+    precision: str  # what training would compute in here: bf16 or fp32
+    epochs: int = 1  # the passes and batch size the defaults choose for this data (training.defaults)
+    batch_size: int = 8
+    gpu: GpuCost | None = None
 
 
 @dataclass
@@ -39,7 +71,7 @@ class DataReport(Findings):
     max_length: int | None = None
     stats: dict = field(default_factory=dict)
     preview: list[tuple[str, bool]] = field(default_factory=list)  # (token text, carries loss)
-    estimate_seconds: float | None = None
+    estimate: TrainingEstimate | None = None
 
     @property
     def ok(self) -> bool:
@@ -73,7 +105,8 @@ class DataReport(Findings):
             "max_length": self.max_length,
             "stats": self.stats,
             "preview": [{"token": text, "loss": loss} for text, loss in self.preview],
-            "estimated_train_seconds": self.estimate_seconds,
+            "estimated_train_seconds": self.estimate.seconds if self.estimate else None,  # kept for old readers
+            "estimate": self.estimate.to_json() if self.estimate else None,
         }
 
 
@@ -95,6 +128,8 @@ def check_structure(
     issues += _duplicates(train)
     if val is not None:
         issues += _overlap(train, val)
+    if train.task in ("chat", "completion"):
+        issues += fact_base(train)
     return DataReport(train=train, val=val, task=train.task, labels=label_set, issues=issues)
 
 
@@ -112,18 +147,58 @@ def check_data(
     if tokenizer is None or not report.ok:
         return report
     render = _renderer(tokenizer, report, system_prompt)
-    report.rendered = [render(example) for example in report.train.examples]
+    report.rendered = _render_all(render, report.train, report.issues)
     if report.val is not None:
-        report.val_rendered = [render(example) for example in report.val.examples]
+        report.val_rendered = _render_all(render, report.val, report.issues)
+    if not report.ok:  # examples the template cannot render (function calling without tool support)
+        report.rendered, report.val_rendered = [], []  # rendered lists line up with the examples, or are empty
+        return report
     lengths = [len(r.input_ids) for r in report.rendered]
     report.max_length = max_length or default_max_length(
         lengths, report.task, getattr(tokenizer, "model_max_length", None)
     )
     report.stats = _length_stats(lengths, [r.n_target for r in report.rendered])
+    if report.task == "classify" and report.labels:
+        # Texts too long for max_length are shortened inside the prompt, the label kept: the rows re-rendered
+        # here are the ones training uses (the statistics above stay those of the data as written).
+        for parsed, rendered in ((report.train, report.rendered), (report.val, report.val_rendered)):
+            if parsed is not None:
+                report.issues += _shorten_texts(
+                    tokenizer, parsed, rendered, report.labels, system_prompt, report.max_length
+                )
     if report.task != "text":
         report.issues += _truncation(report.train, report.rendered, report.max_length)
     report.preview = _preview(tokenizer, report.rendered[0], report.max_length) if report.rendered else []
     return report
+
+
+def _render_all(render, parsed: ParsedFile, issues: list[Issue]) -> list[Rendered | RenderedPair]:
+    """Every example of ``parsed`` rendered; those the chat template cannot render faithfully (function
+    calling under a template without tool support) become one error naming their lines."""
+    rendered: list[Rendered | RenderedPair] = []
+    refused: list[int] = []
+    problem = ""
+    for example in parsed.examples:
+        try:
+            rendered.append(render(example))
+        except NoToolSupport as err:
+            refused.append(example.line)
+            problem = problem or err.problem
+    if refused:
+        name = str(parsed.path)
+        listed = ", ".join(str(line) for line in refused[:MAX_LISTED])
+        more = f" and {len(refused) - MAX_LISTED} more" if len(refused) > MAX_LISTED else ""
+        issues.append(
+            Issue.error(
+                name,
+                refused[0],
+                "tools",
+                f"{problem}: {len(refused)} function-calling example(s) "
+                f"({position_word(name)}{'s' if len(refused) > 1 else ''} {listed}{more})",
+                NoToolSupport.REMEDY,
+            )
+        )
+    return rendered
 
 
 def _renderer(tokenizer, report: DataReport, system_prompt: str | None):
@@ -187,7 +262,8 @@ def _duplicates(parsed: ParsedFile) -> list[Issue]:
             first_seen[key] = example.line
     if not repeats:
         return []
-    listed = ", ".join(f"line {line} = line {original}" for line, original in repeats[:MAX_LISTED])
+    word = position_word(str(parsed.path))
+    listed = ", ".join(f"{word} {line} = {word} {original}" for line, original in repeats[:MAX_LISTED])
     more = f" and {len(repeats) - MAX_LISTED} more" if len(repeats) > MAX_LISTED else ""
     return [
         Issue.warning(
@@ -211,7 +287,7 @@ def _overlap(train: ParsedFile, val: ParsedFile) -> list[Issue]:
             str(val.path),
             shared[0],
             None,
-            f"{len(shared)} validation example(s) also in the training data (lines {lines})",
+            f"{len(shared)} validation example(s) also in the training data ({position_word(str(val.path))}s {lines})",
             "overlap makes validation scores look better than they are; remove them",
         )
     ]
@@ -231,8 +307,46 @@ def _truncation(parsed: ParsedFile, rendered: list[Rendered | RenderedPair], max
             cut[0][0],
             "max_length",
             f"{len(cut)} example(s) lose answer tokens at max_length {max_length} "
-            f"({sum(lost for _, lost in cut)} answer tokens in all; lines {lines})",
+            f"({sum(lost for _, lost in cut)} answer tokens in all; {position_word(str(parsed.path))}s {lines})",
             "raise --max-length or shorten those examples",
+        )
+    ]
+
+
+def _shorten_texts(
+    tokenizer,
+    parsed: ParsedFile,
+    rendered: list[Rendered | RenderedPair],
+    labels: list[str],
+    system_prompt: str | None,
+    max_length: int,
+) -> list[Issue]:
+    """Classification examples whose text does not fit ``max_length``: the text is shortened inside the
+    prompt (``render.fit_classify_text``: instruction and label kept, the cut marked), ``rendered``
+    updated in place, and one warning names their lines."""
+    sizes = [len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels]
+    # fit_classify_text makes room for the longest label; rows shorter than this fit with any label.
+    sure_to_fit = max_length - (max(sizes) - min(sizes)) - 2
+    lines = []
+    for index, example in enumerate(parsed.examples):
+        if len(rendered[index].input_ids) <= sure_to_fit:
+            continue
+        fitted = fit_classify_text(tokenizer, example, labels, system_prompt, max_length)
+        if fitted is not example:
+            rendered[index] = render_example(tokenizer, fitted, labels, system_prompt)
+            lines.append(example.line)
+    if not lines:
+        return []
+    listed = ", ".join(str(line) for line in lines[:MAX_LISTED])
+    more = f" and {len(lines) - MAX_LISTED} more" if len(lines) > MAX_LISTED else ""
+    return [
+        Issue.warning(
+            str(parsed.path),
+            lines[0],
+            "max_length",
+            f"{len(lines)} text(s) are longer than max_length {max_length} allows and will be shortened inside "
+            f"the prompt (instruction and label kept, the cut marked with …): lines {listed}{more}",
+            "raise --max-length to train on them whole",
         )
     ]
 

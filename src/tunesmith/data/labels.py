@@ -8,8 +8,16 @@ from tunesmith.core.errors import TunesmithError
 CLASSIFY_TEMPLATE = "Classify the text as one of: {labels}. Answer with the label only.\n\nText: {text}"
 
 
+SHORTENED = "…"  # ends a text shortened to fit max_length (data.render.fit_classify_text)
+
+
 def classify_prompt(text: str, labels: list[str]) -> str:
     return CLASSIFY_TEMPLATE.format(labels=", ".join(labels), text=text)
+
+
+def shortened_text(text: str, end: int) -> str:
+    """``text`` cut at character ``end``, marked as shortened."""
+    return text[:end].rstrip() + SHORTENED
 
 
 QUOTES = "\"'`*“”‘’«»"  # stripped from both ends of an answer

@@ -8,10 +8,11 @@ to stop. Raw text is tokenized as is (see ``batching.pack_documents``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 
 from tunesmith.core.errors import TunesmithError
-from tunesmith.data.labels import classify_prompt
+from tunesmith.data.labels import SHORTENED, classify_prompt, shortened_text
 from tunesmith.data.records import Example
 
 IGNORE = -100  # label of positions that carry no loss (PyTorch's cross-entropy ignore_index)
@@ -27,6 +28,8 @@ class Rendered:
         return sum(1 for label in self.labels if label != IGNORE)
 
     def truncated(self, max_length: int) -> Rendered:
+        """The first ``max_length`` tokens. Classification never gets here with a label to lose: its text
+        is shortened inside the prompt first (``fit_classify_text``)."""
         return Rendered(self.input_ids[:max_length], self.labels[:max_length])
 
 
@@ -75,27 +78,82 @@ def example_messages(example: Example, labels: list[str] | None = None, system_p
     return messages
 
 
-def render_prompt(tokenizer, messages: list[dict]) -> str:
-    """The text a model sees before it answers: the conversation plus the assistant header."""
-    plain = [{"role": m["role"], "content": m["content"]} for m in messages]
-    return tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=True)
+class NoToolSupport(TunesmithError):
+    """A function-calling conversation the base model's chat template would render without its tools or calls."""
+
+    REMEDY = "use a base model whose chat template renders tools and tool calls, or drop the function-calling examples"
+
+    def __init__(self, dropped: str):
+        self.problem = f"the base model's chat template has no tool support; it would drop the {dropped}"
+        super().__init__(f"{self.problem}; {self.REMEDY}")
 
 
-def render_messages(tokenizer, messages: list[dict]) -> Rendered:
+def template_messages(messages: list[dict]) -> list[dict]:
+    """Messages as chat templates take them: role and content, and for function calling the assistant's
+    ``tool_calls`` (their arguments as a mapping: the convention transformers' templates are written for)
+    and a tool message's ``tool_call_id``. The weight stays out."""
+    plain = []
+    for m in messages:
+        message = {"role": m["role"], "content": m["content"]}
+        if m.get("tool_calls"):
+            message["tool_calls"] = [
+                {**call, "function": {**call["function"], "arguments": _arguments(call["function"]["arguments"])}}
+                for call in m["tool_calls"]
+            ]
+        if "tool_call_id" in m:
+            message["tool_call_id"] = m["tool_call_id"]
+        plain.append(message)
+    return plain
+
+
+def _arguments(arguments: str | dict) -> dict:
+    return json.loads(arguments) if isinstance(arguments, str) else arguments  # data files hold JSON strings
+
+
+def require_tool_support(tokenizer, plain: list[dict], tools: list[dict] | None) -> None:
+    """Refuse a function-calling conversation the template would silently render without its tools or
+    calls: a template that never reads them renders the same text with them and without."""
+    calls = any("tool_calls" in m for m in plain)
+    if not tools and not calls:
+        return
+    full = tokenizer.apply_chat_template(plain, tools=tools, tokenize=False)
+    dropped = []
+    if tools and full == tokenizer.apply_chat_template(plain, tokenize=False):
+        dropped.append("tools")
+    no_calls = [{key: value for key, value in m.items() if key != "tool_calls"} for m in plain]
+    if calls and full == tokenizer.apply_chat_template(no_calls, tools=tools, tokenize=False):
+        dropped.append("tool calls")
+    if dropped:
+        raise NoToolSupport(" and ".join(dropped))
+
+
+def render_prompt(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> str:
+    """The text a model sees before it answers: the conversation (and the tools it may call) plus the
+    assistant header."""
+    plain = template_messages(messages)
+    require_tool_support(tokenizer, plain, tools)
+    return tokenizer.apply_chat_template(plain, tools=tools or None, tokenize=False, add_generation_prompt=True)
+
+
+def render_messages(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> Rendered:
     """Tokenize a conversation and mark the assistant turns that carry loss.
 
     The character span of assistant turn i is found by rendering the conversation up to i
     (with the assistant header) and through i; tokens that start inside a span are targets.
     This relies only on the template being prefix-stable, which holds for the usual templates.
+    A function-calling conversation renders with its tools; an assistant turn's tool calls are
+    part of its span, tool messages (like user turns) carry no loss.
     """
-    plain = [{"role": m["role"], "content": m["content"]} for m in messages]
-    full = tokenizer.apply_chat_template(plain, tokenize=False)
+    plain = template_messages(messages)
+    require_tool_support(tokenizer, plain, tools)
+    tools = tools or None
+    full = tokenizer.apply_chat_template(plain, tools=tools, tokenize=False)
     spans: list[tuple[int, int]] = []
     for index, message in enumerate(messages):
         if message["role"] != "assistant" or message.get("weight", 1) == 0:
             continue
-        before = tokenizer.apply_chat_template(plain[:index], tokenize=False, add_generation_prompt=True)
-        through = tokenizer.apply_chat_template(plain[: index + 1], tokenize=False)
+        before = tokenizer.apply_chat_template(plain[:index], tools=tools, tokenize=False, add_generation_prompt=True)
+        through = tokenizer.apply_chat_template(plain[: index + 1], tools=tools, tokenize=False)
         if not (through.startswith(before) and full.startswith(through)):
             raise TunesmithError(
                 "the base model's chat template is not prefix-stable, so assistant turns cannot be "
@@ -116,10 +174,44 @@ def render_example(
 ) -> Rendered | RenderedPair:
     messages = example_messages(example, labels, system_prompt)
     if example.rejected is None:
-        return render_messages(tokenizer, messages)
+        return render_messages(tokenizer, messages, example.tools)
     return RenderedPair(
         render_messages(tokenizer, messages), render_messages(tokenizer, with_answer(messages, example.rejected))
     )
+
+
+def fit_classify_text(
+    tokenizer, example: Example, labels: list[str], system_prompt: str | None, max_length: int
+) -> Example:
+    """A classification example whose rendering fits ``max_length`` tokens: the text inside the prompt
+    is cut (at a token boundary, ending with ``labels.SHORTENED``), the instruction and the label kept.
+    The example itself when it fits already.
+
+    The room is measured with the label set's longest label, so the text comes out the same whatever
+    label follows it: training (the data check's rows), label scoring in evaluation (every candidate
+    label) and the few-shot turns all see one prompt. When even an empty text does not fit, the text
+    is just the mark and the row is truncated as before (the data check reports the lost answer)."""
+    if example.label is None or example.text is None or not labels:
+        return example
+    longest = max(labels, key=lambda label: len(tokenizer(label, add_special_tokens=False)["input_ids"]))
+
+    def excess(text: str) -> int:
+        rendered = render_example(tokenizer, replace(example, text=text, label=longest), labels, system_prompt)
+        return len(rendered.input_ids) - max_length
+
+    over = excess(example.text)
+    if over <= 0:
+        return example
+    offsets = tokenizer(example.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    ends = [end for _start, end in offsets]
+    keep = len(ends) - over - 1  # text tokens kept; one more for the mark
+    while keep > 0:
+        text = shortened_text(example.text, ends[keep - 1])
+        over = excess(text)
+        if over <= 0:
+            return replace(example, text=text)
+        keep -= over  # a cut can merge tokens differently: step back by what is still over
+    return replace(example, text=SHORTENED)
 
 
 def with_answer(messages: list[dict], answer: str) -> list[dict]:

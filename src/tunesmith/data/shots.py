@@ -43,6 +43,8 @@ def pool_records(examples: list[Example], seed: int) -> list[dict]:
 
 
 def load_pool(path: Path) -> list[Example]:
+    """The pool kept with a version, as the examples it was written from (``example_record`` leaves out
+    weight 1, the default: it is put back here, as the reader does)."""
     examples = []
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
         record = json.loads(line)
@@ -50,11 +52,12 @@ def load_pool(path: Path) -> list[Example]:
         examples.append(
             Example(
                 line=number,
-                messages=messages,
+                messages=[{**m, "weight": m.get("weight", 1)} for m in messages],
                 text=record.get("text"),
                 label=record.get("label"),
                 chosen=record.get("chosen"),
                 rejected=record.get("rejected"),
+                tools=record.get("tools"),
             )
         )
     return examples

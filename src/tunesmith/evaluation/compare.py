@@ -235,10 +235,19 @@ def format_gain(point: dict, previous: dict | None) -> str:
     """A learning-curve point's paired difference from the previous size: ``+4.0 (-1.0 to +9.0)``; the
     points as the curve's JSON holds them (the HTML report renders a --json file too)."""
     gain = (point.get("gains") or {}).get(str(previous["n"])) if previous else None
-    if not gain:
+    return format_paired(gain)
+
+
+def format_versus(point: dict, baseline: str) -> str:
+    """A learning-curve point's paired difference from a baseline ("base", "few_shot"): ``+4.0 (-1.0 to +9.0)``."""
+    return format_paired((point.get("versus") or {}).get(baseline))
+
+
+def format_paired(difference: dict | None) -> str:
+    if not difference:
         return "–"
-    metric = gain["metric"]
-    return f"{format_difference(metric, gain['difference'], unit=False)} ({format_interval(metric, gain)})"
+    metric = difference["metric"]
+    return f"{format_difference(metric, difference['difference'], unit=False)} ({format_interval(metric, difference)})"
 
 
 def format_difference(metric: str, value: float, unit: bool = True) -> str:

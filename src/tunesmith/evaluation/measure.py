@@ -24,6 +24,7 @@ from tunesmith.data.batching import Row, pack_documents
 from tunesmith.data.records import Example
 from tunesmith.data.render import (
     IGNORE,
+    fit_classify_text,
     render_messages,
     render_prompt,
     tokenize_document,
@@ -91,7 +92,7 @@ def measure(
     started = time.perf_counter()
     with system.context():
         if task == "classify":
-            measured, prompts, new_tokens = _classify(system, tokenizer, examples, labels, system_prompt)
+            measured, prompts, new_tokens = _classify(system, tokenizer, examples, labels, system_prompt, max_length)
         elif task == "text":
             measured, prompts, new_tokens = _text(system.model, tokenizer, examples, max_length, text_rows), [], 0
         elif task == "preference":
@@ -108,10 +109,19 @@ def measure(
     return measured
 
 
-def _classify(system, tokenizer, examples, labels, system_prompt):
+def _classify(system, tokenizer, examples, labels, system_prompt, max_length):
+    # A text too long for max_length is shortened inside the prompt exactly as training shortened it
+    # (data.render.fit_classify_text), the shots' texts too: every candidate label then follows the prompt
+    # the model was trained on.
+    def fit(example: Example) -> Example:
+        return fit_classify_text(tokenizer, example, labels, system_prompt, max_length)
+
+    examples = [fit(example) for example in examples]
+    shots = [fit(shot) for shot in system.shots]
+
     def rendered(example: Example, label: str):
         candidate = Example(line=example.line, text=example.text, label=label)
-        return render_messages(tokenizer, conversation(candidate, labels, system_prompt, system.shots))
+        return render_messages(tokenizer, conversation(candidate, labels, system_prompt, shots))
 
     log_likelihoods, counts = score_candidates(
         system.model, [[rendered(e, label) for label in labels] for e in examples]
@@ -124,9 +134,7 @@ def _classify(system, tokenizer, examples, labels, system_prompt):
     metrics.update(loss=loss, perplexity=math.exp(min(loss, 50.0)))
     correct = [float(p == g) for p, g in zip(scores["predictions"], gold)]
     measured = Measured(metrics, [labels[p] for p in scores["predictions"]], correct, scores["confidences"])
-    prompts = [
-        _prompt_ids(tokenizer, split_answer(conversation(e, labels, system_prompt, system.shots))[0]) for e in examples
-    ]
+    prompts = [_prompt_ids(tokenizer, split_answer(conversation(e, labels, system_prompt, shots))[0]) for e in examples]
     longest_label = max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels)
     return measured, prompts, longest_label + 1  # the label and the end-of-turn token
 

@@ -20,6 +20,7 @@ from tunesmith.evaluation.compare import (
     format_difference,
     format_gain,
     format_interval,
+    format_versus,
     reading,
     sample_size,
 )
@@ -471,6 +472,8 @@ def render_curve_report(curve: CurveResult | dict) -> str:
                 fmt(metric, p.get("value")),
                 f"{fmt(metric, p['interval'][0])} – {fmt(metric, p['interval'][1])}" if p.get("interval") else "—",
                 _e(format_gain(p, points[i - 1] if i else None)),
+                _e(format_versus(p, "base")),
+                _e(format_versus(p, "few_shot")),
                 _e(p.get("model", "")),
                 f"{p['train_seconds']:,.1f}" if _num(p.get("train_seconds")) else "—",
             ]
@@ -481,10 +484,12 @@ def render_curve_report(curve: CurveResult | dict) -> str:
             _e(label),
             "95% interval",
             "gain over the previous size (95% interval)",
+            "vs base zero-shot",
+            f"vs base {curve.get('shots') or 'few'}-shot",
             "model",
             "training seconds",
         ]
-        body.append("<h2>Points</h2>" + _table(header, rows, {0, 1, 2, 3, 5}))
+        body.append("<h2>Points</h2>" + _table(header, rows, {0, 1, 2, 3, 4, 5, 7}))
     return _page(f"Learning curve: {label}", curve, ["task", "train", "test", "seed", "created"], body)
 
 

@@ -109,6 +109,7 @@ class CurvePoint(Result):
     interval: list[float] | None
     train_seconds: float
     gains: dict[str, Difference] | None = None  # paired difference from each smaller n
+    versus: dict[str, Difference] | None = None  # paired difference from each baseline ("base", "few_shot")
 
 
 class CurveResult(Result):

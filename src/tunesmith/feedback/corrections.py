@@ -29,7 +29,8 @@ from typing import Literal, cast
 
 from tunesmith.core.durable import atomic_write_text, fsync_dir
 from tunesmith.core.errors import DataError
-from tunesmith.data.formats import check_prompt_messages, read_json_objects
+from tunesmith.data.messages import check_prompt_messages
+from tunesmith.data.readers import read_json_objects
 from tunesmith.data.records import Findings, Issue
 
 Verdict = Literal["good", "bad"]

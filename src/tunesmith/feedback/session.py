@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tunesmith.core.durable import append_line, repair_tail
 from tunesmith.core.errors import DataError, TunesmithError
-from tunesmith.data.formats import read_json_objects
+from tunesmith.data.readers import read_json_objects
 from tunesmith.data.records import Issue, listed_errors
 from tunesmith.feedback.corrections import (
     Correction,

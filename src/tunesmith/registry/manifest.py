@@ -55,6 +55,7 @@ class TrainingInfo(Result):
     device: str = "cpu"  # "cuda" where it trained on a GPU
     precision: Precision | None = None
     threads: int | None = None  # torch threads while training: the CPU-seconds of break-even
+    defaults: dict[str, str] | None = None  # why each setting left on auto got its value (training.defaults.explain)
 
 
 class Manifest(Result):

@@ -71,6 +71,7 @@ def write_version(
     run_dir: Path,
     shot_pool: list | None = None,
     provenance: dict | None = None,
+    defaults: dict[str, str] | None = None,
 ) -> store.ModelVersion:
     staging = store.staging_dir()
     try:
@@ -125,6 +126,7 @@ def write_version(
                 device=str(next(model.parameters()).device.type),
                 precision=config.precision,
                 threads=torch.get_num_threads(),
+                defaults=defaults,
             ),
         )
         (staging / store.MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2))

@@ -58,7 +58,9 @@ class Hyperparameters(BaseModel):
     )
 
     n_epochs: Any = Field("auto", description='Passes over the training data, or "auto" (from the data size).')
-    batch_size: Any = Field("auto", description='Examples per optimizer step, or "auto" (8).')
+    batch_size: Any = Field(
+        "auto", description='Examples per optimizer step, or "auto" (8, fewer for small data: training.defaults).'
+    )
     learning_rate_multiplier: Any = Field("auto", description='Scales the automatic learning rate, or "auto" (1).')
 
 

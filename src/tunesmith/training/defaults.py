@@ -1,12 +1,17 @@
-"""Defaults chosen from the data, and the training-time estimate.
+"""Defaults chosen from the data (the training-time estimate is in ``training.estimate``).
 
 The rule (also in the README), with n = training examples after the validation split
 (for raw text: packed blocks):
 
-    epochs      3 if n <= 200, 2 if n <= 1000, else 1
+    epochs      raw text 1; otherwise 3 if n <= 200, 2 if n <= 1000, else 1
+    batch_size  8, halved (down to 1) while the run would have fewer than 64 optimizer steps and the
+                smaller batch still holds 256 target tokens a step (raw text's 512-token blocks: down to
+                1; short answers and labels: 8, their steps are noisy enough already)
+                Where that is still short of 64 steps, epochs are raised instead (up to 10), with early
+                stopping guarding against overfitting (counted from the end of the first epoch: loop.py)
     lr          LoRA 3e-4 if n < 1000 else 2e-4;  full fine-tuning 3e-5 if n < 1000 else 2e-5;
                 DPO 2e-4 if n < 1000 else 1e-4  (times lr_multiplier)
-    lora_rank   8 if n < 1000, 16 if n < 10000, else 32     (alpha = 2 * rank; LoRA and DPO)
+    lora_rank   16 if n < 10000, else 32     (alpha = 2 * rank; LoRA and DPO)
     max_length  raw text: 512-token blocks (less if the whole corpus is shorter);
                 otherwise the 99th percentile of rendered lengths, rounded up to a multiple of 32,
                 between 64 and 2048 (and never above the model's context)
@@ -15,35 +20,34 @@ The rule (also in the README), with n = training examples after the validation s
                 loses a few steps, not all of them)
     precision   bf16 where it is native (CUDA with bf16, or a CPU with AMX or AVX512-BF16), else fp32
 
-Small data gets more passes and a higher rate because each pass is only a few steps; larger
-data gets a larger rank because there is more to fit.
+On small data the number of optimizer steps, not the number of passes, decides what is learnt
+(bench/RESULTS.md, defaults-ablation): smaller batches give more steps for the same compute, and
+tiny sets get more passes. Raw text is read once: a second and third pass at batch 2 lowered the
+perplexity further (0.79 of the base's against the plain loop's 0.86) but took 1.65x the plain loop's
+time (bench/RESULTS.md, defaults-quality), and `--epochs 3` is there for whoever wants it. Larger data
+gets a larger rank because there is more to fit.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from pathlib import Path
-
-import torch
 
 from tunesmith.core.config import ResolvedConfig, Task, TrainConfig, default_name
 from tunesmith.data.check import default_max_length
-
-# Share of the fp32 matmul peak our loop reaches on nominal model FLOPs, used only for estimates.
-# Calibrated on the demo (2-core CPU, SmolLM2-135M, LoRA, classification): 385 tokens/s
-# x 4 x 134.5M params = 207 GFLOP/s of nominal work against 332 GFLOP/s from matmul_peak_gflops().
-# With bf16 on the same CPU (AMX) the step is bound by the non-matmul work, not the bf16 peak, so the
-# estimate stays on the fp32 peak: 634 tokens/s x 4 x 134.5M = 341 GFLOP/s, against fp32 peaks of
-# 245-330 GFLOP/s measured on that machine (bench/RESULTS.md, train-speed); 1.2 errs on the slow side.
-TRAINING_EFFICIENCY = {"fp32": 0.62, "bf16": 1.2}
-
+from tunesmith.training.hardware import native_bf16
 
 # Peak learning rate by method, (below 1000 examples, from 1000 on). DPO's LoRA rate is below SFT's
 # (it pushes margins, which overshoot easily) but far above the 5e-7..5e-6 of full-weight DPO recipes:
 # on 40 reviewed pairs (examples/corrections, 15 steps) 5e-5 moved the held-out margin by 2 nats of
 # 32 and flipped none; 5e-4 flipped all of them within 8 steps.
 DEFAULT_LR = {"lora": (3e-4, 2e-4), "full": (3e-5, 2e-5), "dpo": (2e-4, 1e-4)}
+DEFAULT_BATCH = 8
+MIN_STEPS = 64  # a run's floor of optimizer steps, where the data allows
+# A smaller batch must still carry this many target tokens a step. Raw text's blocks carry 511 each and gain
+# from batch 1-2 (bench/RESULTS.md, defaults-ablation); a label carries 1-2, and sentiment at batch 1-4
+# picked noisy checkpoints (82% at 200 reviews where batch 8 had 86%; learning-curve figures).
+MIN_STEP_TARGETS = 256
+MAX_AUTO_EPOCHS = 10
 
 
 def resolve(
@@ -53,24 +57,26 @@ def resolve(
     model_max_length: int | None,
     task: Task,
     labels: list[str] | None = None,
+    targets_per_row: float | None = None,
 ) -> ResolvedConfig:
-    """A copy of ``config`` with every auto field filled in from the data and the hardware."""
+    """A copy of ``config`` with every auto field filled in from the data and the hardware.
+    ``targets_per_row``: the training rows' mean number of target tokens (None: as many as tokens)."""
     updates: dict = {"task": task, "name": config.name or default_name(config.data)}
-    if config.epochs is None:
-        updates["epochs"] = 3 if n_train <= 200 else 2 if n_train <= 1000 else 1
+    targets = targets_per_row if targets_per_row is not None else sum(lengths) / max(1, len(lengths))
+    epochs, batch = epochs_and_batch(n_train, task, targets, config.epochs, config.batch_size, config.micro_batch_size)
+    per_epoch = steps_per_epoch(n_train, batch)
+    updates.update(batch_size=batch, epochs=epochs)
     if config.lr is None:
         updates["lr"] = DEFAULT_LR[config.method][n_train >= 1000] * config.lr_multiplier
     if config.uses_adapter:
-        rank = config.lora_rank or (8 if n_train < 1000 else 16 if n_train < 10000 else 32)
+        rank = config.lora_rank or (16 if n_train < 10000 else 32)
         updates["lora_rank"] = rank
         updates["lora_alpha"] = config.lora_alpha or 2.0 * rank
     if config.max_length is None:
         updates["max_length"] = default_max_length(lengths, task, model_max_length)
     if config.micro_batch_size is None:
-        updates["micro_batch_size"] = config.batch_size
-    per_epoch = steps_per_epoch(n_train, config.batch_size)
+        updates["micro_batch_size"] = batch
     if config.checkpoint_every is None:
-        epochs = config.epochs if config.epochs is not None else updates["epochs"]
         updates["checkpoint_every"] = default_checkpoint_every(per_epoch * epochs)
     if config.eval_every is None:
         # Rounded up, so the fourth pass of an epoch lands on its last step rather than one step before it.
@@ -83,6 +89,83 @@ def resolve(
     return ResolvedConfig.model_validate(resolved.model_dump())  # re-run the cross-field checks
 
 
+def explain(config: TrainConfig, resolved: ResolvedConfig, n_train: int) -> dict[str, str]:
+    """Why each setting left on auto got its value, for the run's output and its manifest."""
+    why: dict[str, str] = {}
+    steps = steps_per_epoch(n_train, resolved.batch_size) * resolved.epochs
+    rows = f"{n_train} training {'blocks' if resolved.task == 'text' else 'rows'}"
+    if config.batch_size is None:
+        why["batch_size"] = (
+            f"{resolved.batch_size}: the run makes {steps} optimizer steps"
+            if resolved.batch_size == DEFAULT_BATCH
+            else f"{resolved.batch_size}, down from {DEFAULT_BATCH}, so that {rows} make {steps} optimizer steps "
+            f"(at least {MIN_STEPS} where a step keeps {MIN_STEP_TARGETS} target tokens: small data is short of "
+            "steps, not of passes)"
+        )
+    if config.epochs is None:
+        usual = default_epochs(n_train, resolved.task)
+        size = (
+            "raw text is read once"
+            if resolved.task == "text"
+            else {3: "up to 200", 2: "up to 1000", 1: "over 1000"}[usual]
+        )
+        why["epochs"] = (
+            f"{resolved.epochs}: up from {usual}, so that a run on {rows} makes {steps} optimizer steps "
+            f"(at most {MAX_AUTO_EPOCHS} epochs; early stopping guards against overfitting)"
+            if resolved.epochs > usual
+            else f"{resolved.epochs}: {rows} ({size})"
+        )
+    if config.lr is None:
+        why["lr"] = (
+            f"{resolved.lr:g}: {resolved.method} with {'fewer than' if n_train < 1000 else 'at least'} 1000 rows"
+        )
+    if config.uses_adapter and config.lora_rank is None:
+        why["lora_rank"] = f"{resolved.lora_rank}: {'fewer than' if n_train < 10000 else 'at least'} 10000 rows"
+    return why
+
+
+def epochs_and_batch(
+    n_rows: int,
+    task: Task,
+    targets_per_row: float,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    micro_batch_size: int | None = None,
+) -> tuple[int, int]:
+    """The passes and the batch size of a run on ``n_rows`` of ``targets_per_row`` target tokens on average,
+    each as given or by the rule above."""
+    passes = epochs or default_epochs(n_rows, task)
+    batch = batch_size or default_batch_size(n_rows, passes, targets_per_row, micro_batch_size)
+    if epochs is None:
+        passes = min(MAX_AUTO_EPOCHS, max(passes, math.ceil(MIN_STEPS / steps_per_epoch(n_rows, batch))))
+    return passes, batch
+
+
+def default_epochs(n_rows: int, task: Task) -> int:
+    """Raw text 1 pass; otherwise 3 passes up to 200 examples, 2 up to 1000, then 1."""
+    if task == "text":
+        return 1
+    return 3 if n_rows <= 200 else 2 if n_rows <= 1000 else 1
+
+
+def default_batch_size(n_rows: int, epochs: int, targets_per_row: float, micro_batch_size: int | None = None) -> int:
+    """8, halved while the run would make fewer than MIN_STEPS optimizer steps and half the batch still
+    carries MIN_STEP_TARGETS target tokens; a multiple of a given micro-batch size. On small raw-text data
+    the steps are what is short, not the passes: the plain PEFT loop at 256-token blocks beat the same loop
+    at 512 (the same tokens in twice the steps), and tunesmith at batch 2 beat both clearly. Smaller
+    batches buy the steps without more compute."""
+    batch = DEFAULT_BATCH
+    while (
+        batch > 1
+        and steps_per_epoch(n_rows, batch) * epochs < MIN_STEPS
+        and batch // 2 * targets_per_row >= MIN_STEP_TARGETS
+    ):
+        batch //= 2
+    if micro_batch_size:
+        batch = micro_batch_size * max(1, math.ceil(batch / micro_batch_size))
+    return batch
+
+
 def default_checkpoint_every(total_steps: int) -> int:
     """About 5 checkpoints per run, never more than 20 steps apart."""
     return max(1, min(20, math.ceil(total_steps / 5)))
@@ -90,57 +173,3 @@ def default_checkpoint_every(total_steps: int) -> int:
 
 def steps_per_epoch(n_rows: int, batch_size: int) -> int:
     return max(1, math.ceil(n_rows / batch_size))
-
-
-_PEAK_GFLOPS: dict[torch.dtype, float] = {}
-
-
-def matmul_peak_gflops(dtype: torch.dtype = torch.float32) -> float:
-    """Measured CPU matmul throughput of this machine in ``dtype`` (once per process, ~0.3 s)."""
-    if dtype not in _PEAK_GFLOPS:
-        size = 1024
-        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-        torch.mm(a, b)  # warm-up
-        best = float("inf")
-        for _ in range(5):
-            start = time.perf_counter()
-            torch.mm(a, b)
-            best = min(best, time.perf_counter() - start)
-        _PEAK_GFLOPS[dtype] = 2 * size**3 / best / 1e9
-    return _PEAK_GFLOPS[dtype]
-
-
-def native_bf16() -> bool:
-    """Whether bf16 is the faster compute precision here: CUDA with bf16 support, or a CPU with bf16
-    matrix hardware (``cpu_bf16_unit``); elsewhere bf16 is converted to fp32 and slower.
-
-    Read from the hardware's capabilities, not timed: a timing taken while the machine is busy once
-    chose fp32 for one of two runs with the same config, and the same seed gave different models."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    return cpu_bf16_unit() is not None
-
-
-def cpu_bf16_unit() -> str | None:
-    """This CPU's bf16 matrix hardware: "AMX" (tiles: Intel Sapphire Rapids and later), "AVX512-BF16"
-    (dot-product instructions: Intel Cooper Lake, AMD Zen 4 and later), or None. A 1024 x 1024 matmul
-    in bf16 measured 4.5-8x the fp32 one with AMX, 4.5x with AVX512-BF16 (AMD EPYC, 2 cores), where
-    LoRA training ran 2.1x faster (bench/precision_speed.py)."""
-    checks = {"AMX": "_is_amx_tile_supported", "AVX512-BF16": "_is_avx512_bf16_supported"}
-    if all(hasattr(torch.cpu, check) for check in checks.values()):
-        return next((unit for unit, check in checks.items() if getattr(torch.cpu, check)()), None)
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return None
-    return "AMX" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else None
-
-
-def estimate_seconds(tokens: int, n_params: int, method: str) -> float:
-    """Training time for ``tokens`` processed tokens at the default precision: nominal FLOPs over the
-    expected throughput."""
-    # LoRA: forward and activation gradients; full: weight gradients too; DPO (LoRA): plus the
-    # reference model's forward pass over the same tokens.
-    flops_per_token = {"lora": 4, "full": 6, "dpo": 6}[method] * n_params
-    efficiency = TRAINING_EFFICIENCY["bf16" if native_bf16() else "fp32"]
-    return tokens * flops_per_token / (matmul_peak_gflops() * 1e9 * efficiency)

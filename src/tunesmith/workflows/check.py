@@ -1,5 +1,5 @@
 """The data check as ``tunesmith data check`` runs it: with the base model's tokenizer and chat template,
-and the training time this machine would take (``training.defaults.estimate_seconds``)."""
+the training time this machine would take and the time and cost on a rented GPU (``training.estimate``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from tunesmith.data import check
 from tunesmith.data.check import DataReport
 from tunesmith.models.base import DEFAULT_BASE, parameter_count, resolve_base
 from tunesmith.models.load import load_tokenizer
-from tunesmith.training.defaults import estimate_seconds
+from tunesmith.training.estimate import estimate_training
 
 
 def check_file(
@@ -21,7 +21,8 @@ def check_file(
     val_data: Path | None = None,
 ) -> DataReport:
     """The whole check of a file for ``base``: the structure first, so a broken file loads no tokenizer; then
-    rendering under the base's chat template, and one epoch's training time (LoRA; DPO for preference pairs)."""
+    rendering under the base's chat template, and one epoch's training time (LoRA; DPO for preference pairs)
+    here and on a rented GPU, at the default batch size."""
     report = check.check_structure(Path(data), task, val_data)
     if not report.ok:
         return report
@@ -30,5 +31,5 @@ def check_file(
     n_params = parameter_count(base_path)
     if n_params and report.ok and report.rendered:
         method = "dpo" if report.task == "preference" else "lora"
-        report.estimate_seconds = estimate_seconds(report.tokens_per_epoch(), n_params, method)
+        report.estimate = estimate_training(report, n_params, method)
     return report

@@ -107,6 +107,7 @@ def learning_curve(
     assert figures is not None
     primary = figures.primary
     _add_gains(points, samples, primary, figures.higher_is_better, options.seed)
+    _add_versus(points, samples, figures, options.seed)
     few_shot = figures.results.get("few_shot")
     return CurveResult(
         task=figures.task,
@@ -123,6 +124,23 @@ def learning_curve(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         seconds=round(time.perf_counter() - started, 1),
     )
+
+
+def _add_versus(points: list[CurvePoint], samples: list[Sample | None], figures, seed: int) -> None:
+    """Give each point ``versus``: its paired difference from the base model zero-shot and few-shot (measured
+    once, on the same test examples), so "50 examples already beat the 8-shot prompt" is read with its noise."""
+    baselines = {system: found for system in BASELINES if (found := sample(figures, system)) is not None}
+    for point, tuned in zip(points, samples):
+        if tuned is None or not baselines:
+            continue
+        tested = bootstrap(
+            {"fine_tuned": tuned, **baselines},
+            list(baselines),
+            higher_is_better=figures.higher_is_better,
+            exponential=figures.primary == "perplexity",
+            seed=seed,
+        )
+        point.versus = {system: Difference(**d, metric=figures.primary) for system, d in tested["differences"].items()}
 
 
 def _add_gains(

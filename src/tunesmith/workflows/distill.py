@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from tunesmith.core.durable import append_line, repair_tail
 from tunesmith.core.errors import DataError, TunesmithError
-from tunesmith.data.formats import check_prompt_messages
 from tunesmith.data.labels import check_labels, classify_prompt, normalize_label
+from tunesmith.data.messages import check_prompt_messages
 from tunesmith.data.records import Issue, listed_errors
 from tunesmith.models.openai_client import Reply, Teacher, TeacherUnavailable
 

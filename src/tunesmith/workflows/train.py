@@ -126,6 +126,7 @@ def train(
         getattr(tokenizer, "model_max_length", None),
         report.task,
         report.labels,
+        sum(row.n_target for row in train_rows) / len(train_rows),
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", resolved.to_yaml())
@@ -147,6 +148,9 @@ def train(
         f"{resolved.epochs} epoch(s), lr {resolved.lr:g}, batch {resolved.batch_size}, "
         f"max_length {resolved.max_length}, {resolved.precision}"
     )
+    chosen = defaults.explain(config, resolved, len(train_rows))
+    for setting, why in chosen.items():
+        console.print(f"  [dim]{setting} {why}[/]")
 
     evaluation = _ValidationComparison(model, tokenizer, resolved, splits, val_rows, start.parent)
     baselines = evaluation.baselines(run_dir)
@@ -191,6 +195,7 @@ def train(
         run_dir=run_dir,
         shot_pool=splits.train_examples,
         provenance=provenance,
+        defaults=chosen,
     )
     shutil.rmtree(run_dir, ignore_errors=True)
     console.print(f"Saved [bold]{version.ref}[/] to {version.path}")
