@@ -334,7 +334,9 @@ def test_explain_says_why_each_auto_setting_has_its_value():
     )
     assert why["epochs"] == "1: 90 training blocks (raw text is read once)"
     labels = resolve(config, 45, [60], None, "classify", targets_per_row=2)
-    assert explain(config, labels, 45)["batch_size"] == "8: the run makes 60 optimizer steps"
+    assert explain(config, labels, 45)["batch_size"] == (
+        "8: the run makes 60 optimizer steps; a smaller batch would hold under 256 target tokens a step"
+    )
     assert explain(config, labels, 45)["epochs"] == (
         "10: up from 3, so that a run on 45 training rows makes 60 optimizer steps "
         "(at most 10 epochs; early stopping guards against overfitting)"

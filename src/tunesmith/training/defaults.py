@@ -24,7 +24,7 @@ On small data the number of optimizer steps, not the number of passes, decides w
 (bench/RESULTS.md, defaults-ablation): smaller batches give more steps for the same compute, and
 tiny sets get more passes. Raw text is read once: a second and third pass at batch 2 lowered the
 perplexity further (0.79 of the base's against the plain loop's 0.86) but took 1.65x the plain loop's
-time (bench/RESULTS.md, defaults-quality), and `--epochs 3` is there for whoever wants it. Larger data
+time (bench/RESULTS.md, defaults-quality-austen-3-epochs), and `--epochs 3` is there for whoever wants it. Larger data
 gets a larger rank because there is more to fit.
 """
 
@@ -45,7 +45,7 @@ DEFAULT_BATCH = 8
 MIN_STEPS = 64  # a run's floor of optimizer steps, where the data allows
 # A smaller batch must still carry this many target tokens a step. Raw text's blocks carry 511 each and gain
 # from batch 1-2 (bench/RESULTS.md, defaults-ablation); a label carries 1-2, and sentiment at batch 1-4
-# picked noisy checkpoints (82% at 200 reviews where batch 8 had 86%; learning-curve figures).
+# picked noisy checkpoints (82% at 200 reviews where batch 8 had 86%; bench/RESULTS.md, defaults-ablation).
 MIN_STEP_TARGETS = 256
 MAX_AUTO_EPOCHS = 10
 
@@ -95,8 +95,11 @@ def explain(config: TrainConfig, resolved: ResolvedConfig, n_train: int) -> dict
     steps = steps_per_epoch(n_train, resolved.batch_size) * resolved.epochs
     rows = f"{n_train} training {'blocks' if resolved.task == 'text' else 'rows'}"
     if config.batch_size is None:
+        short = (
+            f"; a smaller batch would hold under {MIN_STEP_TARGETS} target tokens a step" if steps < MIN_STEPS else ""
+        )
         why["batch_size"] = (
-            f"{resolved.batch_size}: the run makes {steps} optimizer steps"
+            f"{resolved.batch_size}: the run makes {steps} optimizer steps{short}"
             if resolved.batch_size == DEFAULT_BATCH
             else f"{resolved.batch_size}, down from {DEFAULT_BATCH}, so that {rows} make {steps} optimizer steps "
             f"(at least {MIN_STEPS} where a step keeps {MIN_STEP_TARGETS} target tokens: small data is short of "
