@@ -77,7 +77,7 @@ def test_the_efficiency_follows_the_cpus_bf16_unit(write_jsonl, tiny_tokenizer, 
 def test_dpo_costs_the_reference_pass_too(write_jsonl, tiny_tokenizer, cpu):
     cpu("AMX")
     report = classify_report(write_jsonl, tiny_tokenizer)
-    lora, dpo = (estimate_training(report, N, method) for method in ("lora", "dpo"))
+    lora, dpo = (estimate_training(report, N, method, epochs=1, batch_size=8) for method in ("lora", "dpo"))
     assert dpo.seconds / lora.seconds == pytest.approx(FLOPS_PER_PARAM["dpo"] / FLOPS_PER_PARAM["lora"])
 
 

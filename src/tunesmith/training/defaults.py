@@ -8,7 +8,8 @@ The rule (also in the README), with n = training examples after the validation s
                 smaller batch still holds 256 target tokens a step (raw text's 512-token blocks: down to
                 1; short answers and labels: 8, their steps are noisy enough already)
                 Where that is still short of 64 steps, epochs are raised instead (up to 10), with early
-                stopping guarding against overfitting (counted from the end of the first epoch: loop.py)
+                stopping guarding against overfitting (counted from the end of the first epoch: loop.py);
+                not without a validation set (nothing would guard them), nor for DPO
     lr          LoRA 3e-4 if n < 1000 else 2e-4;  full fine-tuning 3e-5 if n < 1000 else 2e-5;
                 DPO 2e-4 if n < 1000 else 1e-4  (times lr_multiplier)
     lora_rank   16 if n < 10000, else 32     (alpha = 2 * rank; LoRA and DPO)
@@ -63,7 +64,12 @@ def resolve(
     ``targets_per_row``: the training rows' mean number of target tokens (None: as many as tokens)."""
     updates: dict = {"task": task, "name": config.name or default_name(config.data)}
     targets = targets_per_row if targets_per_row is not None else sum(lengths) / max(1, len(lengths))
-    epochs, batch = epochs_and_batch(n_train, task, targets, config.epochs, config.batch_size, config.micro_batch_size)
+    # More passes only where early stopping can guard them (a validation set), and not for DPO, whose margins
+    # overshoot within a few steps (DEFAULT_LR); both keep the usual passes.
+    guarded = config.method != "dpo" and (config.val_data is not None or config.val_fraction > 0)
+    epochs, batch = epochs_and_batch(
+        n_train, task, targets, config.epochs, config.batch_size, config.micro_batch_size, raise_epochs=guarded
+    )
     per_epoch = steps_per_epoch(n_train, batch)
     updates.update(batch_size=batch, epochs=epochs)
     if config.lr is None:
@@ -134,12 +140,13 @@ def epochs_and_batch(
     epochs: int | None = None,
     batch_size: int | None = None,
     micro_batch_size: int | None = None,
+    raise_epochs: bool = True,
 ) -> tuple[int, int]:
     """The passes and the batch size of a run on ``n_rows`` of ``targets_per_row`` target tokens on average,
     each as given or by the rule above."""
     passes = epochs or default_epochs(n_rows, task)
     batch = batch_size or default_batch_size(n_rows, passes, targets_per_row, micro_batch_size)
-    if epochs is None:
+    if epochs is None and raise_epochs:
         passes = min(MAX_AUTO_EPOCHS, max(passes, math.ceil(MIN_STEPS / steps_per_epoch(n_rows, batch))))
     return passes, batch
 

@@ -93,7 +93,9 @@ def estimate_training(
     entries = rows if report.task == "text" else len(report.rendered)  # what a batch counts: blocks, examples
     n_train = entries - validation_size(entries, TrainConfig.model_fields["val_fraction"].default)
     targets = report.max_length or 512 if report.task == "text" else _targets_per_row(report)
-    epochs, batch_size = epochs_and_batch(n_train, report.task, targets, epochs, batch_size)
+    epochs, batch_size = epochs_and_batch(
+        n_train, report.task, targets, epochs, batch_size, raise_epochs=method != "dpo"
+    )
     nominal = report.tokens_per_epoch() * epochs
     rows, steps_one = _rows_and_steps(report, batch_size)
     steps = steps_one * epochs
