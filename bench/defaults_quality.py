@@ -20,7 +20,6 @@ Needs ../shared/data. Models and reports go to --out (default /tmp/tunesmith-def
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -51,7 +50,7 @@ class Trained:
 def timed(command: list[str], log: Path) -> float:
     started = time.perf_counter()
     with open(log, "w") as handle:
-        done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=os.environ.copy())
+        done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT)
     if done.returncode:
         sys.exit(f"{' '.join(command)} failed; see {log}")
     return time.perf_counter() - started

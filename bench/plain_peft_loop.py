@@ -33,7 +33,7 @@ def rows_of(data: Path, tokenizer, block: int) -> list[tuple[list[int], list[int
     from tunesmith.data.check import check_data
 
     report = check_data(data, "auto", tokenizer, 512)
-    return [(r.truncated(512).input_ids, r.truncated(512).labels) for r in report.rendered]
+    return [(cut.input_ids, cut.labels) for cut in (r.truncated(512) for r in report.rendered)]
 
 
 def main() -> None:

@@ -346,5 +346,5 @@ def test_explain_says_why_each_auto_setting_has_its_value():
 def test_epochs_are_raised_only_where_early_stopping_guards_them():
     tiny = {"n_train": 45, "lengths": [60], "model_max_length": None, "targets_per_row": 2}
     assert resolve(TrainConfig(data="x.jsonl"), task="chat", **tiny).epochs == 10
-    assert resolve(TrainConfig(data="x.jsonl", val_fraction=0), task="chat", **tiny).epochs == 3
+    assert resolve(TrainConfig(data="x.jsonl", val_fraction=0), task="chat", has_validation=False, **tiny).epochs == 3
     assert resolve(TrainConfig(data="x.jsonl", method="dpo"), task="preference", **tiny).epochs == 3

@@ -17,7 +17,7 @@ from tunesmith.core.config import Task, TaskChoice
 from tunesmith.core.results import Result
 from tunesmith.data.facts import fact_base
 from tunesmith.data.formats import ParsedFile, read_file
-from tunesmith.data.records import Findings, Issue, position_word
+from tunesmith.data.records import MAX_LISTED, Findings, Issue, position_word, positions
 from tunesmith.data.render import (
     NoToolSupport,
     Rendered,
@@ -26,8 +26,6 @@ from tunesmith.data.render import (
     render_example,
     tokenize_document,
 )
-
-MAX_LISTED = 5  # line numbers quoted per warning
 
 
 class GpuCost(Result):
@@ -186,15 +184,12 @@ def _render_all(render, parsed: ParsedFile, issues: list[Issue]) -> list[Rendere
             problem = problem or err.problem
     if refused:
         name = str(parsed.path)
-        listed = ", ".join(str(line) for line in refused[:MAX_LISTED])
-        more = f" and {len(refused) - MAX_LISTED} more" if len(refused) > MAX_LISTED else ""
         issues.append(
             Issue.error(
                 name,
                 refused[0],
                 "tools",
-                f"{problem}: {len(refused)} function-calling example(s) "
-                f"({position_word(name)}{'s' if len(refused) > 1 else ''} {listed}{more})",
+                f"{problem}: {len(refused)} function-calling example(s) ({positions(name, refused)})",
                 NoToolSupport.REMEDY,
             )
         )
@@ -281,13 +276,12 @@ def _overlap(train: ParsedFile, val: ParsedFile) -> list[Issue]:
     shared = [example.line for example in val.examples if example.key() in train_keys]
     if not shared:
         return []
-    lines = ", ".join(str(line) for line in shared[:MAX_LISTED])
     return [
         Issue.warning(
             str(val.path),
             shared[0],
             None,
-            f"{len(shared)} validation example(s) also in the training data ({position_word(str(val.path))}s {lines})",
+            f"{len(shared)} validation example(s) also in the training data ({positions(str(val.path), shared)})",
             "overlap makes validation scores look better than they are; remove them",
         )
     ]
@@ -300,14 +294,14 @@ def _truncation(parsed: ParsedFile, rendered: list[Rendered | RenderedPair], max
     cut = [(line, lost) for line, lost in cut if lost > 0]
     if not cut:
         return []
-    lines = ", ".join(str(line) for line, _ in cut[:MAX_LISTED])
+    where = positions(str(parsed.path), [line for line, _ in cut])
     return [
         Issue.warning(
             str(parsed.path),
             cut[0][0],
             "max_length",
             f"{len(cut)} example(s) lose answer tokens at max_length {max_length} "
-            f"({sum(lost for _, lost in cut)} answer tokens in all; {position_word(str(parsed.path))}s {lines})",
+            f"({sum(lost for _, lost in cut)} answer tokens in all; {where})",
             "raise --max-length or shorten those examples",
         )
     ]
@@ -337,15 +331,13 @@ def _shorten_texts(
             lines.append(example.line)
     if not lines:
         return []
-    listed = ", ".join(str(line) for line in lines[:MAX_LISTED])
-    more = f" and {len(lines) - MAX_LISTED} more" if len(lines) > MAX_LISTED else ""
     return [
         Issue.warning(
             str(parsed.path),
             lines[0],
             "max_length",
             f"{len(lines)} text(s) are longer than max_length {max_length} allows and will be shortened inside "
-            f"the prompt (instruction and label kept, the cut marked with …): lines {listed}{more}",
+            f"the prompt (instruction and label kept, the cut marked with …): {positions(str(parsed.path), lines)}",
             "raise --max-length to train on them whole",
         )
     ]

@@ -6,9 +6,7 @@ from __future__ import annotations
 import re
 
 from tunesmith.data.formats import ParsedFile
-from tunesmith.data.records import Example, Issue, position_word
-
-MAX_LISTED = 5  # line numbers quoted in the warning
+from tunesmith.data.records import Example, Issue, positions
 
 # A fact base: mostly questions whose answers are isolated facts (the product brief: fine-tuning changes
 # behaviour more than it adds retrievable facts, so the check says when retrieval may serve better).
@@ -59,14 +57,13 @@ def fact_base(parsed: ParsedFile) -> list[Issue]:
     distinct = len({" ".join(answer.casefold().split()) for _, answer in lookups})
     if len(lookups) < FACT_SHARE * len(pairs) or distinct < FACT_DISTINCT * len(lookups):
         return []
-    lines = ", ".join(str(line) for line, _ in lookups[:MAX_LISTED])
     return [
         Issue.warning(
             str(parsed.path),
             None,
             None,
             f"the data looks like a fact base: {len(lookups)} of {len(pairs)} examples ask a factual question "
-            f"with a short answer ({position_word(str(parsed.path))}s {lines}, ...)",
+            f"with a short answer ({positions(str(parsed.path), [line for line, _ in lookups])})",
             "fine-tuning changes how a model behaves more than it adds knowledge it can recall reliably; to "
             "answer from facts, retrieval (look them up and put them in the prompt, RAG) may serve better, and "
             "fine-tuning then teaches the style of the answers",

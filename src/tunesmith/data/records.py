@@ -42,6 +42,16 @@ def position_word(file: str) -> str:
     return "record" if file.lower().endswith(".json") else "line"
 
 
+MAX_LISTED = 5  # positions quoted per warning
+
+
+def positions(file: str, numbers: list[int], limit: int = MAX_LISTED) -> str:
+    """Where a warning's examples are: ``lines 3, 7, 9`` (``records ...`` in a .json array), the first
+    ``limit`` of them and then how many more."""
+    more = f" and {len(numbers) - limit} more" if len(numbers) > limit else ""
+    return f"{position_word(file)}s {', '.join(str(n) for n in numbers[:limit])}{more}"
+
+
 def location(file: str, line: int | None) -> str:
     """``file:3``, or ``file.json, record 3``; the file alone for ``None``."""
     if not line:

@@ -59,16 +59,21 @@ def resolve(
     task: Task,
     labels: list[str] | None = None,
     targets_per_row: float | None = None,
+    has_validation: bool = True,
 ) -> ResolvedConfig:
     """A copy of ``config`` with every auto field filled in from the data and the hardware.
-    ``targets_per_row``: the training rows' mean number of target tokens (None: as many as tokens)."""
+    ``targets_per_row``: the training rows' mean number of target tokens (None: as many as tokens);
+    ``has_validation``: whether the run has validation rows (early stopping needs them)."""
     updates: dict = {"task": task, "name": config.name or default_name(config.data)}
     targets = targets_per_row if targets_per_row is not None else sum(lengths) / max(1, len(lengths))
-    # More passes only where early stopping can guard them (a validation set), and not for DPO, whose margins
-    # overshoot within a few steps (DEFAULT_LR); both keep the usual passes.
-    guarded = config.method != "dpo" and (config.val_data is not None or config.val_fraction > 0)
     epochs, batch = epochs_and_batch(
-        n_train, task, targets, config.epochs, config.batch_size, config.micro_batch_size, raise_epochs=guarded
+        n_train,
+        task,
+        targets,
+        config.epochs,
+        config.batch_size,
+        config.micro_batch_size,
+        raise_epochs=may_raise_epochs(config.method, has_validation),
     )
     per_epoch = steps_per_epoch(n_train, batch)
     updates.update(batch_size=batch, epochs=epochs)
@@ -131,6 +136,12 @@ def explain(config: TrainConfig, resolved: ResolvedConfig, n_train: int) -> dict
     if config.uses_adapter and config.lora_rank is None:
         why["lora_rank"] = f"{resolved.lora_rank}: {'fewer than' if n_train < 10000 else 'at least'} 10000 rows"
     return why
+
+
+def may_raise_epochs(method: str, has_validation: bool) -> bool:
+    """More passes only where early stopping can guard them (validation rows), and not for DPO, whose
+    margins overshoot within a few steps (DEFAULT_LR): both keep the usual passes."""
+    return method != "dpo" and has_validation
 
 
 def epochs_and_batch(

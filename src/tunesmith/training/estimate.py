@@ -22,7 +22,7 @@ from tunesmith.data.batching import Row, shared_prefix_length
 from tunesmith.data.check import DataReport, GpuCost, TrainingEstimate
 from tunesmith.data.prepare import validation_size
 from tunesmith.data.render import Rendered, RenderedPair
-from tunesmith.training.defaults import epochs_and_batch
+from tunesmith.training.defaults import epochs_and_batch, may_raise_epochs
 from tunesmith.training.hardware import cpu_bf16_unit, native_bf16
 
 # Nominal FLOPs per token and parameter. LoRA: the forward pass (2) and the activation gradients (2;
@@ -62,7 +62,7 @@ CPU_EFFICIENCY: dict[str | None, float] = {"AMX": 1.0, "AVX512-BF16": 1.4, None:
 # machine is only ever slower.
 CPU_RANGE = (0.75, 1.5)
 
-# The same epoch on a common rented GPU. Not measured here (no GPU was available): the price is an
+# The same run on a common rented GPU. Not measured here (no GPU was available): the price is an
 # assumption with its date, the speed the GPU's bf16 peak times a conservative efficiency, with a floor
 # per optimizer step. On a GPU the loop computes every nominal token (the shared-prefix layout is the CPU
 # attention's), so the GPU figure uses those.
@@ -85,19 +85,17 @@ def estimate_training(
     report: DataReport, n_params: int, method: str, epochs: int | None = None, batch_size: int | None = None
 ) -> TrainingEstimate:
     """A run at the defaults ``training.defaults`` picks for this data (or the ``epochs`` and ``batch_size``
-    given) with ``method``
-    at the default precision, on this machine and on a rented GPU. Each epoch counts every example once:
-    the share ``train`` holds out for validation is not trained on but read forward-only 4 times an epoch,
-    about the same work, so that stands for the loop with its validation passes."""
-    rows, _ = _rows_and_steps(report, 1)
-    entries = rows if report.task == "text" else len(report.rendered)  # what a batch counts: blocks, examples
-    n_train = entries - validation_size(entries, TrainConfig.model_fields["val_fraction"].default)
+    given) with ``method`` at the default precision, on this machine and on a rented GPU. Each epoch counts
+    every example once: the share ``train`` holds out for validation is not trained on but read forward-only
+    4 times an epoch, about the same work, so that stands for the loop with its validation passes."""
+    entries, rows = _entries_and_rows(report)
+    n_val = validation_size(entries, TrainConfig.model_fields["val_fraction"].default)
     targets = report.max_length or 512 if report.task == "text" else _targets_per_row(report)
     epochs, batch_size = epochs_and_batch(
-        n_train, report.task, targets, epochs, batch_size, raise_epochs=method != "dpo"
+        entries - n_val, report.task, targets, epochs, batch_size, raise_epochs=may_raise_epochs(method, n_val > 0)
     )
     nominal = report.tokens_per_epoch() * epochs
-    rows, steps_one = _rows_and_steps(report, batch_size)
+    steps_one = math.ceil(entries / batch_size)
     steps = steps_one * epochs
     flops_per_token = FLOPS_PER_PARAM[method] * n_params
     gpu_seconds = _gpu_seconds(nominal * flops_per_token, steps, GPU_BF16_PEAK_TFLOPS * 1e12)
@@ -142,15 +140,14 @@ def _gpu_seconds(flops: float, steps: int, peak_flops: float) -> float:
     return max(steps * GPU_STEP_SECONDS, flops / (peak_flops * GPU_EFFICIENCY))
 
 
-def _rows_and_steps(report: DataReport, batch_size: int) -> tuple[int, int]:
-    """(rows in the forward passes of an epoch, optimizer steps): a preference pair is two rows of one
-    batch entry; raw text is packed into blocks of max_length."""
+def _entries_and_rows(report: DataReport) -> tuple[int, int]:
+    """(what a batch counts, rows in the forward passes of an epoch): raw text is packed into blocks of
+    max_length, one row each; a preference pair is one entry of two rows; any other example one of one."""
     if report.task == "text":
         blocks = math.ceil(report.tokens_per_epoch() / (report.max_length or 1))
-        return blocks, math.ceil(blocks / batch_size)
+        return blocks, blocks
     examples = len(report.rendered)
-    rows = 2 * examples if report.task == "preference" else examples
-    return rows, math.ceil(examples / batch_size)
+    return examples, 2 * examples if report.task == "preference" else examples
 
 
 def _targets_per_row(report: DataReport) -> float:

@@ -127,6 +127,7 @@ def train(
         report.task,
         report.labels,
         sum(row.n_target for row in train_rows) / len(train_rows),
+        has_validation=bool(val_rows),
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", resolved.to_yaml())
