@@ -39,8 +39,9 @@ CORPUS = [
 ]
 
 
-def build_tiny_model(folder: Path) -> Path:
-    """A 2-layer Llama (hidden 32) with a 400-token byte-level BPE and a ChatML template."""
+def build_tiny_model(folder: Path, tie: bool = True) -> Path:
+    """A 2-layer Llama (hidden 32, 4 heads over 2 KV heads) with a 400-token byte-level BPE and a ChatML
+    template; ``tie``: the output head shares the embedding."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -73,7 +74,7 @@ def build_tiny_model(folder: Path) -> Path:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie,
     )
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)

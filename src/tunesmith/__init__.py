@@ -9,6 +9,7 @@ The Python API (``tunesmith.api``) mirrors the CLI::
     model = tunesmith.load("reviews")                               # registry, base name or folder
     print(tunesmith.generate(model, "The soup was cold."))         # tunesmith generate
     tunesmith.list_models(); tunesmith.get_model("reviews:1"); tunesmith.remove_model("reviews")
+    tunesmith.export_model("reviews", "gguf", "reviews-gguf")        # tunesmith models export
     tunesmith.list_bases()                                          # tunesmith base list
 
 The names are loaded on first use: ``import tunesmith`` (and so ``tunesmith --help``) does not import
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
         data_from_corrections,
         distill,
         evaluate,
+        export_model,
         generate,
         get_model,
         learning_curve,
@@ -66,6 +68,7 @@ __all__ = [
     "list_models",
     "get_model",
     "remove_model",
+    "export_model",
     "list_bases",
 ]
 

@@ -22,6 +22,9 @@ from rich.console import Console
 import tunesmith
 from tunesmith.core.config import (
     DEFAULT_BASE,
+    ExportDtype,
+    ExportFormat,
+    GgufType,
     PrecisionChoice,
     TaskChoice,
     TrainConfig,
@@ -42,6 +45,7 @@ from tunesmith.registry import store
 from tunesmith.workflows import distill as distillation
 
 if TYPE_CHECKING:
+    from tunesmith.export.run import ExportResult
     from tunesmith.inference.chat import ChatSession
     from tunesmith.inference.loaded import LoadedModel
     from tunesmith.workflows.train import TrainResult
@@ -297,6 +301,26 @@ def get_model(ref: str) -> dict:
 def remove_model(ref: str, force: bool = False) -> list[str]:
     """Delete NAME (every version) or NAME:VERSION; ``force`` also when other versions are built on it."""
     return [version.ref for version in store.remove(ref, force)]
+
+
+def export_model(
+    model: str,
+    format: ExportFormat,
+    out: str | Path,
+    dtype: ExportDtype = "fp32",
+    gguf_type: GgufType = "f16",
+    with_base: bool = False,
+    check: bool = True,
+    say: Callable[[str], None] = print,
+) -> ExportResult:
+    """Write a registry version (or a base model) for other tools (`tunesmith models export`): ``hf`` a merged
+    Hugging Face folder (weights in ``dtype``), ``peft`` its LoRA adapter (``with_base``: and the weights it sits
+    on), ``gguf`` one file for llama.cpp with an Ollama Modelfile (tensors in ``gguf_type``). With ``check`` the
+    export is loaded back the way its users load it and compared with the model; one that drifts past its
+    precision's tolerance raises ExportParityError and nothing is written. ``say`` gets the progress lines."""
+    from tunesmith.export import run
+
+    return run.export_model(model, format, Path(out), dtype, gguf_type, with_base, check, say)
 
 
 def list_bases() -> list[dict]:

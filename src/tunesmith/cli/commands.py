@@ -14,8 +14,8 @@ from rich.text import Text
 from tunesmith import api
 from tunesmith.cli.config_flags import config_values
 from tunesmith.cli.console import err, out
-from tunesmith.cli.tables import bases_table, curve_table, models_table, print_data_report
-from tunesmith.core.errors import TunesmithError
+from tunesmith.cli.tables import bases_table, curve_table, export_usage, models_table, parity_table, print_data_report
+from tunesmith.core.errors import ExportParityError, TunesmithError
 from tunesmith.evaluation.compare import comparison_table, eval_verdict
 from tunesmith.evaluation.report import curve_verdict
 from tunesmith.feedback.corrections import summary
@@ -176,6 +176,36 @@ def models_rm(args: argparse.Namespace) -> int:
     return 0
 
 
+def models_export(args: argparse.Namespace) -> int:
+    try:
+        result = api.export_model(
+            args.name,
+            args.format,
+            args.out,
+            args.dtype,
+            args.gguf_type,
+            args.with_base,
+            check=not args.no_check,
+            say=lambda line: err.print(line, markup=False, highlight=False),
+        )
+    except ExportParityError as failed:
+        if failed.report is not None:
+            out.print(parity_table(failed.report))
+        raise
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+        return 0
+    for report in (result.parity, result.llama_cpp):
+        if report is not None:
+            out.print(parity_table(report))
+    for note in result.notes:
+        out.print(note, markup=False, highlight=False)
+    out.print(f"exported {result.ref} to {result.out} ({result.bytes / 1e6:,.0f} MB)", markup=False)
+    for line in export_usage(result):
+        out.print(line, markup=False, highlight=False)
+    return 0
+
+
 def base_list(args: argparse.Namespace) -> int:
     rows = api.list_bases()
     if args.json:
@@ -217,6 +247,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "models list": models_list,
     "models show": models_show,
     "models rm": models_rm,
+    "models export": models_export,
     "base list": base_list,
     "serve": serve,
 }

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from tunesmith.cli.config_flags import add_config_flags
-from tunesmith.core.config import PRECISIONS, TASK_CHOICES, TrainConfig
+from tunesmith.core.config import EXPORT_DTYPES, EXPORT_FORMATS, GGUF_TYPES, PRECISIONS, TASK_CHOICES, TrainConfig
 
 DESCRIPTION = "Fine-tune small language models on your own data, on your own machine, and prove that it helped."
 MODEL_HELP = "registry model (NAME or NAME:VERSION), base model name or local folder"
@@ -309,6 +309,38 @@ def _models_commands(models: argparse._SubParsersAction) -> None:
         action="store_true",
         help="remove it even if other versions are built on it (a full fine-tune they start from)",
     )
+    _export_command(models)
+
+
+def _export_command(models: argparse._SubParsersAction) -> None:
+    export = _command(
+        models,
+        "models export",
+        "export",
+        help="write a version for transformers/vLLM (hf), PEFT (peft) or llama.cpp/Ollama (gguf), checked",
+        description="Write a version for other tools, load it back the way they do and check that it answers "
+        "like the model (the parity check). Nothing is written if the check fails or anything goes wrong.",
+    )
+    export.add_argument("name", help="NAME (latest) or NAME:VERSION; also a base model name or folder (hf, gguf)")
+    export.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="hf, peft or gguf")
+    export.add_argument("--out", required=True, type=Path, metavar="DIR", help="a new (or empty) folder")
+    export.add_argument(
+        "--dtype", choices=EXPORT_DTYPES, default="fp32", help="hf: the weights' dtype (default fp32; merged in fp32)"
+    )
+    export.add_argument(
+        "--gguf-type",
+        choices=GGUF_TYPES,
+        default="f16",
+        help="gguf: the tensor type (default f16; norms stay f32). source: the types of the GGUF the base came "
+        "from (the embedded model's 4-bit Q4_1), unchanged tensors copied byte for byte",
+    )
+    export.add_argument(
+        "--with-base",
+        action="store_true",
+        help="peft: also write the exact base weights (with earlier fine-tunes merged) under DIR/base",
+    )
+    export.add_argument("--no-check", action="store_true", help="skip the parity check")
+    export.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def _serve_command(commands: argparse._SubParsersAction) -> None:

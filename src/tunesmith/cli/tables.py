@@ -190,3 +190,60 @@ def curve_table(curve: CurveResult) -> Table:
         label = "base zero-shot" if system == "base" else f"base {curve.shots}-shot"
         table.add_row("–", format_value(metric, value), "", "", "", f"[dim]{label} (reference)[/]", "")
     return table
+
+
+GREEDY_TOKENS = 32  # export.parity.GREEDY_TOKENS (not imported: that module loads torch)
+
+
+def parity_table(report) -> Table:
+    """The parity check (export.parity.ParityReport): one line a probe, and the verdict in the caption."""
+    table = Table(
+        title=f"parity: the export loaded with {report.loaded_with} against the model (fp32)",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    table.add_column("probe", no_wrap=True, overflow="ellipsis", max_width=22)
+    for column, width in (("tokens", 6), ("template", 8), ("ids", 7), ("Δlogit", 7), ("top-1", 6), ("greedy", 7)):
+        table.add_column(column, justify="right", no_wrap=True, min_width=width)  # never squeezed: fits 80 columns
+    mark = {True: "same", False: "[red]differs[/]"}
+    for probe in report.probes:
+        table.add_row(
+            escape(" ".join(probe.prompt.split())),
+            str(probe.tokens),
+            mark[probe.template_identical],
+            mark[probe.tokens_identical],
+            f"{probe.max_logit_diff:.2g}",
+            f"{probe.top1_agreement:.1%}",
+            mark[probe.greedy_identical],
+        )
+    tolerance = report.tolerance
+    rule = f"{report.precision}: Δlogit ≤ {tolerance.max_logit_diff:g}, top-1 ≥ {tolerance.min_top1:.0%}"
+    rule += f", greedy ({GREEDY_TOKENS} tokens) the same" if tolerance.greedy_must_match else ""
+    verdict = "[green]passed[/]" if report.passed else "[red]failed: " + escape("; ".join(report.problems)) + "[/]"
+    table.caption = f"{verdict} · {rule}"
+    return table
+
+
+def export_usage(result) -> list[str]:
+    """How to run an export (export.run.ExportResult) with the tools its format is for."""
+    out = result.out
+    if result.format == "hf":
+        return [
+            f"transformers: AutoModelForCausalLM.from_pretrained({out!r}), AutoTokenizer.from_pretrained({out!r})",
+            f"vLLM:         vllm serve {out}",
+        ]
+    if result.format == "peft":
+        base = result.base.path
+        name = result.ref.split(":")[0]
+        return [
+            f"PEFT: PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base!r}), {out!r})",
+            f"vLLM: vllm serve {base} --enable-lora --lora-modules {name}={out} "
+            f"--max-lora-rank {result.vllm_max_lora_rank}",
+        ]
+    gguf = next(file for file in result.files if file.endswith(".gguf"))
+    lines = [f"llama.cpp: llama-cli -m {out}/{gguf}   or   llama-server -m {out}/{gguf}"]
+    if "Modelfile" in result.files:
+        name = result.ref.split(":")[0].lower()
+        lines.append(f"Ollama:    ollama create {name} -f {out}/Modelfile && ollama run {name}")
+    return lines

@@ -34,6 +34,14 @@ TASKS: tuple[Task, ...] = get_args(Task)
 TASK_CHOICES: tuple[TaskChoice, ...] = get_args(TaskChoice)
 METHODS: tuple[Method, ...] = get_args(Method)
 PRECISIONS: tuple[PrecisionChoice, ...] = get_args(PrecisionChoice)
+# Exports (tunesmith.export): the format, an hf folder's weight dtype, a GGUF file's tensor type ("source": the
+# types of the GGUF the base came from).
+ExportFormat = Literal["hf", "peft", "gguf"]
+ExportDtype = Literal["fp32", "bf16", "fp16"]
+GgufType = Literal["source", "f32", "f16", "bf16", "q8_0"]
+EXPORT_FORMATS: tuple[ExportFormat, ...] = get_args(ExportFormat)
+EXPORT_DTYPES: tuple[ExportDtype, ...] = get_args(ExportDtype)
+GGUF_TYPES: tuple[GgufType, ...] = get_args(GgufType)
 DEFAULT_BASE = "smollm2-135m"  # the embedded base (models.base), what every command starts from
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 

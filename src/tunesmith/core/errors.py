@@ -11,3 +11,11 @@ class DataError(TunesmithError):
     def __init__(self, message: str, report=None):
         super().__init__(message)
         self.report = report
+
+
+class ExportParityError(TunesmithError):
+    """An export that does not answer like the model it came from; ``report`` holds the parity figures."""
+
+    def __init__(self, message: str, report=None):
+        super().__init__(message)
+        self.report = report
