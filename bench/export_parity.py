@@ -58,21 +58,19 @@ def main() -> None:
     for ref in models:
         for number, (format, options) in enumerate(EXPORTS):
             began = time.perf_counter()
-            in_llama_cpp = "—"
             try:
                 result = tunesmith.export_model(ref, format, work / f"{ref}-{number}", say=lambda _: None, **options)
-                report, size = result.parity, f"{result.bytes / 1e6:,.0f}"
-                if result.llama_cpp is not None:
-                    cpp = result.llama_cpp
-                    in_llama_cpp = (
-                        f"{cpp.max_logit_diff:.2g} / {cpp.top1_agreement:.2%} / "
-                        f"{cpp.greedy_identical}/{len(cpp.probes)}" + ("" if cpp.passed else " FAIL")
-                    )
-                crashed = [note for note in result.notes if note.startswith("llama.cpp")]
-                in_llama_cpp = crashed[0] if crashed else in_llama_cpp
+                reports, size, notes = [result.parity, result.llama_cpp], f"{result.bytes / 1e6:,.0f}", result.notes
             except ExportParityError as failed:
-                report, size = failed.report, "—"
-                in_llama_cpp = "FAIL: " + str(failed)[:80] if failed.report.loaded_with == "llama.cpp" else "—"
+                reports, size, notes = failed.reports + [None], "—", []
+            report = reports[0]
+            cpp = reports[1] if len(reports) > 1 else None
+            in_llama_cpp = next((note for note in notes if note.startswith("llama.cpp")), "—")
+            if cpp is not None:
+                in_llama_cpp = (
+                    f"{cpp.max_logit_diff:.2g} / {cpp.top1_agreement:.2%} / {cpp.greedy_identical}/{len(cpp.probes)}"
+                    + ("" if cpp.passed else " FAIL")
+                )
             assert report is not None
             rows.append(
                 [

@@ -16,7 +16,7 @@ import pytest
 
 from tunesmith import TrainConfig, export_model, train
 from tunesmith.core.errors import ExportParityError
-from tunesmith.export import gguf_file
+from tunesmith.export import gguf_file, llama_cpp
 from tunesmith.export.gguf_vocab import add_tokenizer_from_folder
 from tunesmith.models.base import EMBEDDED, resolve_base
 
@@ -143,3 +143,12 @@ def test_the_cli_exports_a_gguf_in_source_types_and_refuses_a_broken_one(fine_tu
     with pytest.raises(ExportParityError, match="logits differ"):
         export_model("support", "gguf", fine_tune / "broken", gguf_type="f16", say=_quiet)
     assert not (fine_tune / "broken").exists()
+
+
+@pytest.mark.skipif(
+    not llama_cpp.available(), reason="llama-cpp-python is not installed (optional: it builds from source)"
+)
+def test_llama_cpp_itself_runs_the_gguf_like_the_model(fine_tune, tmp_path):
+    result = export_model("support", "gguf", tmp_path / "out", gguf_type="f16", say=_quiet)
+    assert result.llama_cpp is not None and result.llama_cpp.passed, result.notes
+    assert all(probe.tokens_identical and probe.template_identical for probe in result.llama_cpp.probes)

@@ -189,8 +189,8 @@ def models_export(args: argparse.Namespace) -> int:
             say=lambda line: err.print(line, markup=False, highlight=False),
         )
     except ExportParityError as failed:
-        if failed.report is not None:
-            out.print(parity_table(failed.report))
+        for report in failed.reports:
+            out.print(parity_table(report))
         raise
     if args.json:
         print(json.dumps(result.to_json(), indent=2))

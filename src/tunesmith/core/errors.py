@@ -14,8 +14,8 @@ class DataError(TunesmithError):
 
 
 class ExportParityError(TunesmithError):
-    """An export that does not answer like the model it came from; ``report`` holds the parity figures."""
+    """An export that does not answer like the model it came from; ``reports`` holds every parity check made."""
 
-    def __init__(self, message: str, report=None):
+    def __init__(self, message: str, reports: list | None = None):
         super().__init__(message)
-        self.report = report
+        self.reports = reports or []

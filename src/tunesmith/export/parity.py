@@ -36,17 +36,19 @@ class Tolerance(Result):
     greedy_must_match: bool  # every greedy continuation identical
 
 
-# fp32 stores the weights unchanged: only summation order differs (~1e-5 on these logits). The others round every
-# weight: bf16 keeps 8 bits of mantissa, fp16 11, q8_0 about 8 per block of 32, and the embedded base's Q4_1
-# keeps its unchanged tensors exact but rounds a fine-tune's merged matrices to 4 bits. Their logits move by
-# tenths to units, so near-ties change their top token now and then and a greedy continuation may part ways
-# after a tie; what they must keep is agreement on the clear majority of positions.
+# fp32 stores the weights unchanged: only summation order differs (measured: at most 0.00015 on these logits). The
+# others round every weight: fp16 keeps 11 bits of mantissa, bf16 8, q8_0 8 per block of 32 with a shared scale, and
+# `source` keeps the tensors a fine-tune left alone exact and writes the others in q8_0. Measured on real
+# fine-tunes (bench/RESULTS.md, export-parity), the largest logit moved by up to 0.05 (fp16), 0.75 (bf16) and 2.2
+# (q8_0), and 96-100% of positions kept their top token; near-ties then part a greedy continuation now and then
+# (fp16 included). The tolerances sit about twice above what was measured; a wrong tensor layout moves logits by
+# tens and agrees on few positions.
 TOLERANCES = {
     "fp32": Tolerance(max_logit_diff=1e-3, min_top1=1.0, greedy_must_match=True),
     "fp16": Tolerance(max_logit_diff=0.5, min_top1=0.97, greedy_must_match=False),
     "bf16": Tolerance(max_logit_diff=2.0, min_top1=0.93, greedy_must_match=False),
-    "q8_0": Tolerance(max_logit_diff=2.0, min_top1=0.93, greedy_must_match=False),
-    "source": Tolerance(max_logit_diff=2.0, min_top1=0.93, greedy_must_match=False),
+    "q8_0": Tolerance(max_logit_diff=4.0, min_top1=0.93, greedy_must_match=False),
+    "source": Tolerance(max_logit_diff=4.0, min_top1=0.93, greedy_must_match=False),
 }
 
 

@@ -94,15 +94,15 @@ def export_model(
         if check:
             say("Loading the export back and checking it against the model ...")
             probes, ours = reference_outputs(reference)
-            parity = _passed(check_parity(probes, ours, load_export(), precision), source.ref)
+            parity = check_parity(probes, ours, load_export(), precision)
             gguf_path = next(staging.glob("*.gguf"), None)
             if gguf_path is not None and llama_cpp.available():
                 say("Running the GGUF in llama.cpp (llama-cpp-python) and checking it too ...")
-                report, failure = llama_cpp.check_in_llama_cpp(gguf_path, probes, ours, precision)
-                in_llama_cpp = _passed(report, source.ref) if report is not None else None
-                if failure:  # the transformers check passed: a crash inside llama.cpp is said, not held against it
+                in_llama_cpp, failure = llama_cpp.check_in_llama_cpp(gguf_path, probes, ours, precision)
+                if failure:  # the transformers check stands: a crash inside llama.cpp is said, not held against it
                     say(failure)
                     written_notes.append(failure)
+            _refuse_drift([report for report in (parity, in_llama_cpp) if report is not None], source.ref)
         files = sorted(path for path in staging.rglob("*") if path.is_file())
         result = ExportResult(
             ref=source.ref,
@@ -161,14 +161,15 @@ def _put_in_place(staging: Path, out: Path) -> None:
     fsync_dir(out.parent)
 
 
-def _passed(report: ParityReport, ref: str) -> ParityReport:
-    if not report.passed:
+def _refuse_drift(reports: list[ParityReport], ref: str) -> None:
+    failed = [report for report in reports if not report.passed]
+    if failed:
+        problems = "; ".join(f"loaded with {r.loaded_with}: {'; '.join(r.problems)}" for r in failed)
         raise ExportParityError(
-            f"the export, loaded with {report.loaded_with}, does not answer like {ref}: {'; '.join(report.problems)}. "
-            "Nothing was written (--no-check writes it without the check)",
-            report,
+            f"the export does not answer like {ref} ({problems}). Nothing was written "
+            "(--no-check writes it without the check)",
+            reports,
         )
-    return report
 
 
 def _check_request(source: ExportSource, format: ExportFormat, gguf_type: GgufType, with_base: bool) -> None:
