@@ -67,6 +67,9 @@ def test_hf_export_is_a_clean_folder_that_answers_like_the_model(version, tmp_pa
     tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())
     template = (out / "chat_template.jinja").read_text()
     assert tokenizer_config["chat_template"] == template and "<|im_start|>" in template
+    # readable by transformers 4.x (vLLM): the fast tokenizer's old name, and no token_type_ids for generate()
+    assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert tokenizer_config["model_input_names"] == ["input_ids", "attention_mask"]
     generation = json.loads((out / "generation_config.json").read_text())
     vocab = json.loads((out / "tokenizer.json").read_text())["added_tokens"]
     assert generation["eos_token_id"] == next(t["id"] for t in vocab if t["content"] == "<|im_end|>")

@@ -28,6 +28,9 @@ def write_tokenizer(source: Path, folder: Path) -> None:
     if config.get("tokenizer_class") == "TokenizersBackend":  # transformers 5's name for the fast tokenizer
         config["tokenizer_class"] = "PreTrainedTokenizerFast"
         config.pop("backend", None)
+        # transformers 4.x's PreTrainedTokenizerFast adds token_type_ids by default, which a causal LM's generate()
+        # refuses; say what the model takes.
+        config.setdefault("model_input_names", list(tokenizer.model_input_names))
     path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
     (folder / "chat_template.jinja").write_text(tokenizer.chat_template)
 
