@@ -101,10 +101,10 @@ def fine_tune(tmp_path_factory):
             os.environ[key] = value
 
 
+# bf16 and q8_0 are held to their tolerances on tiny models (tests/unit/test_export.py); gguf here is the CLI's
+# `source` export below, which after an all-linear LoRA holds the same tensors as q8_0.
 @pytest.mark.parametrize(
-    "format, options",
-    [("hf", {}), ("hf", {"dtype": "bf16"}), ("peft", {"with_base": True}), ("gguf", {"gguf_type": "q8_0"})],
-    ids=["hf-fp32", "hf-bf16", "peft-with-base", "gguf-q8_0"],
+    "format, options", [("hf", {}), ("peft", {"with_base": True})], ids=["hf-fp32", "peft-with-base"]
 )
 def test_a_fine_tune_passes_the_check_in_every_format(fine_tune, format, options):
     result = export_model(
