@@ -128,12 +128,13 @@ def test_q_and_k_left_in_hugging_face_order_fail_the_check(version, tmp_path, mo
 def test_a_lost_chat_template_fails_the_check(version, tmp_path, monkeypatch):
     original = hf.write_tokenizer
 
-    def template_dropped(source: Path, folder: Path) -> None:
-        original(source, folder)
+    def template_dropped(source: Path, folder: Path):
+        tokenizer = original(source, folder)
         plain = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
         config = json.loads((folder / "tokenizer_config.json").read_text())
         (folder / "tokenizer_config.json").write_text(json.dumps(config | {"chat_template": plain}))
         (folder / "chat_template.jinja").write_text(plain)
+        return tokenizer
 
     monkeypatch.setattr(hf, "write_tokenizer", template_dropped)
     with pytest.raises(ExportParityError, match="chat template renders a prompt differently"):

@@ -18,8 +18,9 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
-def write_tokenizer(source: Path, folder: Path) -> None:
-    """tokenizer.json, tokenizer_config.json (with the chat template in it) and chat_template.jinja."""
+def write_tokenizer(source: Path, folder: Path):
+    """tokenizer.json, tokenizer_config.json (with the chat template in it) and chat_template.jinja; returns the
+    tokenizer."""
     tokenizer = load_tokenizer(source)
     tokenizer.save_pretrained(folder)
     path = folder / "tokenizer_config.json"
@@ -33,6 +34,7 @@ def write_tokenizer(source: Path, folder: Path) -> None:
         config.setdefault("model_input_names", list(tokenizer.model_input_names))
     path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
     (folder / "chat_template.jinja").write_text(tokenizer.chat_template)
+    return tokenizer
 
 
 def end_of_turn_ids(tokenizer, model_config: dict) -> list[int]:
@@ -55,8 +57,7 @@ def write_hf(model, tokenizer_source: Path, folder: Path, dtype: str) -> None:
         for name, tensor in model.state_dict().items()
     }
     model.save_pretrained(folder, state_dict=state, safe_serialization=True)
-    write_tokenizer(tokenizer_source, folder)
-    tokenizer = load_tokenizer(folder)
+    tokenizer = write_tokenizer(tokenizer_source, folder)
     config = clean_config(json.loads((folder / "config.json").read_text()), dtype)
     eos = end_of_turn_ids(tokenizer, config)
     config["eos_token_id"] = eos[0] if len(eos) == 1 else eos

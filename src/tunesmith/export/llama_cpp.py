@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -44,7 +43,6 @@ class LlamaCppTokenizer:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         self.llm = llm
-        self.chat_template = template
         eos = llm.detokenize([llm.token_eos()], special=True).decode("utf-8", errors="replace")
         bos = llm.detokenize([llm.token_bos()], special=True).decode("utf-8", errors="replace")
         self.formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
@@ -86,7 +84,7 @@ def load(path: Path, context: int = 1024) -> tuple[LlamaCppModel, LlamaCppTokeni
         n_ctx=context,
         logits_all=True,
         verbose=False,
-        n_threads=max(1, torch.get_num_threads() or os.cpu_count() or 1),
+        n_threads=torch.get_num_threads(),
     )
     template = llm.metadata.get("tokenizer.chat_template", "")
     return LlamaCppModel(llm), LlamaCppTokenizer(llm, template)
