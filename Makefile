@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS := test,bench,dev
 
-.PHONY: install demo test test-fast lint lock clean
+.PHONY: install demo test test-fast lint lock clean browser
 
 install: $(STAMP)
 
@@ -39,11 +39,18 @@ lint: $(STAMP)
 
 # Serial on purpose: `-n 2` saved ~17% on the server tests (121 s -> 100 s) but the suite's time is real-model
 # training, which already uses both cores; two trainings at once took over 3x as long (2 cores, pytest-xdist 3.8).
-test: lint
+test: lint browser
 	$(BIN)/python -m pytest -q tests
 
+# The web page's tests drive Debian's chromium through Playwright (Playwright's own browser downloads are never
+# used). Installed here when missing and apt-get can (root); otherwise those tests skip, saying why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "chromium could not be installed: the web page's browser tests will be skipped"
+
 # The markers are described in pyproject.toml ([tool.pytest.ini_options]).
-FAST := not integration and not model and not server and not shared_data
+FAST := not integration and not model and not server and not shared_data and not browser
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "$(FAST)" tests

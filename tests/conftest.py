@@ -265,3 +265,90 @@ def start_server(home, tmp_path):
     yield start
     for server in started:
         server.stop()
+
+
+def chromium_path() -> str | None:
+    """Debian's chromium (what `make test` installs); Playwright's own browser downloads are never used."""
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """A headless chromium driven by Playwright; skipped, saying why, where none can be found."""
+    executable = chromium_path()
+    if executable is None:
+        pytest.skip(
+            "no chromium on PATH: `make test` installs Debian's (apt-get install chromium); the page's tests need it"
+        )
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed: make install")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+class OfflinePage:
+    """A browser page that may only talk to the server under test: any request to another address is
+    aborted and recorded, and ``check()`` fails the test if there was one (the page must work offline)."""
+
+    def __init__(self, browser, server):
+        self.origin = server.url
+        self.context = browser.new_context(base_url=server.url, viewport={"width": 1280, "height": 800})
+        self.left_loopback: list[str] = []
+        self.console_errors: list[str] = []
+        self.context.route("**/*", self._route)
+        self.page = self.context.new_page()
+        self.page.on("console", self._console)
+        self.page.set_default_timeout(30_000)
+
+    def _console(self, message) -> None:
+        # A refused form answers 4xx on purpose (the tests check those statuses); what is left are script
+        # errors and Content-Security-Policy violations, which no page may have.
+        if message.type == "error" and not message.text.startswith("Failed to load resource: the server responded"):
+            self.console_errors.append(message.text)
+
+    def _route(self, route):
+        url = route.request.url
+        if url.startswith(self.origin + "/") or url == self.origin:
+            route.continue_()
+        else:
+            self.left_loopback.append(url)
+            route.abort()
+
+    def shot(self, name: str) -> None:
+        """A screenshot of the page into $TUNESMITH_SCREENSHOTS (docs/screenshots: the README's pictures)."""
+        folder = os.environ.get("TUNESMITH_SCREENSHOTS")
+        if folder:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            # caret="initial": hiding the caret injects a style, which the page's policy rightly refuses
+            self.page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True, caret="initial")
+
+    def check(self) -> None:
+        assert not self.left_loopback, f"the page asked for addresses off the server: {self.left_loopback}"
+        assert not self.console_errors, f"the browser console had errors: {self.console_errors}"
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture
+def open_page(browser):
+    """open_page(server) -> an OfflinePage on that server; checked and closed after the test."""
+    opened: list[OfflinePage] = []
+
+    def open_(server) -> OfflinePage:
+        page = OfflinePage(browser, server)
+        opened.append(page)
+        return page
+
+    yield open_
+    for page in opened:
+        try:
+            page.check()
+        finally:
+            page.close()

@@ -46,7 +46,12 @@ def tunesmith(*args: str, home: Path) -> subprocess.CompletedProcess:
 
 def test_fine_tuned_beats_zero_shot_and_8_shot_on_movie_sentiment(home, tmp_path):
     data = SHARED / "sentiment-movie"
-    trained = tunesmith("train", str(data / "train.jsonl"), "--name", "sentiment", home=home)
+    # The first 400 reviews, for the suite's time (the whole file took ~5 minutes of the suite's 20): the curve
+    # in bench/RESULTS.md (learning-curve-sentiment-small) has 100 reviews at 89.8% against 69.2% with 8 shots,
+    # so 400 must still beat both clearly; bench/defaults_quality.py trains on all of it.
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join((data / "train.jsonl").read_text().splitlines(keepends=True)[:400]))
+    trained = tunesmith("train", str(train), "--name", "sentiment", home=home)
     assert "base + 8-shot prompt" in trained.stdout + trained.stderr  # the closing comparison
 
     figures_file, report = tmp_path / "eval.json", tmp_path / "eval.html"

@@ -387,6 +387,23 @@ def test_pool_keeps_the_most_recently_used_within_its_bytes(served, tiny_model_d
         models = list(threads.map(concurrent.get, ["x"] * 6))
     assert loads == ["x"] and all(model is models[0] for model in models)
 
+    # different keys load one at a time: loading in transformers is not thread-safe
+    loading, overlapped = threading.Event(), []
+
+    def exclusive(key: str) -> LoadedModel:
+        overlapped.append(loading.is_set())
+        loading.set()
+        try:
+            time.sleep(0.05)
+            return catalog.load("tiny:1")
+        finally:
+            loading.clear()
+
+    serial = ModelPool(max_bytes=10 * size, loader=exclusive)
+    with ThreadPoolExecutor(4) as threads:
+        list(threads.map(serial.get, ["p", "q", "r", "s"]))
+    assert overlapped == [False] * 4
+
     # the default loader resolves through the registry
     assert ModelPool(10 * size).get("tiny:1").ref == "tiny:1"
 

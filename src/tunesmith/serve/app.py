@@ -1,8 +1,9 @@
-"""The FastAPI application: settings, shared state, the OpenAI error shape, and the /v1 routes.
+"""The FastAPI application: settings, shared state, the OpenAI error shape, the /v1 routes and the page.
 
     /v1/models, /v1/chat/completions, /v1/completions   using models      (serve.completions)
     /v1/files                                            uploads           (serve.files)
     /v1/fine_tuning/jobs                                 making models     (serve.jobs)
+    /, /jobs, /models, /playground, /review              the web page      (serve.web)
 
 Training never runs in this process: jobs go into the SQLite queue and a separate worker process
 (serve.worker) runs them, so answering requests stays responsive while a job trains.
@@ -32,6 +33,7 @@ from tunesmith.serve.protocol import (
     require_api_key,
     validation_error_response,
 )
+from tunesmith.serve.web import site
 
 log = logging.getLogger("tunesmith.serve")
 
@@ -48,10 +50,14 @@ class ServeSettings:
 
 def create_app(settings: ServeSettings | None = None) -> FastAPI:
     settings = settings or ServeSettings()
+    # No /docs or /redoc: FastAPI's pages load their scripts from a CDN, which the page's policy of
+    # 'self' (and an offline machine) refuses. The OpenAPI document stays at /openapi.json.
     app = FastAPI(
         title="tunesmith",
         version=VERSION,
         description="OpenAI-compatible API for using and fine-tuning small language models locally.",
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.pool = ModelPool(settings.model_memory_bytes, partial(catalog.load, precision=settings.precision))
@@ -72,6 +78,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     @app.get("/health", include_in_schema=False)
     def health() -> dict:
         return {"status": "ok"}
+
+    site.install(app)  # the web page at / (serve.web), after the handlers above, some of which it refines
 
     return app
 

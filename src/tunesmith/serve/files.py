@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -58,6 +59,12 @@ def upload_file(request: Request, file: UploadFile = File(...), purpose: str = F
             f"purpose {purpose!r} is not supported here: upload training data with purpose 'fine-tune'",
             param="purpose",
         )
+    return file_object(save_upload(request.app.state.store, file, request.app.state.settings.max_upload_bytes))
+
+
+def save_upload(store: JobStore, file: UploadFile, limit: int, purpose: str = "fine-tune") -> sqlite3.Row:
+    """Check and keep an uploaded data file (the API's upload and the page's): the stored row, or an
+    APIError (400 with the data check's lines; 413 over ``limit`` bytes), keeping nothing."""
     filename = display_name(file.filename or "")
     extension = os.path.splitext(filename)[1].lower()
     if extension not in EXTENSIONS:
@@ -67,15 +74,13 @@ def upload_file(request: Request, file: UploadFile = File(...), purpose: str = F
             "(the extension decides how it is read)",
             param="file",
         )
-    store: JobStore = request.app.state.store
-    limit = request.app.state.settings.max_upload_bytes
     folder = paths.files_dir()
     folder.mkdir(parents=True, exist_ok=True)
     handle = tempfile.NamedTemporaryFile(dir=folder, prefix=".upload-", suffix=extension, delete=False)
     temporary = Path(handle.name)
     try:
         with handle:
-            size = _copy_limited(file.file, handle, limit)
+            size = copy_limited(file.file, handle, limit)
         problems = check_upload(temporary, filename)
         if problems:
             raise APIError(
@@ -88,7 +93,7 @@ def upload_file(request: Request, file: UploadFile = File(...), purpose: str = F
         os.replace(temporary, folder / f"{file_id}{extension}")
     finally:
         temporary.unlink(missing_ok=True)
-    return file_object(store.add_file(file_id, filename, f"{file_id}{extension}", size, purpose))
+    return store.add_file(file_id, filename, f"{file_id}{extension}", size, purpose)
 
 
 @router.get("/files")
@@ -134,7 +139,7 @@ def display_name(name: str) -> str:
     return "" if name in (".", "..") else name[-255:]
 
 
-def _copy_limited(source, target, limit: int) -> int:
+def copy_limited(source, target, limit: int) -> int:
     size = 0
     while chunk := source.read(CHUNK):
         size += len(chunk)

@@ -274,6 +274,14 @@ class JobStore:
     def list_events(self, job_id: str, after: str | None, limit: int) -> tuple[list[sqlite3.Row], bool]:
         return self._page("events", "job_id = ?", [job_id], after, limit)
 
+    def events_since(self, job_id: str, seq: int, limit: int = 1000) -> list[sqlite3.Row]:
+        """A job's events after the one numbered ``seq`` (0: from the first), oldest first: the page's live
+        stream sends ``seq`` as the event id, so a browser that reconnects resumes where it was."""
+        with self._connect() as db:
+            return db.execute(
+                "SELECT * FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?", (job_id, seq, limit)
+            ).fetchall()
+
     def last_metrics_step(self, job_id: str) -> int:
         """The last training step already reported (steps replayed after a restart are not reported twice)."""
         with self._connect() as db:

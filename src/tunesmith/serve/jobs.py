@@ -14,6 +14,7 @@ max_length, ...), checked by TrainConfig here and stored with the job for the ru
 from __future__ import annotations
 
 import random
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,12 @@ class JobRequest(BaseModel):
 
 @router.post("/fine_tuning/jobs")
 def create_job(request: Request, body: JobRequest) -> dict:
-    store: JobStore = request.app.state.store
+    return job_object(submit_job(request.app.state.store, body))
+
+
+def submit_job(store: JobStore, body: JobRequest) -> sqlite3.Row:
+    """Check a job request, store it and check its files (the API's jobs and the page's): the job's row,
+    queued or failed with the data check's lines; an APIError for a request that cannot become a job."""
     hyperparameters = _hyperparameters(body)
     _check_model(body.model)
     if body.suffix is not None:
@@ -123,7 +129,7 @@ def create_job(request: Request, body: JobRequest) -> dict:
     )
     store.add_event(job_id, f"Created fine-tuning job: {job_id}", data={"model": body.model})
     validate_job(store, job_id)
-    return job_object(store.job(job_id))
+    return store.job(job_id)
 
 
 @router.get("/fine_tuning/jobs")
@@ -140,8 +146,12 @@ def retrieve_job(request: Request, job_id: str) -> dict:
 @router.post("/fine_tuning/jobs/{job_id}/cancel")
 def cancel_job(request: Request, job_id: str) -> dict:
     """The status changes here and now; the worker sees it within a second and stops the training process."""
-    store: JobStore = request.app.state.store
     job = _job_row(request, job_id)
+    return job_object(cancel(request.app.state.store, job["id"]))
+
+
+def cancel(store: JobStore, job_id: str) -> sqlite3.Row:
+    """Cancel an unfinished job (the API's and the page's); 409 for a job that has finished."""
     if not store.transition(job_id, "cancelled", UNFINISHED, "Fine-tuning job cancelled"):
         job = store.job(job_id)
         raise APIError(
@@ -149,7 +159,7 @@ def cancel_job(request: Request, job_id: str) -> dict:
             f"Job {job_id} is {job['status']}: only a job that is {', '.join(UNFINISHED)} can be cancelled",
             param="fine_tuning_job_id",
         )
-    return job_object(store.job(job["id"]))
+    return store.job(job_id)
 
 
 @router.get("/fine_tuning/jobs/{job_id}/events")

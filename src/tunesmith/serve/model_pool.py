@@ -7,8 +7,10 @@ stays, so a model larger than the bound still serves. The bound is enforced afte
 moment the old models and the new one are in memory together. A dropped model that a request is
 still generating with lives on until that request ends (the request holds a reference).
 
-Concurrent first requests for one key load it once (a lock per key); different keys load side by side.
-``get`` blocks while loading: call it from a worker thread, never from the event loop.
+Concurrent first requests for one key load it once, and different keys load one after the other: loading
+in transformers is not thread-safe (two models loaded on two threads at once failed with "Cannot copy out
+of meta tensor": the playground asks for its columns' models together). ``get`` blocks while loading:
+call it from a worker thread, never from the event loop.
 """
 
 from __future__ import annotations
@@ -39,27 +41,22 @@ class ModelPool:
         self.max_bytes = max_bytes
         self._loader = loader or catalog.load
         self._entries: OrderedDict[str, _Entry] = OrderedDict()  # least recently used first
-        self._lock = threading.Lock()  # guards _entries and _loading
-        self._loading: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()  # guards _entries
+        self._load_lock = threading.Lock()  # one load at a time
 
     def get(self, key: str) -> LoadedModel:
         with self._lock:
             if (loaded := self._touch(key)) is not None:
                 return loaded
-            key_lock = self._loading.setdefault(key, threading.Lock())
-        with key_lock:
+        with self._load_lock:
             with self._lock:
                 if (loaded := self._touch(key)) is not None:  # loaded while this request waited
                     return loaded
-            try:
-                loaded = self._loader(key)
-                size = model_bytes(loaded.model)
-                with self._lock:
-                    self._entries[key] = _Entry(loaded, size)
-                    self._evict()
-            finally:
-                with self._lock:
-                    self._loading.pop(key, None)
+            loaded = self._loader(key)
+            size = model_bytes(loaded.model)
+            with self._lock:
+                self._entries[key] = _Entry(loaded, size)
+                self._evict()
         return loaded
 
     def keys(self) -> list[str]:
