@@ -274,9 +274,11 @@ def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """A headless chromium driven by Playwright; skipped, saying why, where none can be found."""
+    """A headless chromium driven by Playwright; skipped, saying why, where none can be found. Module-scoped:
+    Playwright's sync API keeps an asyncio loop running in the main thread while it lives, which would make
+    every later ``asyncio.run`` in the session fail."""
     executable = chromium_path()
     if executable is None:
         pytest.skip(

@@ -155,3 +155,21 @@ def test_the_session_secret_is_private_and_kept(home):
     first = security.secret()
     assert security.secret() == first
     assert (home / "web-secret").stat().st_mode & 0o077 == 0
+
+
+def test_train_next_version_makes_a_dpo_job_from_the_pairs(client):
+    queue = queues.create("smollm2-135m", "q", ["p1", "p2", "p3"], False, "test", 16)
+    session = queue.session()
+    for prompt, verdict in zip(session.prompts, ("bad", "bad", "good")):
+        correction = f"better answer to {prompt.prompt}" if verdict == "bad" else None
+        session.record(prompt, f"answer to {prompt.prompt}", verdict, correction)
+    csrf = token(client)
+    done = client.post(f"/review/{queue.id}/train", data={"method": "dpo", "csrf_token": csrf}, follow_redirects=False)
+    assert done.status_code == 303, done.text
+    job = queue.meta["jobs"][0]
+    assert job["method"] == "dpo" and job["data"] == {"sft.jsonl": 3, "pairs.jsonl": 2}
+    row = client.app.state.store.job(job["id"])  # type: ignore[attr-defined]
+    assert json.loads(row["hyperparameters"])["method"] == "dpo" and row["model"] == "smollm2-135m"
+    assert row["status"] == "queued"  # the pairs passed the data check as preference data
+    stored = client.app.state.store.get_file(row["training_file"])  # type: ignore[attr-defined]
+    assert stored["filename"] == f"{queue.id}-pairs.jsonl"
