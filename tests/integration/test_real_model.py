@@ -190,6 +190,26 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(home, tmp_path):
     assert store.get("interrupted").version == 1
 
 
+def test_two_processes_train_the_real_model_and_publish_one_version(home, tmp_path):
+    data = head(EXAMPLES / "reviews" / "train.jsonl", tmp_path / "reviews.jsonl", 20)
+    two = run_cli(
+        "train", str(data), "--name", "pair", "--epochs", "1", "--batch-size", "4", "--nproc", "2", env_home=home
+    )
+    assert two.returncode == 0, two.stderr[-4000:]
+    assert two.stderr.count("Saved pair:1") == 1  # rank 0 alone prints and publishes
+    assert [v.version for v in store.versions("pair")] == [1]
+    version = store.get("pair")
+    assert [json.loads(line)["step"] for line in (version.path / "metrics.jsonl").read_text().splitlines()] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+    ]  # 18 training rows at batch 4, split over the two processes
+    assert version.manifest["metrics"]["fine_tuned"]["accuracy"] is not None
+    assert not (home / "runs" / "pair").exists()
+
+
 def test_bad_data_is_refused_with_file_and_line_and_leaves_nothing(home, tmp_path, write_jsonl):
     bad = write_jsonl(
         "bad.jsonl",

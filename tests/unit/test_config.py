@@ -139,10 +139,10 @@ def test_yaml_round_trip(tmp_path):
         (400, 4, 1, 3e-4, 16),
         (511, 8, 1, 3e-4, 16),
         (999, 8, 1, 3e-4, 16),
-        (1000, 8, 1, 2e-4, 16),
-        (9999, 8, 1, 2e-4, 16),
-        (10000, 8, 1, 2e-4, 32),
-        (50000, 8, 1, 2e-4, 32),
+        (1000, 8, 1, 3e-4, 16),
+        (9999, 8, 1, 3e-4, 16),
+        (10000, 8, 1, 3e-4, 32),
+        (50000, 8, 1, 3e-4, 32),
     ],
 )
 def test_resolve_lora_defaults(n, batch, epochs, lr, rank):
@@ -341,6 +341,15 @@ def test_explain_says_why_each_auto_setting_has_its_value():
         "10: up from 3, so that a run on 45 training rows makes 60 optimizer steps "
         "(at most 10 epochs; early stopping guards against overfitting)"
     )
+
+
+def test_explain_names_the_size_only_where_the_rate_depends_on_it():
+    lora = TrainConfig(data="x.jsonl", lr_multiplier=0.5)
+    assert (
+        explain(lora, resolve(lora, 5000, [60], None, "chat"), 5000)["lr"] == "0.00015: lora, times lr_multiplier 0.5"
+    )
+    full = TrainConfig(data="x.jsonl", method="full")
+    assert explain(full, resolve(full, 5000, [60], None, "chat"), 5000)["lr"] == "2e-05: full with at least 1000 rows"
 
 
 def test_epochs_are_raised_only_where_early_stopping_guards_them():

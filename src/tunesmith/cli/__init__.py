@@ -14,7 +14,9 @@ from tunesmith.core.errors import DataError, TunesmithError
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; the exit code: 0 done, 1 failed (the error printed), 2 bad usage, 130 interrupted."""
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv  # `train --nproc N` runs this command line again under torchrun
     if args.command is None:  # `tunesmith` or a group such as `tunesmith models` without its subcommand
         args.parser.print_help()
         return 2

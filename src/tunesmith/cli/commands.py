@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 from rich.text import Text
 
 from tunesmith import api
+from tunesmith.cli import launch
 from tunesmith.cli.config_flags import config_values
 from tunesmith.cli.console import err, out
 from tunesmith.cli.tables import bases_table, curve_table, export_usage, models_table, parity_table, print_data_report
@@ -62,6 +64,11 @@ def data_from_corrections(args: argparse.Namespace) -> int:
 
 
 def train(args: argparse.Namespace) -> int:
+    world = os.environ.get("WORLD_SIZE")  # set in each of torchrun's processes
+    if args.nproc is not None and world is not None and int(world) != args.nproc:
+        raise TunesmithError(f"--nproc {args.nproc} under torchrun's {world} processes: give one or the other")
+    if args.nproc not in (None, 1) and world is None:
+        return launch.relaunch(args.argv, args.nproc)
     result = api.train(args.config, resume=args.resume, **config_values(args, api.TrainConfig))
     return 130 if result.loop.interrupted else 0
 

@@ -153,7 +153,7 @@ def _train_command(commands: argparse._SubParsersAction) -> None:
     )
     settings = train.add_argument_group("settings")
     add_config_flags(settings, TrainConfig, positional="data", aliases={"val_data": ["--val", "--val-data"]})
-    run = train.add_argument_group("config file and resume")
+    run = train.add_argument_group("config file, resume and processes")
     run.add_argument(
         "-c",
         "--config",
@@ -162,6 +162,13 @@ def _train_command(commands: argparse._SubParsersAction) -> None:
         help="YAML file of settings (field names as keys); flags override it",
     )
     run.add_argument("--resume", metavar="NAME", help="continue the interrupted run NAME with its saved settings")
+    run.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train data-parallel in N processes on this machine (torchrun; one per GPU, or CPU processes "
+        "over gloo): the same result as one process, README: More than one process",
+    )
 
 
 def _eval_command(commands: argparse._SubParsersAction) -> None:

@@ -54,7 +54,8 @@ class TrainingInfo(Result):
     wall_seconds: float
     device: str = "cpu"  # "cuda" where it trained on a GPU
     precision: Precision | None = None
-    threads: int | None = None  # torch threads while training: the CPU-seconds of break-even
+    threads: int | None = None  # torch threads while training (per process): the CPU-seconds of break-even
+    processes: int = 1  # data-parallel processes (`--nproc`, torchrun)
     defaults: dict[str, str] | None = None  # why each setting left on auto got its value (training.defaults.explain)
 
 

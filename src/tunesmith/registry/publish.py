@@ -126,6 +126,7 @@ def write_version(
                 device=str(next(model.parameters()).device.type),
                 precision=config.precision,
                 threads=torch.get_num_threads(),
+                processes=loop.processes,
                 defaults=defaults,
             ),
         )

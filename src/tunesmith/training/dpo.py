@@ -24,6 +24,8 @@ import torch.nn.functional as F
 
 from tunesmith.data.batching import PairRow
 from tunesmith.models.parts import eval_mode
+from tunesmith.training import distributed
+from tunesmith.training.distributed import SINGLE, ProcessGroup
 from tunesmith.training.loss import loss_batch, token_loss_sums
 
 
@@ -64,18 +66,28 @@ class DPOObjective:
     def __init__(self, beta: float):
         self.beta = beta
 
-    def step(self, model, pairs: list[PairRow], micro_batch_size: int, pad_id: int) -> tuple[float, int, dict]:
-        total, margins = 0.0, []
-        for start in range(0, len(pairs), micro_batch_size):
-            chunk = pairs[start : start + micro_batch_size]
+    def step(
+        self, model, pairs: list[PairRow], micro_batch_size: int, pad_id: int, group: ProcessGroup = SINGLE
+    ) -> tuple[float, int, dict]:
+        mine = distributed.shard(pairs, group)
+        total, margin_sum, positive = 0.0, 0.0, 0.0
+        for start in range(0, len(mine), micro_batch_size):
+            chunk = mine[start : start + micro_batch_size]
             ref_chosen, ref_rejected = pair_log_likelihoods(model, chunk, pad_id, reference=True)
             chosen, rejected = pair_log_likelihoods(model, chunk, pad_id)
             losses, chosen_rewards, rejected_rewards = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.beta)
-            (losses.sum() / len(pairs)).backward()  # mean over the step's pairs, however it is split
+            (losses.sum() / len(pairs)).backward()  # mean over the step's pairs, however and wherever it is split
             total += losses.sum().item()
-            margins += (chosen_rewards - rejected_rewards).tolist()
+            margins = chosen_rewards - rejected_rewards
+            margin_sum += margins.sum().item()
+            positive += (margins > 0).sum().item()
+        total, margin_sum, positive = distributed.sum_values([total, margin_sum, positive], group)
         tokens = sum(len(pair.chosen) + len(pair.rejected) for pair in pairs)
-        return total / len(pairs), tokens, _reward_figures(margins)
+        return (
+            total / len(pairs),
+            tokens,
+            {"reward_margin": margin_sum / len(pairs), "reward_accuracy": positive / len(pairs)},
+        )
 
     @torch.no_grad()
     def validate(self, model, pairs: list[PairRow], pad_id: int, batch_size: int) -> dict:

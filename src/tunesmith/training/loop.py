@@ -6,7 +6,12 @@
                            big batch; DPO: training.dpo), clip, AdamW, warm-up + cosine schedule
         every eval_every:  validation loss; from the end of the first epoch on, keep the best weights and
                            stop early after `early_stopping_patience` passes without improvement
-        every checkpoint_every (and on Ctrl-C): an atomic checkpoint
+        every checkpoint_every (and on Ctrl-C or SIGTERM): an atomic checkpoint
+
+Under torchrun (training.distributed) every process runs this same loop over the same order; each computes
+its share of a step's rows, the gradients are summed once per step, and rank 0 alone writes checkpoints and
+metrics while the others wait. Validation runs on rank 0 and its figures are sent to the others, so the best
+weights and the early stop are decided alike everywhere.
 
 Everything the loop needs to continue lives in the checkpoint, so ``--resume`` after a crash
 replays the same order from the same state and ends with the same weights.
@@ -31,7 +36,9 @@ from tqdm.auto import tqdm
 from tunesmith.core.config import ResolvedConfig
 from tunesmith.data.batching import Row, epoch_order
 from tunesmith.training import checkpoint as ckpt
+from tunesmith.training import distributed
 from tunesmith.training.defaults import DEFAULT_BATCH, steps_per_epoch
+from tunesmith.training.distributed import SINGLE, ProcessGroup
 from tunesmith.training.kernels import training_kernels
 from tunesmith.training.loss import answer_loss, loss_batch, token_loss_sums
 from tunesmith.training.state import LoopResult, LoopState, StepMetrics, TrainHooks
@@ -55,22 +62,31 @@ def make_scheduler(optimizer, total_steps: int, config: ResolvedConfig):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def train_step(model, rows: list[Row], micro_batch_size: int, pad_id: int) -> tuple[float, int]:
-    """Forward/backward over micro-batches; returns (mean target-token loss, non-padding tokens)."""
+def train_step(
+    model, rows: list[Row], micro_batch_size: int, pad_id: int, group: ProcessGroup = SINGLE
+) -> tuple[float, int]:
+    """Forward/backward over micro-batches of this process's share of the step's ``rows``; returns (the step's
+    mean target-token loss, its non-padding tokens), both over all processes. Each share is divided by the
+    step's global target count, so the gradients summed over processes are the one-process gradient."""
     n_target = max(1, sum(row.n_target for row in rows))
+    mine = distributed.shard(rows, group)
     total = 0.0
-    for start in range(0, len(rows), micro_batch_size):
-        loss_sum = token_loss_sums(model, loss_batch(model, rows[start : start + micro_batch_size], pad_id)).sum()
+    for start in range(0, len(mine), micro_batch_size):
+        loss_sum = token_loss_sums(model, loss_batch(model, mine[start : start + micro_batch_size], pad_id)).sum()
         (loss_sum / n_target).backward()
         total += loss_sum.item()
+    total = distributed.sum_values([total], group)[0]
     return total / n_target, sum(len(row) for row in rows)
 
 
 class Objective(Protocol):
     """What the loop optimises: one step's gradients, and the figures of a validation pass."""
 
-    def step(self, model, rows: list, micro_batch_size: int, pad_id: int) -> tuple[float, int, dict]:
-        """Accumulate the step's gradients; (loss, tokens processed, extra figures to log)."""
+    def step(
+        self, model, rows: list, micro_batch_size: int, pad_id: int, group: ProcessGroup
+    ) -> tuple[float, int, dict]:
+        """Accumulate this process's share of the step's gradients, scaled so that their sum over processes is
+        the step's gradient; (loss, tokens processed, extra figures to log), each over all processes."""
 
     def validate(self, model, rows: list, pad_id: int, batch_size: int) -> dict:
         """Figures on the validation rows; ``val_loss`` decides the best weights and early stopping."""
@@ -79,30 +95,42 @@ class Objective(Protocol):
 class SupervisedObjective:
     """Next-token loss on the answer tokens (LoRA and full fine-tuning)."""
 
-    def step(self, model, rows: list[Row], micro_batch_size: int, pad_id: int) -> tuple[float, int, dict]:
-        return (*train_step(model, rows, micro_batch_size, pad_id), {})
+    def step(
+        self, model, rows: list[Row], micro_batch_size: int, pad_id: int, group: ProcessGroup = SINGLE
+    ) -> tuple[float, int, dict]:
+        return (*train_step(model, rows, micro_batch_size, pad_id, group), {})
 
     def validate(self, model, rows: list[Row], pad_id: int, batch_size: int) -> dict:
         return {"val_loss": answer_loss(model, rows, pad_id, batch_size)["loss"]}
 
 
 class _StopFlag:
-    """First Ctrl-C asks the loop to checkpoint and stop after the current step; a second one aborts."""
+    """First Ctrl-C (or SIGTERM: what torchrun, a scheduler or `docker stop` sends) asks the loop to checkpoint
+    and stop after the current step; a second Ctrl-C aborts. A second signal within DUPLICATE_S of the first is
+    the same request: under torchrun a Ctrl-C reaches each worker from the terminal and again from the agent."""
+
+    DUPLICATE_S = 2.0
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self._first: float | None = None
+        self._previous: dict[int, object] = {}
 
     def __enter__(self):
-        self._previous = signal.signal(signal.SIGINT, self._handle)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def _handle(self, signum, frame):
-        self.requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        now = time.monotonic()
+        if self._first is None:
+            self.requested, self._first = True, now
+        elif signum == signal.SIGINT and now - self._first > self.DUPLICATE_S:
+            raise KeyboardInterrupt
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)  # type: ignore[arg-type]
 
 
 def train_loop(
@@ -116,9 +144,11 @@ def train_loop(
     log=print,
     hooks: TrainHooks | None = None,
     objective: Objective | None = None,
+    group: ProcessGroup = SINGLE,
 ) -> LoopResult:
-    """``objective``: supervised by default; rows are whatever it takes (``Row``, or ``PairRow`` for DPO)."""
-    hooks = hooks or TrainHooks()
+    """``objective``: supervised by default; rows are whatever it takes (``Row``, or ``PairRow`` for DPO).
+    ``group``: this process's place under torchrun (training.distributed); hooks run on rank 0 only."""
+    hooks = (hooks or TrainHooks()) if group.main else TrainHooks()
     objective = objective or SupervisedObjective()
     per_epoch = steps_per_epoch(len(train_rows), config.batch_size)
     total_steps = per_epoch * config.epochs
@@ -138,19 +168,25 @@ def train_loop(
         state = LoopState.from_checkpoint(saved)
         log(f"Resuming from {latest.name} (step {state.global_step} of {total_steps})")
     metrics_file = run_dir / "metrics.jsonl"
-    metrics_file.write_text("".join(json.dumps(entry.to_json()) + "\n" for entry in state.history))
+    if group.main:
+        metrics_file.write_text("".join(json.dumps(entry.to_json()) + "\n" for entry in state.history))
     if hooks.on_start:
         hooks.on_start(config, total_steps, state.global_step)
 
     def save() -> None:
-        folder = ckpt.save_checkpoint(
-            run_dir, state.global_step, model, optimizer, scheduler, state.to_checkpoint(), best
-        )
-        if hooks.on_checkpoint and state.history:
-            hooks.on_checkpoint(state.global_step, folder, state.history[-1])
+        # Every process holds the same weights and optimizer state (the same summed gradients): one writes.
+        if group.main:
+            folder = ckpt.save_checkpoint(
+                run_dir, state.global_step, model, optimizer, scheduler, state.to_checkpoint(), best
+            )
+            if hooks.on_checkpoint and state.history:
+                hooks.on_checkpoint(state.global_step, folder, state.history[-1])
+        distributed.barrier(group)
 
     def record(entry: StepMetrics) -> None:
         state.history.append(entry)
+        if not group.main:
+            return
         with open(metrics_file, "a") as handle:
             handle.write(json.dumps(entry.to_json()) + "\n")
         if hooks.on_metrics:
@@ -165,22 +201,24 @@ def train_loop(
         dynamic_ncols=True,
         desc="training",
         mininterval=0.5 if sys.stderr.isatty() else 10,
+        disable=not group.main,
     )
+    trained = [p for p in model.parameters() if p.requires_grad]
     interrupted = False
     # The kernels are switched on once for the loop (~27 ms to patch every layer), validation included.
     with _StopFlag() as stop, training_kernels(model, config.precision == "bf16"):
         while state.epoch < config.epochs and not state.stopped_early:
             order = epoch_order(lengths, config.batch_size, config.seed, state.epoch)
             while state.step_in_epoch < len(order):
-                if stop.requested:
+                if distributed.any_process(stop.requested, group):
                     interrupted = True
                     break
                 started = time.perf_counter()
                 rows = [train_rows[i] for i in order[state.step_in_epoch]]
-                loss, tokens, figures = objective.step(model, rows, config.micro_batch_size, pad_id)
+                loss, tokens, figures = objective.step(model, rows, config.micro_batch_size, pad_id, group)
+                distributed.sum_gradients(trained, group)
                 grad_norm = None
                 if config.grad_clip:
-                    trained = [p for p in model.parameters() if p.requires_grad]
                     grad_norm = torch.nn.utils.clip_grad_norm_(trained, config.grad_clip).item()
                 lr = scheduler.get_last_lr()[0]
                 optimizer.step()
@@ -202,7 +240,8 @@ def train_loop(
                     **figures,
                 }
                 if val_rows and (step % config.eval_every == 0 or step == total_steps):
-                    values.update(objective.validate(model, val_rows, pad_id, validation_batch))
+                    measured = objective.validate(model, val_rows, pad_id, validation_batch) if group.main else None
+                    values.update(distributed.from_main(measured, group))
                     # Weights that have not seen every example once are not candidates: on a small set the
                     # validation loss of 2-20 examples is noisy enough to crown a model from mid-epoch one
                     # (sentiment, 200 reviews: the best step was 36 of 135, 144 reviews seen, 82% on test).
@@ -243,6 +282,7 @@ def train_loop(
         interrupted=interrupted,
         train_seconds=state.seconds,
         tokens=state.tokens,
+        processes=group.world,
     )
 
 

@@ -81,3 +81,4 @@ class LoopResult:
     interrupted: bool = False
     train_seconds: float = 0.0
     tokens: int = 0
+    processes: int = 1  # data-parallel processes (torchrun), each with `threads` torch threads

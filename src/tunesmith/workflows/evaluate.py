@@ -225,10 +225,10 @@ def _break_even(manifest: Manifest | None, results: dict[str, dict], prices: dic
     threads = torch.get_num_threads()
     on_gpu = training.device == "cuda"
     wall = training.wall_seconds
-    train_threads = training.threads or threads
+    train_threads = (training.threads or threads) * training.processes
     figures = break_even(
         training_cpu_seconds=0.0 if on_gpu else wall * train_threads,
-        training_gpu_seconds=wall if on_gpu else 0.0,
+        training_gpu_seconds=wall * training.processes if on_gpu else 0.0,
         tuned_request_cpu_seconds=tuned["latency_ms_p50"] / 1000 * threads,
         alternative_request_cpu_seconds=alternative["latency_ms_p50"] / 1000 * threads,
         prices=prices,

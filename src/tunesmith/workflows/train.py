@@ -6,11 +6,15 @@ starting model          -> a base, or a registry fine-tune to build on (models.l
 split + rows            -> base model evaluated on the validation split
 training loop           -> supervised or DPO objective; checkpoints in $TUNESMITH_HOME/runs/NAME
 fine-tuned evaluated    -> comparison printed, version published atomically to the registry
+
+Under torchrun every process runs this function: each checks the data and loads the model, rank 0 alone
+measures, prints, writes the run folder and publishes, and the others wait for it (training.distributed).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -36,7 +40,7 @@ from tunesmith.models.load import add_lora, count_parameters, load_tokenizer
 from tunesmith.registry import store
 from tunesmith.registry.lineage import load_start, resolve_start
 from tunesmith.registry.publish import file_sha256, write_version
-from tunesmith.training import defaults
+from tunesmith.training import defaults, distributed
 from tunesmith.training.checkpoint import latest_checkpoint
 from tunesmith.training.dpo import DPOObjective
 from tunesmith.training.loop import (
@@ -49,7 +53,7 @@ from tunesmith.training.loop import (
 
 @dataclass
 class TrainResult:
-    version: store.ModelVersion | None  # None when interrupted
+    version: store.ModelVersion | None  # None when interrupted, and on processes other than rank 0
     loop: LoopResult
     run_dir: Path
     comparison: Comparison  # validation figures per system, and whether fine-tuning helped
@@ -73,8 +77,29 @@ def train(
     """Run (or resume) a training run; returns the published version and the comparison.
 
     ``hooks`` follow the loop (see TrainHooks); ``provenance`` is stored in the version's manifest so
-    whoever started the run can find its version again (``tunesmith serve``: the job id)."""
-    console = console or Console(stderr=True, soft_wrap=True)
+    whoever started the run can find its version again (``tunesmith serve``: the job id).
+
+    Started by torchrun (WORLD_SIZE > 1), the process joins the others: see the module's docstring."""
+    group = distributed.join()
+    try:
+        return _train(group, config, resume, console, hooks, provenance)
+    finally:
+        distributed.leave(group)
+
+
+def _train(
+    group: distributed.ProcessGroup,
+    config: TrainConfig | None,
+    resume: str | None,
+    console: Console | None,
+    hooks: TrainHooks | None,
+    provenance: dict | None,
+) -> TrainResult:
+    # One process speaks: the others would print every line N times.
+    console = console or Console(stderr=True, soft_wrap=True, quiet=not group.main)
+    if resume is None and config is not None and _restarted_by_torchrun(group):
+        unfinished = config.name or default_name(config.data)
+        resume = unfinished if latest_checkpoint(paths.runs_dir() / unfinished) is not None else None
     if resume is not None:
         config = _config_for_resume(resume)
     assert config is not None
@@ -129,9 +154,10 @@ def train(
         sum(row.n_target for row in train_rows) / len(train_rows),
         has_validation=bool(val_rows),
     )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", resolved.to_yaml())
-    atomic_write_text(run_dir / "data.sha256", data_hash + "\n")
+    if group.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", resolved.to_yaml())
+        atomic_write_text(run_dir / "data.sha256", data_hash + "\n")
 
     torch.manual_seed(resolved.seed)
     # bf16 weights only where nothing is learnt in them: the frozen base under LoRA. Full
@@ -141,6 +167,8 @@ def train(
     if resolved.uses_adapter:
         assert resolved.lora_rank is not None and resolved.lora_alpha is not None  # resolve fills both
         model = add_lora(model, resolved.lora_rank, resolved.lora_alpha, resolved.lora_dropout, resolved.lora_targets)
+        # The adapter's random start must be the same in every process (the base weights come from one file).
+        distributed.broadcast_parameters([p for p in model.parameters() if p.requires_grad], group)
     trainable, total = count_parameters(model)
     built_on = f" on {start.parent}" if start.parent else ""
     console.print(
@@ -154,21 +182,33 @@ def train(
         console.print(f"  [dim]{setting} {why}[/]")
 
     evaluation = _ValidationComparison(model, tokenizer, resolved, splits, val_rows, start.parent)
-    baselines = evaluation.baselines(run_dir)
+    # The others wait for rank 0's measurement in the loop's first collective.
+    baselines = evaluation.baselines(run_dir) if group.main else {}
     started = time.time()
     objective = DPOObjective(resolved.beta) if resolved.method == "dpo" else SupervisedObjective()
-    loop = train_loop(
-        model,
-        resolved,
-        train_rows,
-        val_rows,
-        tokenizer.pad_token_id,
-        run_dir,
-        resume=resume is not None,
-        log=console.print,
-        hooks=hooks,
-        objective=objective,
-    )
+    try:
+        loop = train_loop(
+            model,
+            resolved,
+            train_rows,
+            val_rows,
+            tokenizer.pad_token_id,
+            run_dir,
+            resume=resume is not None,
+            log=console.print,
+            hooks=hooks,
+            objective=objective,
+            group=group,
+        )
+    except distributed.ProcessLost as lost:
+        raise TunesmithError(
+            f"{lost}. The last checkpoint is intact; continue with: "
+            f"tunesmith train --resume {name} --nproc {group.world}"
+        ) from lost
+    if not group.main:
+        if not loop.interrupted:  # every rank agrees on that (the loop's stop is collective)
+            distributed.barrier(group)  # until rank 0 has measured and published
+        return TrainResult(None, loop, run_dir, _comparison({}))
     if loop.interrupted:
         console.print(
             f"[yellow]Stopped at step {loop.steps}/{loop.total_steps}; checkpoint saved. "
@@ -200,7 +240,14 @@ def train(
     )
     shutil.rmtree(run_dir, ignore_errors=True)
     console.print(f"Saved [bold]{version.ref}[/] to {version.path}")
+    distributed.barrier(group)
     return TrainResult(version, loop, run_dir, comparison)
+
+
+def _restarted_by_torchrun(group: distributed.ProcessGroup) -> bool:
+    """torchrun restarts every process after a failure (--max-restarts): the run then continues from its last
+    checkpoint instead of refusing the run folder it left."""
+    return group.parallel and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
 
 
 def _comparison(results: dict[str, dict], judgement: Judgement | None = None) -> Comparison:

@@ -1,0 +1,62 @@
+"""The pieces of data-parallel training that need no second process: shares of a step, gradient buckets, the
+single-process no-ops, and the `--nproc` command line (the processes: tests/integration/test_distributed.py)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from tunesmith.cli import launch, main
+from tunesmith.training import distributed
+from tunesmith.training.distributed import SINGLE, ProcessGroup
+
+
+def test_each_process_takes_every_world_th_row_and_together_they_take_all():
+    rows = list(range(7))
+    shares = [distributed.shard(rows, ProcessGroup(rank, 3)) for rank in range(3)]
+    assert shares == [[0, 3, 6], [1, 4], [2, 5]]
+    assert distributed.shard([5], ProcessGroup(1, 2)) == []  # a short last batch: nothing for rank 1
+    assert distributed.shard(rows, SINGLE) == rows
+
+
+def test_gradient_buckets_keep_every_parameter_once_in_order(monkeypatch):
+    monkeypatch.setattr(distributed, "BUCKET_ELEMENTS", 10)
+    parameters = [torch.nn.Parameter(torch.zeros(n)) for n in (4, 4, 4, 12, 1)]
+    buckets = distributed._buckets(parameters)
+    assert [[p.numel() for p in bucket] for bucket in buckets] == [[4, 4], [4], [12], [1]]
+
+
+def test_one_process_needs_no_process_group(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert distributed.join() == SINGLE and SINGLE.main and not SINGLE.parallel
+    grad = torch.ones(3)
+    parameter = torch.nn.Parameter(torch.zeros(3))
+    parameter.grad = grad.clone()
+    distributed.sum_gradients([parameter], SINGLE)
+    assert torch.equal(parameter.grad, grad)
+    assert distributed.sum_values([1.5, 2.0], SINGLE) == [1.5, 2.0]
+    assert distributed.any_process(True, SINGLE) and distributed.from_main({"a": 1}, SINGLE) == {"a": 1}
+
+
+def test_nproc_runs_the_same_command_line_under_torchrun():
+    argv = ["train", "data.jsonl", "--nproc", "4", "--epochs", "2", "--nproc=3"]
+    assert launch.without_nproc(argv) == ["train", "data.jsonl", "--epochs", "2"]
+    command = launch.torchrun_command(argv, 4)
+    assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert "--standalone" in command and "--nproc-per-node=4" in command
+    assert command[-6:] == ["-m", "tunesmith", "train", "data.jsonl", "--epochs", "2"]
+
+
+@pytest.mark.parametrize("nproc", ["0", "-1"])
+def test_nproc_must_be_one_or_more(nproc, capsys, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert main(["train", "x.jsonl", "--nproc", nproc]) == 1
+    assert f"--nproc {nproc}: give the number of processes, 1 or more" in capsys.readouterr().err
+
+
+def test_nproc_inside_torchrun_must_agree_with_it(capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["train", "x.jsonl", "--nproc", "4"]) == 1
+    assert "--nproc 4 under torchrun's 2 processes" in capsys.readouterr().err
