@@ -72,6 +72,9 @@ def assert_same_run(one: Path, two: Path) -> None:
     assert [e["step"] for e in first] == [e["step"] for e in second]
     for a, b in zip(first, second):
         assert b["loss"] == pytest.approx(a["loss"], rel=LOSS_RTOL)
+        for figure in ("reward_margin", "reward_accuracy"):  # DPO's, summed over the processes
+            if figure in a:
+                assert b[figure] == pytest.approx(a[figure], rel=LOSS_RTOL, abs=1e-6)
         if "val_loss" in a:
             assert b["val_loss"] == pytest.approx(a["val_loss"], rel=LOSS_RTOL)
     assert second[0]["grad_norm"] == pytest.approx(first[0]["grad_norm"], rel=1e-6)  # before any update
@@ -82,20 +85,29 @@ def assert_same_run(one: Path, two: Path) -> None:
     assert worst < WEIGHT_ATOL < moved / 100, (worst, moved)
 
 
+def pairs(n: int) -> list[dict]:
+    return [
+        {"prompt": f"Customer: CU-{1000 + i} Issue: no signal.", "chosen": "positive", "rejected": "negative"}
+        for i in range(n)
+    ]
+
+
 # 28 rows at batch 8 make steps of 8, 8, 8 and 4 rows (an uneven last batch); at micro-batch 1 each process
 # accumulates 4 (then 2) micro-batches a step. 16 rows at batch 3 end with a step of one row: the second
-# process has none and still takes part.
+# process has none and still takes part. DPO: 13 pairs at batch 4 (the last step one pair).
 @pytest.mark.parametrize(
     "method,rows,settings",
     [
         ("lora", 28, ["--batch-size", "8", "--micro-batch-size", "1", "--lr", "1e-2"]),
         ("full", 16, ["--batch-size", "3", "--lr", "1e-3"]),
+        ("dpo", 13, ["--batch-size", "4", "--micro-batch-size", "1", "--lr", "1e-2"]),
     ],
 )
 def test_two_processes_train_what_one_process_trains(tmp_path, tiny_model_dir, method, rows, settings):
     data, val = tmp_path / "calls.jsonl", tmp_path / "val.jsonl"
-    data.write_text("".join(json.dumps(row) + "\n" for row in calls(rows)))
-    val.write_text("".join(json.dumps(row) + "\n" for row in calls(3)))
+    make = pairs if method == "dpo" else calls
+    data.write_text("".join(json.dumps(row) + "\n" for row in make(rows)))
+    val.write_text("".join(json.dumps(row) + "\n" for row in make(3)))
     common = ["train", str(data), "--val", str(val), "--base", str(tiny_model_dir), "--name", "calls"]
     common += ["--method", method, "--epochs", "2", "--precision", "fp32", *settings]
     tunesmith(tmp_path / "one", *common)

@@ -3,6 +3,8 @@ single-process no-ops, and the `--nproc` command line (the processes: tests/inte
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 import pytest
@@ -11,6 +13,7 @@ import torch
 from tunesmith.cli import launch, main
 from tunesmith.training import distributed
 from tunesmith.training.distributed import SINGLE, ProcessGroup
+from tunesmith.training.stop_signals import StopSignals
 
 
 def test_each_process_takes_every_world_th_row_and_together_they_take_all():
@@ -60,3 +63,17 @@ def test_nproc_inside_torchrun_must_agree_with_it(capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["train", "x.jsonl", "--nproc", "4"]) == 1
     assert "--nproc 4 under torchrun's 2 processes" in capsys.readouterr().err
+
+
+def test_a_stop_signal_twice_at_once_is_one_request_and_a_later_ctrl_c_aborts(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr("tunesmith.training.stop_signals.time.monotonic", lambda: now[0])
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)  # torchrun's or a scheduler's stop
+        assert stop.requested
+        now[0] += 0.5
+        os.kill(os.getpid(), signal.SIGINT)  # the same Ctrl-C, forwarded by torchrun's agent
+        now[0] += 5
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C, later: abort
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tunesmith.core.config import ResolvedConfig
+from tunesmith.core.errors import TunesmithError
 from tunesmith.data.batching import Row, epoch_order
 from tunesmith.training import checkpoint as ckpt
 from tunesmith.training import distributed
@@ -42,6 +42,7 @@ from tunesmith.training.distributed import SINGLE, ProcessGroup
 from tunesmith.training.kernels import training_kernels
 from tunesmith.training.loss import answer_loss, loss_batch, token_loss_sums
 from tunesmith.training.state import LoopResult, LoopState, StepMetrics, TrainHooks
+from tunesmith.training.stop_signals import StopSignals
 
 
 def make_optimizer(model, config: ResolvedConfig) -> torch.optim.Optimizer:
@@ -104,35 +105,6 @@ class SupervisedObjective:
         return {"val_loss": answer_loss(model, rows, pad_id, batch_size)["loss"]}
 
 
-class _StopFlag:
-    """First Ctrl-C (or SIGTERM: what torchrun, a scheduler or `docker stop` sends) asks the loop to checkpoint
-    and stop after the current step; a second Ctrl-C aborts. A second signal within DUPLICATE_S of the first is
-    the same request: under torchrun a Ctrl-C reaches each worker from the terminal and again from the agent."""
-
-    DUPLICATE_S = 2.0
-
-    def __init__(self):
-        self.requested = False
-        self._first: float | None = None
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self):
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        now = time.monotonic()
-        if self._first is None:
-            self.requested, self._first = True, now
-        elif signum == signal.SIGINT and now - self._first > self.DUPLICATE_S:
-            raise KeyboardInterrupt
-
-    def __exit__(self, *exc):
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)  # type: ignore[arg-type]
-
-
 def train_loop(
     model,
     config: ResolvedConfig,
@@ -163,6 +135,8 @@ def train_loop(
     state = LoopState()
     best: dict[str, torch.Tensor] | None = None
     latest = ckpt.latest_checkpoint(run_dir) if resume else None
+    if group.parallel:
+        _same_checkpoint_everywhere(latest, run_dir, group)
     if latest is not None:
         saved, best = ckpt.load_checkpoint(latest, model, optimizer, scheduler)
         state = LoopState.from_checkpoint(saved)
@@ -206,7 +180,7 @@ def train_loop(
     trained = [p for p in model.parameters() if p.requires_grad]
     interrupted = False
     # The kernels are switched on once for the loop (~27 ms to patch every layer), validation included.
-    with _StopFlag() as stop, training_kernels(model, config.precision == "bf16"):
+    with StopSignals() as stop, training_kernels(model, config.precision == "bf16"):
         while state.epoch < config.epochs and not state.stopped_early:
             order = epoch_order(lengths, config.batch_size, config.seed, state.epoch)
             while state.step_in_epoch < len(order):
@@ -284,6 +258,19 @@ def train_loop(
         tokens=state.tokens,
         processes=group.world,
     )
+
+
+def _same_checkpoint_everywhere(latest: Path | None, run_dir: Path, group: ProcessGroup) -> None:
+    """Every process must resume from rank 0's checkpoint: one that starts afresh beside the others would
+    silently train another model (machines that do not share TUNESMITH_HOME)."""
+    mine = latest.name if latest else None
+    expected = distributed.from_main(mine, group)
+    if mine != expected:
+        raise TunesmithError(
+            f"process {group.rank} finds checkpoint {mine or 'none'} in {run_dir}, rank 0 resumes from "
+            f"{expected or 'none'}: every process must see the same run folder (put TUNESMITH_HOME on a disk the "
+            "machines share)"
+        )
 
 
 def _progress_figures(entry: StepMetrics) -> dict[str, str]:
