@@ -7,7 +7,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXTRAS := test,bench,dev
+EXTRAS := test,bench,dev,tracking
 
 .PHONY: install demo test test-fast lint lock clean browser
 
@@ -66,7 +66,7 @@ LOCK_ARGS ?=
 
 define LOCK_HEADER
 # Every package `make install` (and so CI) installs, pinned: pyproject.toml's ranges with the extras
-# test, bench and dev, resolved by uv for Python 3.11 on Linux x86_64. Do not edit: `make lock` rewrites it
+# test, bench, dev and tracking, resolved by uv for Python 3.11 on Linux x86_64. Do not edit: `make lock` rewrites it
 # from pyproject.toml (then run `make test`).
 #
 # No hashes: torch comes from a local CPU wheel whose hash differs from PyPI's, and pip's hash checking is
@@ -80,7 +80,7 @@ export LOCK_HEADER
 lock: $(BIN)/uv
 	touch requirements.lock
 	sed '/^torch==/d' requirements.lock > requirements.lock.tmp
-	$(BIN)/uv pip compile pyproject.toml --extra test --extra bench --extra dev \
+	$(BIN)/uv pip compile pyproject.toml --extra test --extra bench --extra dev --extra tracking \
 		--python-version 3.11 --python-platform x86_64-manylinux_2_28 \
 		$(if $(LOCK_FIND_LINKS),--find-links $(LOCK_FIND_LINKS)) \
 		--no-header --quiet $(LOCK_ARGS) -o requirements.lock.tmp

@@ -43,6 +43,7 @@ EXPORT_FORMATS: tuple[ExportFormat, ...] = get_args(ExportFormat)
 EXPORT_DTYPES: tuple[ExportDtype, ...] = get_args(ExportDtype)
 GGUF_TYPES: tuple[GgufType, ...] = get_args(GgufType)
 DEFAULT_BASE = "smollm2-135m"  # the embedded base (models.base), what every command starts from
+TRACKERS = ("tensorboard", "mlflow")  # --report-to: where a run is logged besides metrics.jsonl
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -169,6 +170,12 @@ class TrainConfig(BaseModel):
     system_prompt: str | None = Field(
         None, description="System message added to examples that have none (chat-like tasks)."
     )
+    report_to: list[str] = Field(
+        default_factory=list,
+        description="Also log the run to tensorboard (event files in $TUNESMITH_HOME/tensorboard/NAME) and/or "
+        "mlflow ($MLFLOW_TRACKING_URI, else $TUNESMITH_HOME/mlflow.db); needs the `tracking` extra. "
+        "metrics.jsonl stays the record.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -186,6 +193,14 @@ class TrainConfig(BaseModel):
             if any(not label.strip() for label in value):
                 raise ValueError("labels must not be empty")
         return value
+
+    @field_validator("report_to")
+    @classmethod
+    def _known_trackers(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in TRACKERS]
+        if unknown:
+            raise ValueError(f"unknown tracker {', '.join(unknown)}: choose from {', '.join(TRACKERS)}")
+        return list(dict.fromkeys(value))
 
     @model_validator(mode="after")
     def _cross_field(self) -> TrainConfig:

@@ -70,6 +70,24 @@ class TrainHooks:
     on_checkpoint: Callable[[int, Path, StepMetrics], None] | None = None
 
 
+def chained(*hooks: TrainHooks | None) -> TrainHooks:
+    """One TrainHooks calling each given one's callbacks in turn (the caller's, then a tracker's)."""
+    present = [h for h in hooks if h is not None]
+
+    def each(name: str):
+        callbacks = [getattr(h, name) for h in present if getattr(h, name) is not None]
+        if not callbacks:
+            return None
+
+        def call(*args) -> None:
+            for callback in callbacks:
+                callback(*args)
+
+        return call
+
+    return TrainHooks(on_start=each("on_start"), on_metrics=each("on_metrics"), on_checkpoint=each("on_checkpoint"))
+
+
 @dataclass
 class LoopResult:
     steps: int

@@ -49,6 +49,8 @@ from tunesmith.training.loop import (
     TrainHooks,
     train_loop,
 )
+from tunesmith.training.state import chained
+from tunesmith.workflows.tracking import RunTracking, require
 
 
 @dataclass
@@ -111,6 +113,7 @@ def _train(
             f"`tunesmith train --resume {name}`, or delete that folder to start over"
         )
 
+    require(config)  # a tracker's library, before anything is read or loaded
     structure = check_structure(config.data, config.task, config.val_data, config.labels)
     if not structure.ok:
         raise DataError(_error_summary(structure), structure)
@@ -185,6 +188,7 @@ def _train(
     # The others wait for rank 0's measurement in the loop's first collective.
     baselines = evaluation.baselines(run_dir) if group.main else {}
     started = time.time()
+    tracking = RunTracking.open(resolved, run_dir, group.main)
     objective = DPOObjective(resolved.beta) if resolved.method == "dpo" else SupervisedObjective()
     try:
         loop = train_loop(
@@ -196,7 +200,7 @@ def _train(
             run_dir,
             resume=resume is not None,
             log=console.print,
-            hooks=hooks,
+            hooks=chained(hooks, tracking.hooks()),
             objective=objective,
             group=group,
         )
@@ -210,6 +214,7 @@ def _train(
             distributed.barrier(group)  # until rank 0 has measured and published
         return TrainResult(None, loop, run_dir, _comparison({}))
     if loop.interrupted:
+        tracking.finish(None)
         console.print(
             f"[yellow]Stopped at step {loop.steps}/{loop.total_steps}; checkpoint saved. "
             f"Continue with:  tunesmith train --resume {name}[/]"
@@ -238,6 +243,7 @@ def _train(
         provenance=provenance,
         defaults=chosen,
     )
+    tracking.finish(comparison, version.path / "loss.png", version.ref)
     shutil.rmtree(run_dir, ignore_errors=True)
     console.print(f"Saved [bold]{version.ref}[/] to {version.path}")
     distributed.barrier(group)
