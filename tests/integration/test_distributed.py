@@ -202,27 +202,3 @@ def test_a_killed_process_stops_the_other_and_the_run_resumes(tmp_path, long_run
 
     tunesmith(home, "train", "--resume", "calls", "--nproc", "2")
     assert_same_run(whole, published(home, "calls"))
-
-
-def test_torchrun_restarts_a_failed_run_and_it_resumes_by_itself(tmp_path, long_run):
-    common, whole = long_run
-    home = tmp_path / "elastic"
-    env = {**os.environ, "TUNESMITH_HOME": str(home), "OMP_NUM_THREADS": "1"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    process = subprocess.Popen(
-        [*torchrun, "--max-restarts", "1", "-m", "tunesmith", *common],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    pointer = home / "runs" / "calls" / "checkpoints" / "LATEST"
-    try:
-        wait_until(lambda: pointer.is_file(), 180, "a first checkpoint")
-        os.kill(process_of_rank(home, 1), signal.SIGKILL)
-        output = process.communicate(timeout=300)[0].decode()
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 0, output[-3000:]
-    assert "Resuming from step-" in output  # the restarted processes continued the run instead of refusing it
-    assert_same_run(whole, published(home, "calls"))

@@ -14,6 +14,7 @@ from tunesmith.cli import launch, main
 from tunesmith.training import distributed
 from tunesmith.training.distributed import SINGLE, ProcessGroup
 from tunesmith.training.stop_signals import StopSignals
+from tunesmith.workflows.train import _restarted_by_torchrun
 
 
 def test_each_process_takes_every_world_th_row_and_together_they_take_all():
@@ -77,3 +78,14 @@ def test_a_stop_signal_twice_at_once_is_one_request_and_a_later_ctrl_c_aborts(mo
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C, later: abort
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_run_restarted_by_torchrun_resumes_instead_of_refusing_its_folder(monkeypatch):
+    # torchrun --max-restarts starts the processes again with TORCHELASTIC_RESTART_COUNT > 0. (Not run end to
+    # end: on this machine a restarted round's gloo connection setup itself fails at random, before any of
+    # tunesmith's code runs, with a plain all-reduce script too; pytorch/pytorch#167288.)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert _restarted_by_torchrun(ProcessGroup(1, 2))
+    assert not _restarted_by_torchrun(SINGLE)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    assert not _restarted_by_torchrun(ProcessGroup(0, 2))
