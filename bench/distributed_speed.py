@@ -4,8 +4,9 @@ same model.
 Trains the embedded model with LoRA for one epoch on the project's examples/reviews through the CLI, alternating
 one process (all cores' threads) and N processes (the cores shared out, OMP_NUM_THREADS = cores / N), `--rounds`
 times each so a slow spell of the machine hits both. Reports the training loop's tokens/s, the whole command's
-wall-clock (model loads and the closing comparison included) and the best validation loss, which should agree
-to rounding.
+wall-clock (model loads and the closing comparison included) and the best validation loss. That agrees to
+rounding in fp32 (tests/integration/test_distributed.py); under bf16, the default where the CPU has AMX or
+AVX512-BF16, each process's half-size micro-batches round differently and the runs drift apart somewhat.
 
     .venv/bin/python bench/distributed_speed.py [--nproc 2] [--rounds 2]     # the "distributed" section
 """

@@ -167,7 +167,7 @@ def _train_command(commands: argparse._SubParsersAction) -> None:
         type=int,
         metavar="N",
         help="train data-parallel in N processes on this machine (torchrun; one per GPU, or CPU processes "
-        "over gloo): the same result as one process, README: More than one process",
+        "over gloo): the update one process makes on the same batch (README: More than one process)",
     )
 
 
