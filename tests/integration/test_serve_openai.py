@@ -190,3 +190,41 @@ def test_openai_client_session(home, start_server, capsys):
     rest = client.fine_tuning.jobs.list(limit=1, after=second.id)
     assert [j.id for j in rest.data] == [job.id] and not rest.has_more
     assert [j.id for j in client.fine_tuning.jobs.list(limit=1)] == [second.id, job.id]
+
+
+def test_a_dpo_job_with_openai_preference_data(home, start_server):
+    """OpenAI's DPO request and preference file format, end to end: the job trains with --method dpo and
+    publishes a DPO version; a preference file sent as a supervised job fails validation saying why."""
+    server = start_server(api_key=KEY)
+    client = openai.OpenAI(base_url=server.base_url, api_key=KEY, max_retries=0, timeout=120)
+    questions = [f"Do you rent bikes on day {i}?" for i in range(12)]
+    pairs = "".join(
+        json.dumps(
+            {
+                "input": {"messages": [{"role": "user", "content": question}]},
+                "preferred_output": [{"role": "assistant", "content": "Yes, from 9am to 6pm."}],
+                "non_preferred_output": [{"role": "assistant", "content": "As an AI, I cannot know that."}],
+            }
+        )
+        + "\n"
+        for question in questions
+    )
+    uploaded = client.files.create(file=("pairs.jsonl", pairs.encode()), purpose="fine-tune")
+
+    supervised = client.fine_tuning.jobs.create(training_file=uploaded.id, model=BASE)
+    supervised = wait_for(client, supervised.id, lambda j: j.status in ("failed", "queued", "running"), 60)
+    assert supervised.status == "failed" and 'create the job with method {"type": "dpo"}' in supervised.error.message
+
+    job = client.fine_tuning.jobs.create(
+        training_file=uploaded.id,
+        model=BASE,
+        suffix="bikes",
+        seed=0,
+        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 1, "batch_size": 4}}},
+    )
+    assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.2
+    job = wait_for(client, job.id, lambda j: j.status in ("succeeded", "failed", "cancelled"))
+    assert job.status == "succeeded", job.error
+    version = registry.get(job.fine_tuned_model)
+    assert version.manifest["method"] == "dpo" and version.manifest["config"]["beta"] == 0.2
+    assert "preference_accuracy" in version.manifest["metrics"]["fine_tuned"]

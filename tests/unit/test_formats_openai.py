@@ -318,3 +318,45 @@ def test_tool_messages_belong_to_chat_lines_only(write_jsonl):
     fields = {e.field for e in errors}
     assert "prompt[2].role" in fields and "prompt[1].tool_calls" in fields
     assert any("read from chat lines only" in e.hint for e in errors)
+
+
+# --------------------------------------------------------------------------- OpenAI's DPO format
+
+
+def openai_pair(**changes) -> dict:
+    pair = {
+        "input": {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Rent bikes?"}]},
+        "preferred_output": [{"role": "assistant", "content": "Yes, from 9am."}],
+        "non_preferred_output": [{"role": "assistant", "content": "As an AI I cannot know."}],
+    }
+    return pair | changes
+
+
+def test_openai_preference_lines_are_preference_pairs(write_jsonl):
+    parsed = read_file(write_jsonl("dpo.jsonl", [openai_pair(), openai_pair()]))
+    assert parsed.task == "preference" and not parsed.issues
+    example = parsed.examples[0]
+    assert [m["role"] for m in example.messages] == ["system", "user"]
+    assert (example.chosen, example.rejected) == ("Yes, from 9am.", "As an AI I cannot know.")
+
+
+@pytest.mark.parametrize(
+    "changes,field,message",
+    [
+        ({"input": {"prompt": "x"}}, "input", 'must be an object with "messages"'),
+        ({"input": {"messages": [ASSISTANT]}}, "input.messages", "end"),
+        ({"preferred_output": "Yes"}, "preferred_output", "must be a list of one assistant message"),
+        ({"preferred_output": [USER]}, "preferred_output[0].role", "must be assistant"),
+        ({"non_preferred_output": [{"role": "assistant", "content": " "}]}, "non_preferred_output[0].content", "text"),
+        ({"input": {"messages": [USER], "tools": [WEATHER]}}, "input.tools", "not supported"),
+    ],
+)
+def test_openai_preference_errors_name_the_field(write_jsonl, changes, field, message):
+    path = write_jsonl("dpo.jsonl", [openai_pair(), openai_pair(**changes)])
+    assert_error(path, 2, field, message)
+
+
+def test_a_missing_openai_preference_key_is_named(write_jsonl):
+    pair = openai_pair()
+    del pair["non_preferred_output"]
+    assert_error(write_jsonl("dpo.jsonl", [openai_pair(), pair]), 2, "non_preferred_output", "missing key")

@@ -10,8 +10,9 @@ import pytest
 
 from tunesmith.core import paths
 from tunesmith.core.config import ResolvedConfig
+from tunesmith.serve.datacheck import validate_job
 from tunesmith.serve.job_runner import job_config, resolved_hyperparameters
-from tunesmith.serve.job_store import JobStore
+from tunesmith.serve.job_store import JobStore, job_object
 from tunesmith.serve.jobs import JobRequest, _hyperparameters
 from tunesmith.serve.protocol import APIError
 
@@ -90,3 +91,47 @@ def test_the_runner_applies_the_stored_settings(home):
         "lora_rank": 16,
         "lora_targets": ["q_proj"],
     }
+
+
+def test_a_dpo_job_trains_with_method_dpo_and_its_beta():
+    dpo = {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 2}}}
+    assert requested(method=dpo) == {
+        "n_epochs": 2,
+        "batch_size": "auto",
+        "learning_rate_multiplier": "auto",
+        "method": "dpo",
+        "beta": 0.2,
+    }
+    assert refused(method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0}}}).param == (
+        "method.dpo.hyperparameters.beta"
+    )
+    clash = refused(method={"type": "dpo", "dpo": {"hyperparameters": {"method": "full"}}})
+    assert clash.param == "method.dpo.hyperparameters.method" and "given twice" in clash.message
+    other = refused(method={"type": "reinforcement"})
+    assert other.param == "method.type" and "'supervised' or 'dpo'" in other.message
+
+
+@pytest.mark.parametrize(
+    "method,line,fails",
+    [
+        ({"type": "dpo"}, {"text": "fine", "label": "pos"}, "holds classify data; a job with method"),
+        (None, {"prompt": "Rent bikes?", "chosen": "Yes.", "rejected": "No."}, "create the job with method"),
+        ({"type": "dpo"}, {"prompt": "Rent bikes?", "chosen": "Yes.", "rejected": "No."}, None),
+    ],
+)
+def test_a_job_whose_file_does_not_fit_its_method_fails_validation(home, method, line, fails):
+    store = JobStore(paths.serve_db())
+    (home / "files").mkdir(parents=True, exist_ok=True)
+    lines = [line | {"label": label} if "label" in line else line for label in ("pos", "neg", "pos")]
+    (home / "files" / "file-t.jsonl").write_text("".join(json.dumps(one) + "\n" for one in lines))
+    store.add_file("file-t", "data.jsonl", "file-t.jsonl", 1, "fine-tune")
+    hyperparameters = requested(method=method) if method else requested()
+    store.create_job("ftjob-t", "smollm2-135m", "file-t", None, None, 7, hyperparameters, "t", None)
+    assert validate_job(store, "ftjob-t") is (fails is None)
+    job = job_object(store.get_job("ftjob-t"))
+    if fails:
+        assert job["status"] == "failed" and fails in job["error"]["message"]
+        assert job["error"]["message"].startswith("data.jsonl")  # the user's name for the file
+    else:
+        assert job["status"] == "queued"
+        assert job["method"]["type"] == "dpo" and job["method"]["dpo"]["hyperparameters"]["method"] == "dpo"

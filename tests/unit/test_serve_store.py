@@ -193,7 +193,7 @@ def test_job_creation_checks_the_request(home, start_server):
         )["param"]
         == "method.supervised.hyperparameters.learning_rate_multiplier"
     )
-    assert refused(openai.BadRequestError, method={"type": "dpo"})["param"] == "method.type"
+    assert refused(openai.BadRequestError, method={"type": "reinforcement"})["param"] == "method.type"
     assert refused(openai.BadRequestError, suffix="../evil")["param"] == "suffix"
     assert refused(openai.BadRequestError, suffix="x" * 41)["param"] == "suffix"
     assert api.fine_tuning.jobs.list().data == []  # nothing was created

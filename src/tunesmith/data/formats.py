@@ -20,7 +20,8 @@ Tasks and the line formats that feed them:
     classify    {"text", "label"}  (JSONL, or CSV with a text,label header)
     text        {"text"}  (JSONL, one document a line) or a .txt file (one document)
     preference  {"prompt", "chosen", "rejected"}  prompt as text or as messages ending with a user
-                turn; trained with ``--method dpo``
+                turn; or OpenAI's {"input": {"messages"}, "preferred_output": [assistant message],
+                "non_preferred_output": [...]} (data.preference); trained with ``--method dpo``
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.core.config import Task, TaskChoice
-from tunesmith.data.messages import check_messages, check_prompt_messages, make_message
+from tunesmith.data.messages import check_messages, make_message
+from tunesmith.data.preference import parse_openai_preference, parse_preference
 from tunesmith.data.readers import check_classify, read_csv, read_json_array, read_json_objects, read_txt
 from tunesmith.data.records import Example, Findings, Issue, position_word
 from tunesmith.data.tools import check_called_names, check_tools
@@ -43,6 +45,12 @@ LINE_FORMATS: dict[str, tuple[Task, frozenset[str], frozenset[str]]] = {
     "classify": ("classify", frozenset({"text", "label"}), frozenset()),
     "text": ("text", frozenset({"text"}), frozenset()),
     "preference": ("preference", frozenset({"prompt", "chosen", "rejected"}), frozenset()),
+    # OpenAI's DPO fine-tuning format
+    "openai-preference": (
+        "preference",
+        frozenset({"input", "preferred_output", "non_preferred_output"}),
+        frozenset(),
+    ),
 }
 
 
@@ -56,6 +64,8 @@ class ParsedFile(Findings):
 
 def detect_line_format(obj: dict) -> str | None:
     keys = set(obj)
+    if {"preferred_output", "non_preferred_output"} & keys:
+        return "openai-preference"
     if {"chosen", "rejected"} & keys:
         return "preference"
     if "messages" in keys:
@@ -154,7 +164,9 @@ def _parse_object(
         return None
     _, required, optional = LINE_FORMATS[line_format]
     if line_format == "preference":
-        return _parse_preference(obj, line, name, issues)
+        return parse_preference(obj, line, name, issues)
+    if line_format == "openai-preference":
+        return parse_openai_preference(obj, line, name, issues)
     for key in sorted(required | (optional & set(obj))):
         if line_format != "chat" and not isinstance(obj[key], str):
             issues.append(
@@ -192,60 +204,3 @@ def _parse_object(
             issues.append(Issue.error(name, line, key, "empty content", f"write the {key} or drop the line"))
             return None
     return Example(line=line, messages=messages)
-
-
-def _parse_preference(obj: dict, line: int, name: str, issues: list[Issue]) -> Example | None:
-    missing = sorted(LINE_FORMATS["preference"][1] - set(obj))
-    if missing:
-        issues.append(
-            Issue.error(
-                name,
-                line,
-                ", ".join(missing),
-                "missing key(s)",
-                'a preference line looks like {"prompt": ..., "chosen": ..., "rejected": ...}',
-            )
-        )
-        return None
-    before = len(issues)
-    for key in ("chosen", "rejected"):
-        if not isinstance(obj[key], str):
-            issues.append(
-                Issue.error(
-                    name, line, key, f"must be a string, got {type(obj[key]).__name__}", "give the answer's text"
-                )
-            )
-        elif not obj[key].strip():
-            issues.append(Issue.error(name, line, key, "empty answer", f"write the {key} answer or drop the line"))
-    prompt = obj["prompt"]
-    messages = None
-    if isinstance(prompt, str):
-        if prompt.strip():
-            messages = [make_message("user", prompt)]
-        else:
-            issues.append(Issue.error(name, line, "prompt", "empty prompt", "write the prompt or drop the line"))
-    elif isinstance(prompt, list):
-        messages = check_prompt_messages(prompt, line, name, issues)
-    else:
-        issues.append(
-            Issue.error(
-                name,
-                line,
-                "prompt",
-                f"must be a string or a list of messages, got {type(prompt).__name__}",
-                'use "prompt": "..." or "prompt": [{"role": "user", ...}]',
-            )
-        )
-    if len(issues) > before or messages is None:
-        return None
-    if obj["chosen"].strip() == obj["rejected"].strip():
-        issues.append(
-            Issue.warning(
-                name,
-                line,
-                "rejected",
-                "chosen and rejected are the same answer",
-                "a pair teaches nothing unless the answers differ; fix or drop the line",
-            )
-        )
-    return Example(line=line, messages=messages, chosen=obj["chosen"], rejected=obj["rejected"])

@@ -11,6 +11,7 @@ sets, mixed formats). What needs the tokenizer (lengths, truncation) runs when t
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -66,6 +67,9 @@ def validate_job(store: JobStore, job_id: str) -> bool:
         store.add_event(job_id, user_text(str(warning), names), level="warn")
     if not report.ok:
         return _fail(store, job_id, "training_file", error_lines(report, names))
+    dpo = json.loads(job["hyperparameters"] or "{}").get("method") == "dpo"
+    if dpo != (report.task == "preference"):
+        return _fail(store, job_id, "training_file", _method_problem(train["filename"], report.task, dpo))
     return store.transition(
         job_id,
         "queued",
@@ -78,6 +82,16 @@ def validate_job(store: JobStore, job_id: str) -> bool:
             "labels": report.labels,
         },
     )
+
+
+def _method_problem(filename: str, task: str, dpo: bool) -> str:
+    if dpo:
+        return (
+            f'{filename} holds {task} data; a job with method {{"type": "dpo"}} trains on preference pairs: '
+            '{"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": [...]} (OpenAI\'s '
+            'format) or {"prompt", "chosen", "rejected"}'
+        )
+    return f'{filename} holds preference pairs: create the job with method {{"type": "dpo"}}'
 
 
 def _fail(store: JobStore, job_id: str, param: str, message: str) -> bool:

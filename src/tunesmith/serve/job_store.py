@@ -352,6 +352,7 @@ def job_hyperparameters(row: sqlite3.Row) -> dict:
 
 def job_object(row: sqlite3.Row) -> dict:
     hyperparameters = job_hyperparameters(row)
+    kind = "dpo" if json.loads(row["hyperparameters"]).get("method") == "dpo" else "supervised"  # OpenAI's method
     return {
         "object": "fine_tuning.job",
         "id": row["id"],
@@ -370,7 +371,7 @@ def job_object(row: sqlite3.Row) -> dict:
         "seed": row["seed"],
         "estimated_finish": None,
         "integrations": [],
-        "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+        "method": {"type": kind, kind: {"hyperparameters": hyperparameters}},
         "user_provided_suffix": row["suffix"],
         "metadata": json.loads(row["metadata"]) if row["metadata"] else None,
     }

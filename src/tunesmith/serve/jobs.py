@@ -6,7 +6,9 @@ files are checked together with the data check, and it becomes ``queued`` (or ``
 why). Training happens in the worker process (serve.worker), never in this one.
 
 Hyperparameters are accepted where OpenAI's API takes them: at the top level (deprecated there) and
-under ``method.supervised.hyperparameters``. Besides OpenAI's three (n_epochs, batch_size,
+under ``method.supervised.hyperparameters``, or ``method.dpo.hyperparameters`` for a DPO job
+(``method: {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}}``, training_file in OpenAI's
+preference format or tunesmith's; the job trains with ``--method dpo``). Besides OpenAI's three (n_epochs, batch_size,
 learning_rate_multiplier), any training setting is a hyperparameter by its TrainConfig name (lora_rank,
 max_length, ...), checked by TrainConfig here and stored with the job for the runner (job_runner.job_config).
 """
@@ -37,6 +39,7 @@ from tunesmith.serve.job_store import (
 from tunesmith.serve.protocol import APIError, new_id, not_found, page
 
 MAX_SUFFIX = 40
+METHODS = ("supervised", "dpo")  # OpenAI's method.type values served here
 # name -> (integers only, lowest, highest, lowest allowed itself)
 LIMITS = {
     "n_epochs": (True, 1, 100, True),
@@ -70,10 +73,11 @@ class Supervised(BaseModel):
 
 
 class Method(BaseModel):
-    model_config = ConfigDict(extra="allow")  # dpo / reinforcement settings: refused by type below
+    model_config = ConfigDict(extra="allow")  # reinforcement settings: refused by type below
 
     type: str = "supervised"
     supervised: Supervised | None = None
+    dpo: Supervised | None = None  # the same shape; beta is a training setting by name
 
 
 class JobRequest(BaseModel):
@@ -188,16 +192,20 @@ def _job_row(request: Request, job_id: str):
 def _hyperparameters(body: JobRequest) -> dict:
     """The requested values, "auto" where not given, from either place the API accepts them; training
     settings by their TrainConfig name, checked by TrainConfig."""
-    if body.method is not None and body.method.type != "supervised":
+    kind = body.method.type if body.method is not None else "supervised"
+    if kind not in METHODS:
         raise APIError(
             400,
-            f"method {body.method.type!r} is not supported: this server fine-tunes with 'supervised'",
+            f"method {kind!r} is not supported: this server fine-tunes with {' or '.join(map(repr, METHODS))}",
             param="method.type",
         )
     places = {"hyperparameters": body.hyperparameters}
-    if body.method is not None and body.method.supervised is not None:
-        places["method.supervised.hyperparameters"] = body.method.supervised.hyperparameters
+    inner = getattr(body.method, kind, None) if body.method is not None else None
+    if inner is not None:
+        places[f"method.{kind}.hyperparameters"] = inner.hyperparameters
     result: dict[str, Any] = {name: "auto" for name in LIMITS}
+    if kind == "dpo":
+        result["method"] = "dpo"
     params: dict[str, str] = {}  # where each value was given, for an error
     for place, given in places.items():
         for name, value in (given.model_dump() if given else {}).items():
@@ -209,7 +217,7 @@ def _hyperparameters(body: JobRequest) -> dict:
                 raise APIError(
                     400,
                     f"{name} is given twice with different values ({result[name]} and {value}); "
-                    "give it once, under method.supervised.hyperparameters",
+                    f"give it once, under method.{kind}.hyperparameters",
                     param=param,
                 )
             result[name], params[name] = value, param
