@@ -26,6 +26,8 @@ def calls(n: int) -> list[dict]:
     ]
 
 
+# MLflow 3.18's own store code, under SQLAlchemy 2.1 (not something a user of tunesmith can act on).
+@pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
 def test_a_run_is_logged_to_tensorboard_and_mlflow(home, write_jsonl, tiny_model_dir, monkeypatch):
     from mlflow import MlflowClient, search_runs, set_tracking_uri
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
