@@ -148,7 +148,7 @@ def test_ctrl_c_stops_both_processes_and_the_run_resumes_with_two_or_one(tmp_pat
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-    assert "checkpoint saved" in output, output[-3000:]
+    assert process.returncode == 130 and "checkpoint saved" in output, output[-3000:]
     assert not (home / "registry" / "calls").exists()
     stopped_at = len((home / "runs" / "calls" / "metrics.jsonl").read_text().splitlines())
     assert 5 <= stopped_at < 270

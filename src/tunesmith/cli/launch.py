@@ -55,10 +55,13 @@ def relaunch(argv: list[str], nproc: int) -> int:
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     process = subprocess.Popen(torchrun_command(argv, nproc), env=env)
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    interrupted: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
     forward = signal.signal(signal.SIGTERM, lambda signum, frame: process.send_signal(signal.SIGTERM))
     try:
-        return process.wait()
+        code = process.wait()
     finally:
         signal.signal(signal.SIGINT, previous)
         signal.signal(signal.SIGTERM, forward)
+    # torchrun reports workers that stopped on Ctrl-C as failed (1); the command says what happened: 130.
+    return 130 if interrupted and code != 0 else code
