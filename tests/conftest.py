@@ -39,6 +39,19 @@ CORPUS = [
 ]
 
 
+def call_rows(n: int = 24) -> list[dict]:
+    """``n`` short support-call conversations labelled negative / positive in turn: chat data for tiny-model runs."""
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": f"Customer: CU-{1000 + i} Issue: no signal."},
+                {"role": "assistant", "content": "positive" if i % 2 else "negative"},
+            ]
+        }
+        for i in range(n)
+    ]
+
+
 def build_tiny_model(folder: Path, tie: bool = True) -> Path:
     """A 2-layer Llama (hidden 32, 4 heads over 2 KV heads) with a 400-token byte-level BPE and a ChatML
     template; ``tie``: the output head shares the embedding."""

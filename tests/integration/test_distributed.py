@@ -22,24 +22,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import call_rows as calls
 from conftest import wait_until
 
 pytestmark = pytest.mark.server  # each run is torchrun and its processes
 
 WEIGHT_ATOL = 3e-5
 LOSS_RTOL = 1e-5
-
-
-def calls(n: int) -> list[dict]:
-    return [
-        {
-            "messages": [
-                {"role": "user", "content": f"Customer: CU-{1000 + i} Issue: no signal."},
-                {"role": "assistant", "content": "positive" if i % 2 else "negative"},
-            ]
-        }
-        for i in range(n)
-    ]
 
 
 def tunesmith(home: Path, *args: str, check: bool = True, **popen) -> subprocess.CompletedProcess:

@@ -7,23 +7,12 @@ import sys
 
 import pytest
 
+from conftest import call_rows as calls
 from tunesmith.core.config import TrainConfig
 from tunesmith.core.errors import TunesmithError
 from tunesmith.workflows.train import train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def calls(n: int) -> list[dict]:
-    return [
-        {
-            "messages": [
-                {"role": "user", "content": f"Customer: CU-{1000 + i} Issue: no signal."},
-                {"role": "assistant", "content": "positive" if i % 2 else "negative"},
-            ]
-        }
-        for i in range(n)
-    ]
 
 
 # MLflow 3.18's own store code, under SQLAlchemy 2.1 (not something a user of tunesmith can act on).

@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import call_rows as rows
 from tunesmith.cli import main
 from tunesmith.core.config import TrainConfig
 from tunesmith.core.errors import DataError, TunesmithError
@@ -24,18 +25,6 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 # Training the tiny model: two threads on its tiny matrices wait on each other, 4-10x slower on a busy machine.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def rows(n: int = 24) -> list[dict]:
-    return [
-        {
-            "messages": [
-                {"role": "user", "content": f"Customer: CU-{1000 + i} Issue: no signal."},
-                {"role": "assistant", "content": "positive" if i % 2 else "negative"},
-            ]
-        }
-        for i in range(n)
-    ]
 
 
 def config(data, tiny_model_dir, **overrides) -> TrainConfig:

@@ -11,14 +11,14 @@ sets, mixed formats). What needs the tokenizer (lengths, truncation) runs when t
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from pathlib import Path
 
 from tunesmith.core import paths
+from tunesmith.core.config import method_task_problem
 from tunesmith.data.check import DataReport, check_structure
 from tunesmith.data.records import listed_errors
-from tunesmith.serve.job_store import JobStore
+from tunesmith.serve.job_store import JobStore, job_method
 
 
 def stored_path(file_row: sqlite3.Row) -> Path:
@@ -67,9 +67,9 @@ def validate_job(store: JobStore, job_id: str) -> bool:
         store.add_event(job_id, user_text(str(warning), names), level="warn")
     if not report.ok:
         return _fail(store, job_id, "training_file", error_lines(report, names))
-    dpo = json.loads(job["hyperparameters"] or "{}").get("method") == "dpo"
-    if dpo != (report.task == "preference"):
-        return _fail(store, job_id, "training_file", _method_problem(train["filename"], report.task, dpo))
+    method = job_method(job)
+    if method_task_problem(method, report.task) is not None:
+        return _fail(store, job_id, "training_file", _method_problem(train["filename"], report.task, method == "dpo"))
     return store.transition(
         job_id,
         "queued",

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+from tunesmith.core.config import Method
 from tunesmith.core.results import Result
 from tunesmith.serve.protocol import new_id
 
@@ -350,9 +351,14 @@ def job_hyperparameters(row: sqlite3.Row) -> dict:
     return json.loads(row["resolved"] or row["hyperparameters"])
 
 
+def job_method(row: sqlite3.Row) -> Method:
+    """The training method the job asked for (jobs.py stores "dpo" for OpenAI's DPO method)."""
+    return json.loads(row["hyperparameters"]).get("method", "lora")
+
+
 def job_object(row: sqlite3.Row) -> dict:
     hyperparameters = job_hyperparameters(row)
-    kind = "dpo" if json.loads(row["hyperparameters"]).get("method") == "dpo" else "supervised"  # OpenAI's method
+    kind = "dpo" if job_method(row) == "dpo" else "supervised"  # OpenAI's method.type
     return {
         "object": "fine_tuning.job",
         "id": row["id"],

@@ -83,11 +83,7 @@ class DPOObjective:
             positive += (margins > 0).sum().item()
         total, margin_sum, positive = distributed.sum_values([total, margin_sum, positive], group)
         tokens = sum(len(pair.chosen) + len(pair.rejected) for pair in pairs)
-        return (
-            total / len(pairs),
-            tokens,
-            {"reward_margin": margin_sum / len(pairs), "reward_accuracy": positive / len(pairs)},
-        )
+        return total / len(pairs), tokens, _reward_figures(margin_sum, positive, len(pairs))
 
     @torch.no_grad()
     def validate(self, model, pairs: list[PairRow], pad_id: int, batch_size: int) -> dict:
@@ -101,7 +97,8 @@ class DPOObjective:
                 losses += loss.tolist()
                 margins += (chosen_rewards - rejected_rewards).tolist()
                 preferred += (chosen > rejected).tolist()
-        figures = {f"val_{key}": value for key, value in _reward_figures(margins).items()}
+        positive = sum(margin > 0 for margin in margins)
+        figures = {f"val_{key}": value for key, value in _reward_figures(sum(margins), positive, len(margins)).items()}
         return {
             "val_loss": sum(losses) / len(losses),
             **figures,
@@ -109,8 +106,7 @@ class DPOObjective:
         }
 
 
-def _reward_figures(margins: list[float]) -> dict:
-    return {
-        "reward_margin": sum(margins) / len(margins),
-        "reward_accuracy": sum(margin > 0 for margin in margins) / len(margins),
-    }
+def _reward_figures(margin_sum: float, positive: float, pairs: int) -> dict:
+    """Mean implicit reward margin and the share of pairs with a positive one, from their sums (which add up
+    over processes)."""
+    return {"reward_margin": margin_sum / pairs, "reward_accuracy": positive / pairs}

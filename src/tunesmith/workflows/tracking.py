@@ -16,6 +16,7 @@ missing is refused before it loads a model.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import time
@@ -43,10 +44,9 @@ class Tracker(Protocol):
 
 def require(config: TrainConfig) -> None:
     """Refuse a run that asks for a tracker whose library is not installed (before anything is loaded)."""
-    modules = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
-    for name in config.report_to:
+    for name in config.report_to:  # each tracker's name is its package's
         try:
-            __import__(modules[name])
+            importlib.import_module(name)
         except ImportError as missing:
             raise TunesmithError(f"--report-to {name} needs the {name} package: {INSTALL_HINT}") from missing
 
