@@ -270,10 +270,13 @@ def run_server(
     model_memory_gb: float = 3,
     precision: PrecisionChoice = "auto",
     worker: bool = True,
+    max_batch: int = 64,
+    max_queue: int = 256,
 ) -> None:
     """The OpenAI-compatible API (`tunesmith serve`), until stopped. ``api_key`` (default $TUNESMITH_API_KEY)
     is required on every call, and on any address but loopback; ``worker=False`` queues fine-tuning jobs
-    without running them here."""
+    without running them here. Up to ``max_batch`` sequences decode together; up to ``max_queue`` requests
+    wait for a place, and more are refused with 429."""
     from tunesmith.serve.app import ServeSettings
     from tunesmith.serve.server import serve
 
@@ -282,6 +285,8 @@ def run_server(
         max_upload_bytes=int(max_upload_mb * 2**20),
         model_memory_bytes=int(model_memory_gb * 2**30),
         precision=precision,
+        max_batch=max_batch,
+        max_queue=max_queue,
     )
     serve(host, port, settings, worker_enabled=worker)
 

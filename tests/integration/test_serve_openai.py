@@ -60,9 +60,9 @@ def first_metrics(client: openai.OpenAI, job_id: str, timeout: float = 300):
     return wait_until(trained, timeout, f"job {job_id} to train a step", interval=0.5)
 
 
-def ask(client: openai.OpenAI, model: str, text: str, **options) -> str:
+def ask(client: openai.OpenAI, model: str, text: str, max_tokens: int = 8, **options) -> str:
     reply = client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": text}], temperature=0, max_tokens=8, **options
+        model=model, messages=[{"role": "user", "content": text}], temperature=0, max_tokens=max_tokens, **options
     )
     return reply.choices[0].message.content
 
@@ -228,3 +228,73 @@ def test_a_dpo_job_with_openai_preference_data(home, start_server):
     version = registry.get(job.fine_tuned_model)
     assert version.manifest["method"] == "dpo" and version.manifest["config"]["beta"] == 0.2
     assert "preference_accuracy" in version.manifest["metrics"]["fine_tuned"]
+
+
+def _random_lora_version(name: str, seed: int) -> str:
+    """A LoRA version of the embedded model with random adapter weights (its answers differ from the base's),
+    published the way a run publishes one."""
+    import torch
+
+    from tunesmith.models.base import resolve_base
+    from tunesmith.models.load import add_lora, load_model, load_tokenizer
+
+    base = resolve_base(BASE)
+    torch.manual_seed(seed)
+    model = add_lora(load_model(base), 8, 16, 0.0, "all-linear")
+    with torch.no_grad():
+        for parameter_name, parameter in model.named_parameters():
+            if "lora_B" in parameter_name:
+                parameter.normal_(0.0, 0.02)
+    staging = registry.staging_dir()
+    model.save_pretrained(staging / "adapter")
+    load_tokenizer(base).save_pretrained(staging)
+    manifest = {"name": None, "version": None, "task": "chat", "method": "lora", "base": {"name": BASE}}
+    (staging / registry.MANIFEST).write_text(json.dumps(manifest))
+    return registry.publish(name, staging).ref
+
+
+def test_versions_share_a_batch_and_a_flood_is_refused_in_order(home, start_server):
+    """Two LoRA versions and the base answer in one batch exactly as each does alone (transformers' generate,
+    the adapter merged); a flood past the line gets 429s with Retry-After while every admitted request is
+    answered right; a prompt past the context is a 400 that leaves the others alone."""
+    from tunesmith.inference.loaded import generate_answer, load
+
+    versions = [_random_lora_version("mix-a", 1), _random_lora_version("mix-b", 2)]
+    models = [BASE, *versions]
+    questions = ["Name a fruit.", "What is two plus two?", "Say hello to Ana.", "Describe the sea."]
+    reference = {}
+    for model in models:
+        loaded = load(model)
+        for question in questions:
+            messages = loaded.conversation([{"role": "user", "content": question}])
+            reference[model, question] = generate_answer(loaded, messages=messages, max_tokens=12)
+    assert reference[versions[0], questions[0]] != reference[versions[1], questions[0]]
+
+    server = start_server(KEY, ("--max-batch", "6", "--max-queue", "6"))
+    client = openai.OpenAI(base_url=server.base_url, api_key=KEY, max_retries=0, timeout=120)
+    for model in models:  # loaded before the clock matters
+        ask(client, model, "hi", max_tokens=1)
+
+    def answer(job):
+        model, question = job
+        try:
+            return ask(client, model, question, max_tokens=12)
+        except openai.RateLimitError as error:
+            return ("429", error.response.headers.get("retry-after"))
+
+    mixed = [(models[i % 3], questions[i % 4]) for i in range(6)]  # one batch: three models, six rows
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        assert list(pool.map(answer, mixed)) == [reference[job] for job in mixed]
+
+    flood = [(models[i % 3], questions[i % 4]) for i in range(30)]
+    with ThreadPoolExecutor(max_workers=30) as pool:
+        long_prompt = pool.submit(ask, client, BASE, "word " * 9000)
+        answers = list(pool.map(answer, flood))
+        with pytest.raises(openai.BadRequestError) as too_long:
+            long_prompt.result()
+    assert too_long.value.code == "context_length_exceeded"
+    refused = [a for a in answers if isinstance(a, tuple)]
+    assert refused and all(int(seconds) >= 1 for _, seconds in refused)
+    served = [(job, a) for job, a in zip(flood, answers, strict=True) if not isinstance(a, tuple)]
+    assert len(served) >= 6 and all(a == reference[job] for job, a in served)
+    assert "Traceback" not in server.log_tail(50000)

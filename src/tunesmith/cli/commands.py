@@ -231,6 +231,8 @@ def serve(args: argparse.Namespace) -> int:
         args.model_memory_gb,
         args.precision,
         worker=not args.no_worker,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
     )
     return 0
 

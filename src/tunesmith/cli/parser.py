@@ -378,5 +378,19 @@ def _serve_command(commands: argparse._SubParsersAction) -> None:
     )
     _precision(serve)
     serve.add_argument(
+        "--max-batch",
+        type=int,
+        default=64,
+        metavar="N",
+        help="sequences decoded together; requests beyond it wait for a place (default 64)",
+    )
+    serve.add_argument(
+        "--max-queue",
+        type=int,
+        default=256,
+        metavar="N",
+        help="requests allowed to wait; more are refused with 429 and a Retry-After (default 256)",
+    )
+    serve.add_argument(
         "--no-worker", action="store_true", help="serve only: queue fine-tuning jobs without running them here"
     )

@@ -13,6 +13,7 @@ from tunesmith.core.config import Task
 from tunesmith.core.errors import TunesmithError
 from tunesmith.data.labels import CLASSIFY_TEMPLATE, classify_prompt
 from tunesmith.data.render import render_prompt
+from tunesmith.models.adapter_bank import LoraWeights, read_lora
 from tunesmith.models.base import EMBEDDED, is_model_folder, resolve_base
 from tunesmith.models.kv_cache import answer_cache
 from tunesmith.models.load import load_adapter, load_model, load_tokenizer
@@ -30,6 +31,9 @@ class LoadedModel:
     labels: list[str] | None = None
     system_prompt: str | None = None
     version: store.ModelVersion | None = None
+    # Set when ``model`` is a base shared with other versions and this version's LoRA adapter is applied
+    # per request (models.batch_decoder), not merged into the weights.
+    adapter: LoraWeights | None = None
 
     def messages_for(self, prompt: str, history: list[dict] | None = None) -> list[dict]:
         """The conversation to send: the stored system prompt, history, and the prompt wrapped
@@ -88,11 +92,38 @@ def load_version(version: store.ModelVersion, merge: bool = True, precision: str
             model = model.merge_and_unload()  # plain weights: faster generation
     else:
         model = load_model(version.path / "model", dtype)
+    return _as_loaded(version, model.eval(), tokenizer)
+
+
+def adapter_start(version: store.ModelVersion) -> Path | None:
+    """The weights a LoRA version's adapter applies to directly (a base model, or a full fine-tune), when it
+    builds on no earlier adapter; None otherwise (then only its merged weights answer as it does)."""
+    manifest = version.manifest
+    if not manifest.has_adapter:
+        return None
+    start = version_start(manifest, version.path)
+    return None if start.adapters else start.weights
+
+
+def load_over(version: store.ModelVersion, start: LoadedModel) -> LoadedModel | str:
+    """``version`` as its adapter over ``start`` (loaded from ``adapter_start(version)``), sharing its
+    weights; or why the adapter cannot be applied unmerged (models.adapter_bank.read_lora)."""
+    parameter = next(start.model.parameters())
+    lora = read_lora(version.path / "adapter", parameter.dtype, parameter.device)
+    if isinstance(lora, str):
+        return lora
+    loaded = _as_loaded(version, start.model, load_tokenizer(version.path))
+    loaded.adapter = lora
+    return loaded
+
+
+def _as_loaded(version: store.ModelVersion, model, tokenizer) -> LoadedModel:
+    manifest = version.manifest
     # A DPO model answers like the chat model it was trained from.
     task = "chat" if manifest.task == "preference" else manifest.task
     return LoadedModel(
         ref=version.ref,
-        model=model.eval(),
+        model=model,
         tokenizer=tokenizer,
         task=task,
         labels=manifest.labels,

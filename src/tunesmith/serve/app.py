@@ -24,6 +24,7 @@ from tunesmith.core import paths
 from tunesmith.core.errors import TunesmithError
 from tunesmith.core.version import VERSION
 from tunesmith.serve import catalog, completions, files, jobs
+from tunesmith.serve.batcher import Batcher
 from tunesmith.serve.job_store import JobStore, UnknownCursor
 from tunesmith.serve.model_pool import ModelPool
 from tunesmith.serve.protocol import (
@@ -46,6 +47,8 @@ class ServeSettings:
     max_upload_bytes: int = 100 * 2**20  # uploads above this are refused with 413
     model_memory_bytes: int = 3 * 2**30  # loaded models beyond this are evicted, least recently used first
     precision: str = "auto"  # of the served weights (models.precision.precision_dtype)
+    max_batch: int = 64  # sequences decoded together (serve.batcher); more requests wait in line
+    max_queue: int = 256  # requests waiting in line; beyond it a request is refused with 429
 
 
 def create_app(settings: ServeSettings | None = None) -> FastAPI:
@@ -60,8 +63,13 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
-    app.state.pool = ModelPool(settings.model_memory_bytes, partial(catalog.load, precision=settings.precision))
+    pool = app.state.pool = ModelPool(settings.model_memory_bytes)
+    # LoRA versions are loaded as adapters over base weights the pool holds once (serve.catalog)
+    pool.loader = partial(catalog.load, precision=settings.precision, shared=pool.get)
     app.state.store = JobStore(paths.serve_db())
+    batcher = app.state.batcher = Batcher(settings.max_batch, settings.max_queue)
+    batcher.before_work = completions.share_cores(app.state.store)
+    batcher.keep = pool.holds
 
     # FastAPI's decorator, called directly, registers each handler the same way as add_exception_handler,
     # whose type (a handler of any Exception) refuses handlers of one exception class

@@ -8,14 +8,20 @@ published version is served without a restart. A client's string is never read a
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 from tunesmith.core.errors import TunesmithError
 from tunesmith.inference import loaded as inference
 from tunesmith.models.base import EMBEDDED, list_bases
+from tunesmith.models.batch_decoder import supports
 from tunesmith.registry import store
 from tunesmith.serve.protocol import not_found
+
+log = logging.getLogger("tunesmith.serve")
+WEIGHTS = "weights:"  # pool keys of weights folders that LoRA versions share; never a client's string
 
 
 def resolve(name: str) -> str:
@@ -30,11 +36,34 @@ def resolve(name: str) -> str:
         raise not_found("model", name, param="model") from None
 
 
-def load(key: str, precision: str = "auto") -> inference.LoadedModel:
-    """A resolved key, loaded with its adapter merged (the pool's loader)."""
+def load(
+    key: str, precision: str = "auto", shared: Callable[[str], inference.LoadedModel] | None = None
+) -> inference.LoadedModel:
+    """A resolved key (or a ``weights:`` key), loaded: the pool's loader. With ``shared`` (the pool's own
+    ``get``), a LoRA version whose adapter the batched decoder can apply is its adapter over the shared
+    weights it starts from, loaded once for every version on them; otherwise its adapter is merged."""
     if key in EMBEDDED:
         return inference.load(key, precision=precision)
-    return inference.load_version(store.get(key), precision=precision)
+    if key.startswith(WEIGHTS):
+        return inference.load(key.removeprefix(WEIGHTS), precision=precision)
+    version = store.get(key)
+    start = inference.adapter_start(version) if shared is not None else None
+    if shared is not None and start is not None:
+        base = shared(weights_key(start))
+        if supports(base.model):
+            over = inference.load_over(version, base)
+            if isinstance(over, inference.LoadedModel):
+                return over
+            log.info("%s: its adapter is merged (%s cannot be applied per request)", key, over)
+    return inference.load_version(version, precision=precision)
+
+
+def weights_key(weights: Path) -> str:
+    """The pool key of a weights folder: an embedded base's own name (the same entry its requests use)."""
+    for name, base in EMBEDDED.items():
+        if base.cache_path().resolve() == weights.resolve():
+            return name
+    return WEIGHTS + str(weights.resolve())
 
 
 def model_objects() -> list[dict]:

@@ -7,8 +7,8 @@ its own, and a classifier's user text wrapped in the label instruction. /v1/comp
 every other model (base models, chat, completion and classify fine-tunes) gets the prompt as one
 user turn through its chat template, since that is the only text such a model was trained to answer.
 
-Generation runs on one thread (serve.generation_thread), a request at a time, and streams come
-back through a queue as server-sent events: a chat stream opens each choice with a role delta, ends
+Generation runs on one thread that decodes concurrent requests together (serve.batcher), and streams
+come back through a queue as server-sent events: a chat stream opens each choice with a role delta, ends
 it with a chunk carrying its finish_reason, may add a usage chunk, and ends with ``data: [DONE]``.
 """
 
@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -33,8 +33,9 @@ from tunesmith.core.version import VERSION
 from tunesmith.data.render import render_prompt
 from tunesmith.inference.loaded import LoadedModel
 from tunesmith.serve import catalog, generation_thread
+from tunesmith.serve.batcher import Request as Generation
 from tunesmith.serve.protocol import APIError, error_body, new_id
-from tunesmith.serve.sampling import Choice, Sampling, generate_choices
+from tunesmith.serve.sampling import Choice, Sampling
 from tunesmith.serve.schemas import MAX_TOKENS, ChatCompletionRequest, CompletionRequest
 
 log = logging.getLogger("tunesmith.serve")
@@ -129,7 +130,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     prompt = await run_in_threadpool(chat_prompt, loaded, messages)
     max_new = fit_new_tokens(loaded, [prompt], body.new_tokens(), "messages")
     call = _Call(True, key, loaded, [prompt], body.choices_per_prompt(), _sampling(body, max_new), body.include_usage())
-    return await _answer(call, bool(body.stream), request.app.state.store)
+    return await _answer(call, bool(body.stream), request)
 
 
 @router.post("/completions")
@@ -139,7 +140,7 @@ async def completions(body: CompletionRequest, request: Request):
     prompts = await run_in_threadpool(lambda: [completion_prompt(loaded, text) for text in body.prompt])
     max_new = fit_new_tokens(loaded, prompts, body.new_tokens(), "prompt")
     call = _Call(False, key, loaded, prompts, body.choices_per_prompt(), _sampling(body, max_new), body.include_usage())
-    return await _answer(call, bool(body.stream), request.app.state.store)
+    return await _answer(call, bool(body.stream), request)
 
 
 async def _load(request: Request, name: str) -> tuple[str, LoadedModel]:
@@ -179,8 +180,12 @@ def _tokens(loaded: LoadedModel, text: str) -> list[int]:
     return list(loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def fit_new_tokens(loaded: LoadedModel, prompts: list[list[int]], requested: int | None, param: str) -> int:
-    """New tokens per choice: as requested (by default the rest of the context), within the context."""
+def fit_new_tokens(
+    loaded: LoadedModel, prompts: list[list[int]], requested: int | None, param: str, strict: bool = True
+) -> int:
+    """New tokens per choice: as requested (by default the rest of the context). A prompt that leaves no
+    room is a 400, and so is (``strict``, as OpenAI does) a ``max_tokens`` that runs past the context;
+    otherwise (the web page's answers) the request is cut to fit."""
     window = getattr(loaded.model.config, "max_position_embeddings", None)
     if not window:
         return requested or MAX_TOKENS
@@ -192,6 +197,14 @@ def fit_new_tokens(loaded: LoadedModel, prompts: list[list[int]], requested: int
             param=param,
             code="context_length_exceeded",
         )
+    if strict and requested and longest + requested > window:
+        raise APIError(
+            400,
+            f"This model's maximum context length is {window} tokens; the prompt has {longest} and "
+            f"max_tokens asks for {requested} more: ask for at most {window - longest}, or leave it out",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
     return min(requested or MAX_TOKENS, window - longest)
 
 
@@ -201,46 +214,47 @@ def _sampling(body: ChatCompletionRequest | CompletionRequest, max_new: int) -> 
     return Sampling(max_new, temperature, top_p, body.stops(), body.seed)
 
 
-async def _answer(call: _Call, stream: bool, store) -> dict | StreamingResponse:
+async def _answer(call: _Call, stream: bool, request: Request) -> dict | StreamingResponse:
+    batcher = request.app.state.batcher
+    generation = Generation(call.loaded, call.prompts, call.n, call.sampling)
     if not stream:
-
-        def job(cancelled):
-            share_cores(store)
-            return generate_choices(call.loaded, call.prompts, call.n, call.sampling, cancelled)
-
-        return call.response(await generation_thread.run(job))
+        return call.response(await generation_thread.answer(batcher, generation))
+    events = _events(call, generation_thread.stream(batcher, generation))
+    first = await anext(events)  # a full line (429) is an error status, not a broken stream
     return StreamingResponse(
-        _events(call, store),
+        _chain(first, events),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-def share_cores(store) -> None:
+def share_cores(store) -> Callable[[], None]:
     """One thread for generation while a fine-tuning job trains, every core otherwise. Two processes
     that each run a thread per core on the same cores wait on each other's spinning threads: measured
     on 2 cores, 8-token answers took 5.6 s instead of 0.43 s beside a training job, and 0.72 s with one
-    thread, while the job's steps stayed at 0.75 s. Runs on the generation thread, before each request."""
-    torch.set_num_threads(1 if store.jobs_with_status("running") else ALL_THREADS)
+    thread, while the job's steps stayed at 0.75 s. The batcher calls it before its work; the job table
+    is read at most once a second."""
+    checked = [0.0]
+
+    def before_work() -> None:
+        if time.monotonic() - checked[0] >= 1.0:
+            checked[0] = time.monotonic()
+            torch.set_num_threads(1 if store.jobs_with_status("running") else ALL_THREADS)
+
+    return before_work
 
 
-async def _events(call: _Call, store) -> AsyncIterator[str]:
-    def job(cancelled, emit) -> None:
-        share_cores(store)
-        generate_choices(
-            call.loaded,
-            call.prompts,
-            call.n,
-            call.sampling,
-            cancelled,
-            on_text=lambda index, text: emit((index, text, None)),
-            on_choice=lambda index, choice: emit((index, None, choice)),
-        )
+async def _chain(first: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:
+    yield first
+    async for event in rest:
+        yield event
 
+
+async def _events(call: _Call, generated: AsyncIterator) -> AsyncIterator[str]:
     finished: list[Choice] = []
     opened: set[int] = set()
     try:
-        async for index, text, choice in generation_thread.stream(job):
+        async for index, text, choice in generated:
             if call.chat and index not in opened:
                 opened.add(index)
                 yield call.chunk(index, role=True)
@@ -249,9 +263,14 @@ async def _events(call: _Call, store) -> AsyncIterator[str]:
             if choice is not None:
                 finished.append(choice)
                 yield call.chunk(index, finish=choice.finish_reason)
+    except APIError as error:
+        if not opened and error.status == 429:
+            raise  # before anything was sent: answered with its status
+        yield _sse(error_body(error.status, f"generation failed: {error}"))
+        return
     except Exception as error:  # noqa: BLE001 - the status line is out: the error goes in the stream
         log.exception("generation failed mid-stream", exc_info=error)
-        status = error.status if isinstance(error, APIError) else 400 if isinstance(error, TunesmithError) else 500
+        status = 400 if isinstance(error, TunesmithError) else 500
         yield _sse(error_body(status, f"generation failed: {error}"))
         return
     if call.include_usage:

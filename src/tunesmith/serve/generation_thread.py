@@ -1,105 +1,67 @@
-"""One generation at a time, on a thread of its own, and the way back to the event loop.
+"""The way between the event loop and the generation thread (serve.batcher): a request's answer awaited,
+or its text as it is made.
 
-torch already spreads one forward pass over every core, so two generations side by side would only
-make both slower and hold two sets of activations. A single daemon thread taking jobs in arrival
-order serialises them fairly, and no thread of the shared pool sits blocked on a lock meanwhile
-(the file and job routes need those). Daemon, so a shutdown never waits for a long generation.
-
-Each job gets a ``threading.Event``, set when nobody wants the answer any more (the client
-disconnected from a stream, the request task was cancelled at shutdown). Jobs check it before they
-start and generation checks it after every token, so an abandoned request frees the thread at once.
+A request whose client goes away (a closed stream, a task cancelled at shutdown) is marked cancelled, and
+the batcher drops its rows at the next step. A request beyond the batcher's line is a 429 with a
+Retry-After, before anything is generated.
 """
 
 from __future__ import annotations
 
 import asyncio
-import queue
-import threading
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Future
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
-T = TypeVar("T")
-Emit = Callable[[Any], None]
+from tunesmith.serve.batcher import Batcher, QueueFull, Request, wait_seconds
+from tunesmith.serve.protocol import APIError
+from tunesmith.serve.sampling import Choice
 
 
-class GenerationThread:
-    def __init__(self, name: str = "tunesmith-generate"):
-        self.name = name
-        self._jobs: queue.SimpleQueue[tuple[Future, Callable[[], Any]]] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
-
-    def submit(self, job: Callable[[], T]) -> Future:
-        with self._start_lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
-                self._thread.start()
-        future: Future = Future()
-        self._jobs.put((future, job))
-        return future
-
-    def _work(self) -> None:
-        while True:
-            future, job = self._jobs.get()
-            if not future.set_running_or_notify_cancel():
-                continue  # cancelled while waiting in line
-            try:
-                future.set_result(job())
-            except BaseException as error:  # noqa: BLE001 - handed to the waiting request
-                future.set_exception(error)
-
-
-_thread = GenerationThread()
-
-
-async def run(job: Callable[[threading.Event], T], thread: GenerationThread = _thread) -> T:
-    """``job(cancelled)`` on the generation thread; its result or its exception."""
-    cancelled = threading.Event()
-    future = thread.submit(lambda: job(cancelled))
+async def answer(batcher: Batcher, request: Request) -> list[Choice]:
+    """Every choice of ``request``, once all are made."""
+    future = _submit(batcher, request)
     try:
         return await asyncio.wrap_future(future)
     except asyncio.CancelledError:
-        cancelled.set()
+        request.cancelled.set()
         raise
 
 
-async def stream(
-    job: Callable[[threading.Event, Emit], None], thread: GenerationThread = _thread
-) -> AsyncIterator[Any]:
-    """What ``job(cancelled, emit)`` emits on the generation thread, as it is emitted. Closing the
-    iterator early (a client that went away) cancels the job."""
+async def stream(batcher: Batcher, request: Request) -> AsyncIterator[tuple[int, str | None, Choice | None]]:
+    """``(choice index, text, None)`` as text becomes final and ``(index, None, choice)`` as a choice ends.
+    Closing the iterator early (a client that went away) cancels the request."""
     loop = asyncio.get_running_loop()
-    items: asyncio.Queue = asyncio.Queue()
-    cancelled = threading.Event()
-    end = object()
+    items: asyncio.Queue = asyncio.Queue()  # unbounded: a slow reader never holds up the batch
 
-    def emit(item: Any) -> None:
+    def put(item: Any) -> None:
         try:
             loop.call_soon_threadsafe(items.put_nowait, item)
         except RuntimeError:  # the loop is closed: the server is gone, so is the reader
-            cancelled.set()
+            request.cancelled.set()
 
-    def work() -> None:
-        try:
-            if not cancelled.is_set():
-                job(cancelled, emit)
-        except BaseException as error:  # noqa: BLE001 - re-raised in the reader
-            emit(_Failed(error))
-        finally:
-            emit(end)
-
-    future = thread.submit(work)
+    request.on_text = lambda index, text: put((index, text, None))
+    request.on_choice = lambda index, choice: put((index, None, choice))
+    future = _submit(batcher, request)
+    future.add_done_callback(lambda _: put(future))
     try:
-        while (item := await items.get()) is not end:
-            if isinstance(item, _Failed):
-                raise item.error
+        while True:
+            item = await items.get()
+            if item is future:
+                future.result()  # raises what generation raised
+                return
             yield item
     finally:
-        cancelled.set()
-        future.cancel()
+        request.cancelled.set()
 
 
-class _Failed:
-    def __init__(self, error: BaseException):
-        self.error = error
+def _submit(batcher: Batcher, request: Request):
+    try:
+        return batcher.submit(request)
+    except QueueFull as error:
+        seconds = wait_seconds(batcher)
+        raise APIError(
+            429,
+            f"the server is busy ({error}); retry in {seconds} s",
+            code="rate_limit_exceeded",
+            headers={"Retry-After": str(seconds)},
+        ) from None

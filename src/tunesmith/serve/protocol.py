@@ -28,9 +28,17 @@ ERROR_TYPES = {
 class APIError(Exception):
     """An error answered in the OpenAI shape. ``param`` names the offending request field."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers  # e.g. Retry-After on a 429
 
 
 def not_found(what: str, ident: str, param: str | None = None) -> APIError:
@@ -51,7 +59,8 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
 
 
 def api_error_response(_request: Request, error: APIError) -> JSONResponse:
-    return JSONResponse(error_body(error.status, error.message, error.param, error.code), status_code=error.status)
+    body = error_body(error.status, error.message, error.param, error.code)
+    return JSONResponse(body, status_code=error.status, headers=error.headers)
 
 
 def validation_error_response(_request: Request, error: RequestValidationError) -> JSONResponse:

@@ -6,7 +6,7 @@ Everything runs inside ``model.generate`` (KV cache, the model's own logits proc
   request's own ``torch.Generator`` and leaves only that token standing, so generate's greedy pick takes
   it. A seeded request therefore gives the same text whatever else the process does with torch's
   global random state (loading a LoRA adapter draws from it, for one).
-* ``_Watcher``, a stopping criterion, sees every new token before the next forward pass: it decodes the
+* ``Watcher``, a stopping criterion, sees every new token before the next forward pass: it decodes the
   text incrementally, ends generation at the first stop string or when the request is cancelled, and
   passes on only text that can no longer turn out to be the start of a stop string, so a stop string
   never leaks into a stream and the streamed pieces always join to the non-streamed text.
@@ -62,25 +62,30 @@ def new_generator(model, seed: int | None) -> torch.Generator:
     return generator
 
 
+def draw(scores: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> torch.Tensor:
+    """A token drawn from ``scores`` ([..., vocab]) at ``temperature`` within the ``top_p`` nucleus; [..., 1]."""
+    # shifted so the best logit is 0: a tiny temperature then sends the others to -inf, never to nan
+    shifted = scores - scores.max(dim=-1, keepdim=True).values
+    probs = torch.softmax(shifted / max(temperature, 1e-6), dim=-1)
+    if top_p < 1.0:
+        # the smallest set of most likely tokens whose mass reaches top_p (at least one token)
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
+        outside[..., 0] = False
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
 class _Nucleus(LogitsProcessor):
     def __init__(self, temperature: float, top_p: float, generator: torch.Generator):
         self.temperature, self.top_p, self.generator = temperature, top_p, generator
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
-        # shifted so the best logit is 0: a tiny temperature then sends the others to -inf, never to nan
-        shifted = scores - scores.max(dim=-1, keepdim=True).values
-        probs = torch.softmax(shifted / max(self.temperature, 1e-6), dim=-1)
-        if self.top_p < 1.0:
-            # the smallest set of most likely tokens whose mass reaches top_p (at least one token)
-            sorted_probs, order = probs.sort(dim=-1, descending=True)
-            outside = sorted_probs.cumsum(dim=-1) - sorted_probs >= self.top_p
-            outside[..., 0] = False
-            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
-        token = torch.multinomial(probs, num_samples=1, generator=self.generator)
+        token = draw(scores, self.temperature, self.top_p, self.generator)
         return torch.full_like(scores, float("-inf")).scatter(-1, token, 0.0)
 
 
-class _Watcher(StoppingCriteria):
+class Watcher(StoppingCriteria):
     """Incremental detokenisation (a short window of earlier tokens gives each new piece the context
     it decodes in: leading spaces, multi-byte characters split over tokens), stop strings, cancellation."""
 
@@ -101,7 +106,13 @@ class _Watcher(StoppingCriteria):
         self.stopped_at: int | None = None  # index in text of the stop string that ended generation
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        self.last_token = int(input_ids[0, -1])
+        done = self.push(int(input_ids[0, -1]))
+        # transformers types the result as the legacy torch.BoolTensor, which no operation returns
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+
+    def push(self, token: int) -> bool:
+        """Takes a new token; whether generation ends here (a stop string, or cancelled)."""
+        self.last_token = token
         self.tokens += 1
         searched = len(self.text)
         self._decode(self.last_token, flush=False)
@@ -115,8 +126,7 @@ class _Watcher(StoppingCriteria):
                 self._send(len(self.text) - _held_back(self.text, self.stop))
         else:
             self._send(len(self.text))
-        # transformers types the result as the legacy torch.BoolTensor, which no operation returns
-        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+        return done
 
     def finish(self) -> str:
         """The whole text once generation ended; sends what was held back."""
@@ -164,7 +174,7 @@ def generate_choice(
 ) -> Choice:
     """One completion of a tokenised prompt; ``on_text`` receives the text piece by piece as it is final."""
     model, tokenizer = loaded.model, loaded.tokenizer
-    watcher = _Watcher(tokenizer, prompt_ids, sampling.stop, cancelled, on_text)
+    watcher = Watcher(tokenizer, prompt_ids, sampling.stop, cancelled, on_text)
     processors = LogitsProcessorList()
     if sampling.temperature > 0:
         processors.append(_Nucleus(sampling.temperature, sampling.top_p, generator))

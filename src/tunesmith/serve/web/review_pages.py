@@ -17,13 +17,13 @@ writes, in the queue's own file; "train next version" runs ``data from-correctio
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 import threading
 import time
 import zlib
 from pathlib import Path
 
-import torch
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
@@ -32,10 +32,12 @@ from tunesmith.core.errors import DataError, TunesmithError
 from tunesmith.feedback import corrections
 from tunesmith.feedback import queue as queues
 from tunesmith.feedback.session import ReviewPrompt, ReviewSession
-from tunesmith.inference.loaded import generate_answer
 from tunesmith.serve import catalog, generation_thread
+from tunesmith.serve.batcher import Request as Generation
+from tunesmith.serve.completions import chat_prompt, fit_new_tokens
 from tunesmith.serve.files import copy_limited, display_name
 from tunesmith.serve.protocol import APIError
+from tunesmith.serve.sampling import Sampling
 from tunesmith.serve.web import evaluations
 from tunesmith.serve.web.jobs_pages import job_summary
 from tunesmith.serve.web.new_job import models
@@ -229,7 +231,7 @@ def _release(queue_id: str, key: str, reviewer: str, skip: bool = False) -> None
 
 async def _answers(request: Request, queue: queues.ReviewQueue, prompt: ReviewPrompt) -> dict:
     """The model's answer to ``prompt`` (and a sampled second one for a comparing queue): generated once,
-    on the generation thread /v1 uses, and kept with the queue."""
+    in the batch /v1 requests decode in, and kept with the queue."""
     cached = queue.answers().get(prompt.key)
     if cached is not None:
         return cached
@@ -239,19 +241,17 @@ async def _answers(request: Request, queue: queues.ReviewQueue, prompt: ReviewPr
     compare = queue.meta.get("compare", False)
     max_tokens = queue.meta.get("answer_tokens", MAX_ANSWER_TOKENS)
 
-    def job(cancelled) -> tuple[str, str | None]:
-        messages = loaded.conversation(prompt.messages)
-        answer = generate_answer(loaded, messages=messages, max_tokens=max_tokens, temperature=0)
-        alternative = None
-        if compare:
-            # seeded by the prompt, so the second answer is the same however often it is generated
-            torch.manual_seed(zlib.crc32(prompt.key.encode()))
-            alternative = generate_answer(
-                loaded, messages=messages, max_tokens=max_tokens, temperature=ALTERNATIVE_TEMPERATURE
-            )
-        return answer, alternative
-
-    answer, alternative = await generation_thread.run(job)
+    ids = await run_in_threadpool(chat_prompt, loaded, prompt.messages)
+    max_new = fit_new_tokens(loaded, [ids], max_tokens, "messages", strict=False)
+    batcher = request.app.state.batcher
+    asked = [generation_thread.answer(batcher, Generation(loaded, [ids], 1, Sampling(max_new, temperature=0)))]
+    if compare:
+        # seeded by the prompt, so the second answer is the same however often it is generated
+        seed = zlib.crc32(prompt.key.encode())
+        sampled = Sampling(max_new, temperature=ALTERNATIVE_TEMPERATURE, seed=seed)
+        asked.append(generation_thread.answer(batcher, Generation(loaded, [ids], 1, sampled)))
+    answers = [choices[0].text for choices in await asyncio.gather(*asked)]
+    answer, alternative = answers[0], answers[1] if compare else None
     fresh = queue.answers().get(prompt.key)  # another reviewer's request may have kept one meanwhile
     if fresh is not None:
         return fresh
