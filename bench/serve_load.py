@@ -211,6 +211,44 @@ def llama_cpp_decode(home: Path, max_tokens: int) -> list[list]:
     return rows
 
 
+def where_decode_time_goes(llama_f16: float | None, steps: int = 20) -> str:
+    """One row's decode step in-process, under torch's profiler: the share of matrix products and the rate
+    at which they read the weights, against the rate llama.cpp's F16 decode implies."""
+    import torch
+    from torch.profiler import profile
+
+    from tunesmith.inference.loaded import load
+    from tunesmith.models.batch_decoder import BatchDecoder
+
+    loaded = load("smollm2-135m", precision="fp32")
+    decoder = BatchDecoder(loaded.model)
+    slot = decoder.add_slot()
+    token = int(decoder.prefill([slot], [list(range(100, 160))], [0])[0].argmax())
+    for _ in range(3):
+        token = int(decoder.step([token], [0])[0].argmax())
+    began = time.perf_counter()
+    with profile() as profiler:
+        for _ in range(steps):
+            token = int(decoder.step([token], [0])[0].argmax())
+    step = (time.perf_counter() - began) / steps
+    events = profiler.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    products = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::addmm", "aten::linear"))
+    weights = sum(
+        m.weight.numel() * m.weight.element_size() for m in loaded.model.modules() if isinstance(m, torch.nn.Linear)
+    )
+    seconds_in_products = step * products / total
+    line = (
+        f"Where one row's decode step goes (torch profiler, in-process, fp32): {step * 1000:.0f} ms a step "
+        f"(profiled), {products / total:.0%} of it in matrix products, which read the {weights / 1e6:.0f} MB of "
+        f"projection and head weights at {weights / seconds_in_products / 1e9:.1f} GB/s"
+    )
+    if llama_f16:
+        rate = weights / 2 * llama_f16 / 1e9
+        line += f"; llama.cpp's F16 decode reads half those bytes per token, at its rate about {rate:.0f} GB/s"
+    return line + "."
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", default="1,4,16,64")
@@ -255,9 +293,12 @@ def main() -> None:
             finally:
                 server.stop()
             llama_rows = llama_cpp_decode(home, args.max_tokens)
+            f16 = next((float(row[1]) for row in llama_rows if "F16" in row[0]), None)
+            profile_line = where_decode_time_goes(f16)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=REPO, check=False)
     section = report(results, counts, llama_rows, args, time.perf_counter() - began, versions)
+    section += "\n\n" + profile_line
     print(section)
     if not args.no_write:
         write_section("serve-load", section)

@@ -94,6 +94,22 @@ def build_tiny_model(folder: Path, tie: bool = True) -> Path:
     return folder
 
 
+def random_lora(model, rank: int, scale: float, seed: int):
+    """``model`` wrapped with a PEFT LoRA adapter on every linear layer whose B is random (PEFT starts it at
+    zero), so that the adapter changes the model's answers."""
+    import torch
+
+    from tunesmith.models.load import add_lora
+
+    torch.manual_seed(seed)
+    wrapped = add_lora(model, rank, 2 * rank, 0.0, "all-linear")
+    with torch.no_grad():
+        for name, parameter in wrapped.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0.0, scale)
+    return wrapped
+
+
 def sharpen(model) -> None:
     """Re-initialise at O(1) scale so attention and next-token distributions are far from uniform:
     a token attended to by mistake (or a wrong position id) then moves the scores a lot."""

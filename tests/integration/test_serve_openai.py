@@ -14,7 +14,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from conftest import wait_until
+from conftest import random_lora, wait_until
 from tunesmith.cli import main
 from tunesmith.models.base import EMBEDDED
 from tunesmith.registry import store as registry
@@ -233,18 +233,11 @@ def test_a_dpo_job_with_openai_preference_data(home, start_server):
 def _random_lora_version(name: str, seed: int) -> str:
     """A LoRA version of the embedded model with random adapter weights (its answers differ from the base's),
     published the way a run publishes one."""
-    import torch
-
     from tunesmith.models.base import resolve_base
-    from tunesmith.models.load import add_lora, load_model, load_tokenizer
+    from tunesmith.models.load import load_model, load_tokenizer
 
     base = resolve_base(BASE)
-    torch.manual_seed(seed)
-    model = add_lora(load_model(base), 8, 16, 0.0, "all-linear")
-    with torch.no_grad():
-        for parameter_name, parameter in model.named_parameters():
-            if "lora_B" in parameter_name:
-                parameter.normal_(0.0, 0.02)
+    model = random_lora(load_model(base), 8, 0.02, seed)
     staging = registry.staging_dir()
     model.save_pretrained(staging / "adapter")
     load_tokenizer(base).save_pretrained(staging)

@@ -12,11 +12,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import sharpen
+from conftest import random_lora, sharpen
 from tunesmith.inference.loaded import LoadedModel
 from tunesmith.models.adapter_bank import AdapterBank, read_lora
 from tunesmith.models.batch_decoder import BatchDecoder, supports
-from tunesmith.models.load import add_lora, load_tokenizer
+from tunesmith.models.load import load_tokenizer
 from tunesmith.serve import generation_thread
 from tunesmith.serve.batcher import Batcher, QueueFull, Request
 from tunesmith.serve.protocol import APIError
@@ -91,12 +91,7 @@ def test_adapters_per_row_match_peft_merged_models(tiny, tmp_path):
     """Three rows, three adapters (none, A, B), one step: each row's logits are its own merged model's."""
     adapters = {}
     for seed, name in ((1, "a"), (2, "b")):
-        torch.manual_seed(seed)
-        peft_model = add_lora(_copy(tiny), 4, 8, 0.0, "all-linear")
-        with torch.no_grad():
-            for n, p in peft_model.named_parameters():
-                if "lora_B" in n:
-                    p.normal_(0, 0.3)
+        peft_model = random_lora(_copy(tiny), 4, 0.3, seed)
         peft_model.save_pretrained(tmp_path / name)
         adapters[name] = (
             peft_model.merge_and_unload().eval(),
@@ -183,6 +178,19 @@ def test_a_cancelled_request_leaves_and_a_silent_reader_stalls_no_one(tiny, toke
     choices, waited, left = asyncio.run(scenario())
     assert choices[0].completion_tokens == 5 and left == 0
     assert waited < 20
+
+
+def test_the_batch_never_grows_past_max_rows(tiny, tokenizer):
+    loaded = loaded_model(tiny, tokenizer)
+    batcher = Batcher(max_rows=3)
+    rows_seen: list[int] = []
+    batcher.before_work = lambda: rows_seen.append(batcher.active_rows)
+    futures = [batcher.submit(Request(loaded, [p], 1, Sampling(6, temperature=0))) for p in PROMPTS * 3]
+    assert all(len(f.result(timeout=60)) == 1 for f in futures)
+    assert max(rows_seen) == 3
+    # a request larger than the whole batch still runs, alone
+    big = batcher.submit(Request(loaded, [PROMPTS[0]], 5, Sampling(4, temperature=1.0, seed=0)))
+    assert len(big.result(timeout=60)) == 5
 
 
 def test_a_full_line_is_refused_with_429_and_retry_after(tiny, tokenizer):

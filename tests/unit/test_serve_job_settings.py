@@ -93,6 +93,20 @@ def test_the_runner_applies_the_stored_settings(home):
     }
 
 
+def test_a_job_can_report_to_trackers(home):
+    """`report_to` is a setting like any other: checked when the job is created, applied when it runs."""
+    assert requested(hyperparameters={"report_to": ["tensorboard", "mlflow"]})["report_to"] == ["tensorboard", "mlflow"]
+    wrong = refused(hyperparameters={"report_to": ["wandb"]})
+    assert wrong.param == "hyperparameters.report_to" and "unknown tracker wandb" in wrong.message
+    store = JobStore(paths.serve_db())
+    (home / "files").mkdir(parents=True, exist_ok=True)
+    (home / "files" / "file-t.jsonl").write_text(json.dumps({"text": "fine", "label": "pos"}) + "\n")
+    store.add_file("file-t", "calls.jsonl", "file-t.jsonl", 1, "fine-tune")
+    hyperparameters = requested(hyperparameters={"report_to": ["tensorboard"]})
+    store.create_job("ftjob-r", "smollm2-135m", "file-t", None, "calls", 7, hyperparameters, "calls-r", None)
+    assert job_config(store, store.get_job("ftjob-r")).report_to == ["tensorboard"]
+
+
 def test_a_dpo_job_trains_with_method_dpo_and_its_beta():
     dpo = {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 2}}}
     assert requested(method=dpo) == {

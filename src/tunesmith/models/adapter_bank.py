@@ -132,7 +132,7 @@ class AdapterBank:
 
 
 class RowAdapters:
-    """Which adapter each row of a forward pass uses, and the projections with their deltas added.
+    """Which adapter each row of a forward pass uses, and what they add to each projection.
 
     Every row's input goes through every adapter's A at once (one matmul: adapters × rank columns, a few
     dozen), a mask keeps each row's own block, and one matmul with the B blocks gives each row its own
@@ -148,13 +148,13 @@ class RowAdapters:
             # [rows, 1, slots * rank]: 1 on the row's own adapter's block
             self.mask = blocks.repeat_interleave(bank.rank, dim=1).unsqueeze(1).to(parameter.dtype)
 
-    def project(self, x: torch.Tensor, linear: torch.nn.Module, layer: int, name: str) -> torch.Tensor:
-        out = linear(x)
+    def delta(self, x: torch.Tensor, layer: int, name: str) -> torch.Tensor | None:
+        """What the rows' adapters add to projection ``name`` of ``layer`` for input ``x``; None for nothing."""
         if self.none:
-            return out
+            return None
         assert self.bank is not None
         stack = self.bank.stack((layer, name))
         if stack is None:
-            return out
+            return None
         a_cat, b_cat = stack
-        return out + ((x @ a_cat) * self.mask) @ b_cat
+        return ((x @ a_cat) * self.mask) @ b_cat

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from tunesmith.models.adapter_bank import AdapterBank, RowAdapters
+from tunesmith.models.packed_linear import PackedLinears
 from tunesmith.models.parts import causal_lm
 
 # Decoder families with Llama's layer layout and no sliding window, soft-capping or per-head norms.
@@ -54,6 +55,7 @@ class BatchDecoder:
             raise ValueError(f"a {lm.config.model_type} model is not decoded by BatchDecoder")
         self.lm = lm
         self.bank = bank or AdapterBank(lm)
+        self.linears = PackedLinears([m for m in lm.modules() if isinstance(m, torch.nn.Linear)])
         config = lm.config
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
@@ -158,6 +160,11 @@ class BatchDecoder:
             self.lengths[slot] += 1
         return logits
 
+    def _project(self, adapters: RowAdapters, x: torch.Tensor, linear, layer: int, name: str) -> torch.Tensor:
+        out = self.linears(linear, x)
+        delta = adapters.delta(x, layer, name)
+        return out if delta is None else out + delta
+
     def _forward(self, ids, starts, slots: slice, last, adapters: RowAdapters) -> torch.Tensor:
         """Row b of ``ids`` ([rows, width]) continues slot ``slots.start + b`` from column ``starts[b]``;
         the logits at index ``last[b]`` of each row."""
@@ -174,9 +181,9 @@ class BatchDecoder:
         for index, layer in enumerate(lm.model.layers):
             attention = layer.self_attn
             x = layer.input_layernorm(hidden)
-            q = adapters.project(x, attention.q_proj, index, "q_proj").view(batch, width, -1, self.head_dim)
-            k = adapters.project(x, attention.k_proj, index, "k_proj").view(batch, width, -1, self.head_dim)
-            v = adapters.project(x, attention.v_proj, index, "v_proj").view(batch, width, -1, self.head_dim)
+            q = self._project(adapters, x, attention.q_proj, index, "q_proj").view(batch, width, -1, self.head_dim)
+            k = self._project(adapters, x, attention.k_proj, index, "k_proj").view(batch, width, -1, self.head_dim)
+            v = self._project(adapters, x, attention.v_proj, index, "v_proj").view(batch, width, -1, self.head_dim)
             q, k = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
             keys, values = self.keys[index], self.values[index]
             keys[slot_index, :, positions] = k.transpose(1, 2)  # [rows, width, kv_heads, head_dim]
@@ -190,11 +197,11 @@ class BatchDecoder:
                 enable_gqa=self.heads != self.kv_heads,
             )
             out = out.transpose(1, 2).reshape(batch, width, -1)
-            hidden = hidden + adapters.project(out, attention.o_proj, index, "o_proj")
+            hidden = hidden + self._project(adapters, out, attention.o_proj, index, "o_proj")
             x = layer.post_attention_layernorm(hidden)
             mlp = layer.mlp
-            gate = adapters.project(x, mlp.gate_proj, index, "gate_proj")
-            up = adapters.project(x, mlp.up_proj, index, "up_proj")
-            hidden = hidden + adapters.project(mlp.act_fn(gate) * up, mlp.down_proj, index, "down_proj")
+            gate = self._project(adapters, x, mlp.gate_proj, index, "gate_proj")
+            up = self._project(adapters, x, mlp.up_proj, index, "up_proj")
+            hidden = hidden + self._project(adapters, mlp.act_fn(gate) * up, mlp.down_proj, index, "down_proj")
         final = lm.model.norm(hidden[torch.arange(batch, device=self.device), last])
-        return lm.lm_head(final).float()
+        return self.linears(lm.lm_head, final).float()

@@ -167,7 +167,11 @@ class Batcher:
                     break
                 request = self._waiting[0]
                 tokens = sum(len(p) for p in request.prompts) * (request.rows // len(request.prompts))
-                if fresh and (self.active_rows + request.rows > self.max_rows or tokens > budget):
+                # a request waits for room in the batch (one larger than the whole batch runs alone) and for
+                # the next round once this round's prompts are enough work between two steps
+                if (self.active_rows and self.active_rows + request.rows > self.max_rows) or (
+                    fresh and tokens > budget
+                ):
                     break
                 self._waiting.popleft()
             budget -= tokens
@@ -179,8 +183,10 @@ class Batcher:
             except Exception as error:  # noqa: BLE001 - this request fails, the batch goes on
                 log.exception("a request failed to start", exc_info=error)
                 request.fail(error)
+                self._drop_unstarted(request, fresh)
         for key, rows in fresh.items():
-            self._prefill(self._bases[key], rows)
+            if rows:
+                self._prefill(self._bases[key], rows)
 
     def _start_request(self, request: Request, fresh: dict) -> None:
         """Rows for ``request`` in its base's batch, started from hot prefixes; prefilled by the caller."""
@@ -218,6 +224,16 @@ class Batcher:
                     start, keys, values = hit
                     base.decoder.copy_prefix(slot, keys, values)
                 fresh.setdefault(id(model), []).append((slot, prompt[start:], prompt))
+
+    def _drop_unstarted(self, request: Request, fresh: dict) -> None:
+        """Removes the rows ``request`` got before it failed to start (the last ones of its base)."""
+        base = self._bases.get(id(request.loaded.model))
+        if base is None:
+            return
+        while base.rows and base.rows[-1].request is request:
+            slot = len(base.rows) - 1
+            fresh[id(request.loaded.model)] = [r for r in fresh.get(id(request.loaded.model), []) if r[0] != slot]
+            self._end(base, slot, failed=True)
 
     def _prefill(self, base: _Base, rows: list[tuple[int, list[int], list[int]]]) -> None:
         slots = [slot for slot, _, _ in rows]
