@@ -60,7 +60,6 @@ class BatchDecoder:
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
-        self.window = getattr(config, "max_position_embeddings", None)
         parameter = next(lm.parameters())
         self.dtype, self.device = parameter.dtype, parameter.device
         layers = len(lm.model.layers)

@@ -47,8 +47,7 @@ def load(
     if key.startswith(WEIGHTS):
         return inference.load(key.removeprefix(WEIGHTS), precision=precision)
     version = store.get(key)
-    start = inference.adapter_start(version) if shared is not None else None
-    if shared is not None and start is not None:
+    if shared is not None and (start := inference.adapter_start(version)) is not None:
         base = shared(weights_key(start))
         if supports(base.model):
             over = inference.load_over(version, base)

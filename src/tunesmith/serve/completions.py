@@ -219,10 +219,9 @@ async def _answer(call: _Call, stream: bool, request: Request) -> dict | Streami
     generation = Generation(call.loaded, call.prompts, call.n, call.sampling)
     if not stream:
         return call.response(await generation_thread.answer(batcher, generation))
-    events = _events(call, generation_thread.stream(batcher, generation))
-    first = await anext(events)  # a full line (429) is an error status, not a broken stream
+    generated = generation_thread.stream(batcher, generation)  # queued now: a full line is a 429 status
     return StreamingResponse(
-        _chain(first, events),
+        _events(call, generated),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -244,12 +243,6 @@ def share_cores(store) -> Callable[[], None]:
     return before_work
 
 
-async def _chain(first: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:
-    yield first
-    async for event in rest:
-        yield event
-
-
 async def _events(call: _Call, generated: AsyncIterator) -> AsyncIterator[str]:
     finished: list[Choice] = []
     opened: set[int] = set()
@@ -263,14 +256,9 @@ async def _events(call: _Call, generated: AsyncIterator) -> AsyncIterator[str]:
             if choice is not None:
                 finished.append(choice)
                 yield call.chunk(index, finish=choice.finish_reason)
-    except APIError as error:
-        if not opened and error.status == 429:
-            raise  # before anything was sent: answered with its status
-        yield _sse(error_body(error.status, f"generation failed: {error}"))
-        return
     except Exception as error:  # noqa: BLE001 - the status line is out: the error goes in the stream
         log.exception("generation failed mid-stream", exc_info=error)
-        status = 400 if isinstance(error, TunesmithError) else 500
+        status = error.status if isinstance(error, APIError) else 400 if isinstance(error, TunesmithError) else 500
         yield _sse(error_body(status, f"generation failed: {error}"))
         return
     if call.include_usage:

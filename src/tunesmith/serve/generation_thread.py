@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from typing import Any
 
 from tunesmith.serve.batcher import Batcher, QueueFull, Request, wait_seconds
@@ -27,9 +28,11 @@ async def answer(batcher: Batcher, request: Request) -> list[Choice]:
         raise
 
 
-async def stream(batcher: Batcher, request: Request) -> AsyncIterator[tuple[int, str | None, Choice | None]]:
+def stream(batcher: Batcher, request: Request) -> AsyncIterator[tuple[int, str | None, Choice | None]]:
     """``(choice index, text, None)`` as text becomes final and ``(index, None, choice)`` as a choice ends.
-    Closing the iterator early (a client that went away) cancels the request."""
+    The request is queued at once, so a full line is a 429 raised here, before a response has begun; what
+    it generates waits in the iterator's queue until read. Closing the iterator early (a client that went
+    away) cancels the request."""
     loop = asyncio.get_running_loop()
     items: asyncio.Queue = asyncio.Queue()  # unbounded: a slow reader never holds up the batch
 
@@ -43,6 +46,10 @@ async def stream(batcher: Batcher, request: Request) -> AsyncIterator[tuple[int,
     request.on_choice = lambda index, choice: put((index, None, choice))
     future = _submit(batcher, request)
     future.add_done_callback(lambda _: put(future))
+    return _read(items, future, request)
+
+
+async def _read(items: asyncio.Queue, future: Future, request: Request) -> AsyncIterator:
     try:
         while True:
             item = await items.get()
@@ -54,7 +61,7 @@ async def stream(batcher: Batcher, request: Request) -> AsyncIterator[tuple[int,
         request.cancelled.set()
 
 
-def _submit(batcher: Batcher, request: Request):
+def _submit(batcher: Batcher, request: Request) -> Future:
     try:
         return batcher.submit(request)
     except QueueFull as error:
