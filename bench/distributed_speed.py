@@ -1,14 +1,15 @@
-"""One process against `--nproc N` on this machine: what data-parallel training buys here, and that it trains the
-same model.
+"""One process against `--nproc N`, and against `--nproc N --fsdp`, on this machine: what data-parallel training
+and sharding buy here, and that they train the same model.
 
-Trains the embedded model with LoRA for one epoch on the project's examples/reviews through the CLI, alternating
-one process (all cores' threads) and N processes (the cores shared out, OMP_NUM_THREADS = cores / N), `--rounds`
-times each so a slow spell of the machine hits both. Reports the training loop's tokens/s, the whole command's
-wall-clock (model loads and the closing comparison included) and the best validation loss. That agrees to
-rounding in fp32 (tests/integration/test_distributed.py); under bf16, the default where the CPU has AMX or
-AVX512-BF16, each process's half-size micro-batches round differently and the runs drift apart somewhat.
+Trains the embedded model (LoRA and full fine-tuning) for one epoch on the project's examples/reviews through the
+CLI, alternating one process (all cores' threads), N processes (the cores shared out, OMP_NUM_THREADS = cores / N)
+and N sharded processes, `--rounds` times each so a slow spell of the machine hits all. Reports the training loop's
+tokens/s, the whole command's wall-clock (model loads and the closing comparison included), the peak resident
+memory of the largest process (the kernel's maxrss over the command's processes) and the best validation loss.
+That agrees to rounding in fp32 (tests/integration/test_distributed.py); under bf16, the default where the CPU has
+AMX or AVX512-BF16, each process's half-size micro-batches round differently and the runs drift apart somewhat.
 
-    .venv/bin/python bench/distributed_speed.py [--nproc 2] [--rounds 2]     # the "distributed" section
+    .venv/bin/python bench/distributed_speed.py [--nproc 2] [--rounds 2] [--methods lora,full]   # "distributed"
 """
 
 from __future__ import annotations
@@ -29,13 +30,21 @@ from results import REPO, machine, table, write_section  # noqa: E402
 DATA = REPO / "examples" / "reviews" / "train.jsonl"
 
 
-def one_run(home: Path, name: str, nproc: int) -> dict:
+def one_run(home: Path, name: str, method: str, nproc: int, fsdp: bool) -> dict:
     command = [sys.executable, "-m", "tunesmith", "train", str(DATA), "--name", name, "--epochs", "1"]
+    command += ["--method", method]
     if nproc > 1:
         command += ["--nproc", str(nproc)]
+    if fsdp:
+        command += ["--fsdp"]
     env = {**os.environ, "TUNESMITH_HOME": str(home), "TUNESMITH_CACHE": str(REPO / ".cache" / "tunesmith")}
+    # maxrss of waited-for descendants is the largest one's peak: measured in a fresh child per run.
+    measure = (
+        "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
     began = time.perf_counter()
-    subprocess.run(command, env=env, check=True, capture_output=True)
+    done = subprocess.run([sys.executable, "-c", measure, *command], env=env, check=True, capture_output=True)
     wall = time.perf_counter() - began
     manifest = json.loads((home / "registry" / name / "1" / "manifest.json").read_text())
     training = manifest["training"]
@@ -44,6 +53,7 @@ def one_run(home: Path, name: str, nproc: int) -> dict:
         "tokens_per_s": training["tokens"] / training["train_seconds"],
         "val_loss": training["best_val_loss"],
         "threads": training["threads"],
+        "peak_gb": int(done.stdout.split()[-1]) / 1024**2,  # ru_maxrss is in KiB on Linux
     }
 
 
@@ -51,34 +61,54 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--methods", default="lora,full", help="comma-separated: lora, full")
     parser.add_argument("--no-write", action="store_true", help="print the section, leave RESULTS.md alone")
     args = parser.parse_args()
-    runs: dict[int, list[dict]] = {1: [], args.nproc: []}
+    arms = {"1 process": (1, False), f"{args.nproc} processes": (args.nproc, False)}
+    arms[f"{args.nproc} processes, FSDP"] = (args.nproc, True)
+    methods = args.methods.split(",")
+    runs: dict[tuple[str, str], list[dict]] = {(method, arm): [] for method in methods for arm in arms}
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.rounds):
-            for nproc in runs:
-                figures = one_run(Path(tmp), f"r{round_}-p{nproc}", nproc)
-                runs[nproc].append(figures)
-                print(f"round {round_ + 1}, {nproc} process(es): {figures}", flush=True)
+            for index, (method, arm) in enumerate(runs):
+                nproc, fsdp = arms[arm]
+                figures = one_run(Path(tmp), f"r{round_}-{index}", method, nproc, fsdp)
+                runs[method, arm].append(figures)
+                print(f"round {round_ + 1}, {method}, {arm}: {figures}", flush=True)
     rows = []
-    for nproc, results in runs.items():
+    for (method, arm), results in runs.items():
+        speed = statistics.median(r["tokens_per_s"] for r in results)
+        one = statistics.median(r["tokens_per_s"] for r in runs[method, "1 process"])
+        peak = max(r["peak_gb"] for r in results)
+        one_peak = max(r["peak_gb"] for r in runs[method, "1 process"])
         rows.append(
             [
-                f"{nproc} × {results[0]['threads']} thread(s)",
-                f"{statistics.median(r['tokens_per_s'] for r in results):.0f}",
+                method,
+                f"{arm} × {results[0]['threads']} thread(s)",
+                f"{speed:.0f} ({speed / one:.2f}×)",
                 f"{statistics.median(r['wall_s'] for r in results):.0f} s",
+                f"{peak:.2f} GB ({peak / one_peak:.2f}×)",
                 f"{results[0]['val_loss']:.5f}",
             ]
         )
-    one, many = (statistics.median(r["tokens_per_s"] for r in runs[n]) for n in runs)
-    command = f"python bench/distributed_speed.py --nproc {args.nproc} --rounds {args.rounds}"
+    command = f"python bench/distributed_speed.py --nproc {args.nproc} --rounds {args.rounds} --methods {args.methods}"
     section = (
-        f"## Data-parallel training on this CPU (`bench/distributed_speed.py`)\n\n"
-        f"Command: `{command}` · embedded smollm2-135m, LoRA, one epoch of examples/reviews (320 rows) · "
-        f"{machine()} · {args.rounds} rounds alternating, medians, {(time.perf_counter() - began) / 60:.0f} min.\n\n"
-        + table(["processes", "training tokens/s", "whole command", "best validation loss"], rows)
-        + f"\n\n{args.nproc} processes: {many / one:.2f}× the training loop's tokens/s of one process."
+        f"## Data-parallel and sharded training on this CPU (`bench/distributed_speed.py`)\n\n"
+        f"Command: `{command}` · embedded smollm2-135m, one epoch of examples/reviews (320 rows) · "
+        f"{machine()} · {args.rounds} rounds alternating, medians (peak memory: the highest), "
+        f"{(time.perf_counter() - began) / 60:.0f} min.\n\n"
+        + table(
+            [
+                "method",
+                "processes",
+                "training tokens/s (× 1 process)",
+                "whole command",
+                "largest process's peak memory (× 1 process)",
+                "best validation loss",
+            ],
+            rows,
+        )
     )
     print(section)
     if not args.no_write:

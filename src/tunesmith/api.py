@@ -66,12 +66,15 @@ def check_data(
     return check.check_file(Path(path), task, base, max_length, Path(val) if val else None)
 
 
-def train(config: TrainConfig | str | Path | None = None, resume: str | None = None, **settings: Any) -> TrainResult:
+def train(
+    config: TrainConfig | str | Path | None = None, resume: str | None = None, fsdp: bool = False, **settings: Any
+) -> TrainResult:
     """Fine-tune (`tunesmith train`); returns a TrainResult with the published version.
 
     ``config``: a TrainConfig, or a YAML file of its fields. ``settings``: TrainConfig fields by name
     (``data="reviews.jsonl", lora_rank=16``) over the config, None meaning not given. ``resume``: continue
-    the interrupted run of that name with its saved settings."""
+    the interrupted run of that name with its saved settings. ``fsdp``: under torchrun, the processes also
+    split the weights, gradients and optimizer state (README: More than one process)."""
     from tunesmith.workflows import train as training
 
     given = {name: value for name, value in settings.items() if value is not None}
@@ -81,10 +84,10 @@ def train(config: TrainConfig | str | Path | None = None, resume: str | None = N
             raise TunesmithError(
                 f"--resume {resume} continues the run with its saved settings; give no others ({others})"
             )
-        return training.train(resume=resume)
+        return training.train(resume=resume, fsdp=fsdp)
     if config is None and "data" not in given:
         raise TunesmithError("give a training file (or a config with `data:`), or --resume NAME")
-    return training.train(_train_config(config, given))
+    return training.train(_train_config(config, given), fsdp=fsdp)
 
 
 def evaluate(

@@ -83,14 +83,19 @@ def pairs(n: int) -> list[dict]:
 
 # 28 rows at batch 8 make steps of 8, 8, 8 and 4 rows (an uneven last batch); at micro-batch 1 each process
 # accumulates 4 (then 2) micro-batches a step. 16 rows at batch 3 end with a step of one row: the second
-# process has none and still takes part. DPO: 13 pairs at batch 4 (the last step one pair).
+# process has none and still takes part. DPO: 13 pairs at batch 4 (the last step one pair). The same with
+# --fsdp (each process holds half of every weight): 27 rows at batch 8, micro-batch 2, leave the second process
+# one micro-batch short in the last step (3 rows: 2 and 1), which it still runs.
 @pytest.mark.parametrize(
     "method,rows,settings",
     [
         ("lora", 28, ["--batch-size", "8", "--micro-batch-size", "1", "--lr", "1e-2"]),
         ("full", 16, ["--batch-size", "3", "--lr", "1e-3"]),
         ("dpo", 13, ["--batch-size", "4", "--micro-batch-size", "1", "--lr", "1e-2"]),
+        ("lora", 27, ["--batch-size", "8", "--micro-batch-size", "2", "--lr", "1e-2", "--fsdp"]),
+        ("full", 16, ["--batch-size", "3", "--lr", "1e-3", "--fsdp"]),
     ],
+    ids=["lora", "full", "dpo", "lora-fsdp", "full-fsdp"],
 )
 def test_two_processes_train_what_one_process_trains(tmp_path, tiny_model_dir, method, rows, settings):
     data, val = tmp_path / "calls.jsonl", tmp_path / "val.jsonl"
@@ -99,9 +104,13 @@ def test_two_processes_train_what_one_process_trains(tmp_path, tiny_model_dir, m
     val.write_text("".join(json.dumps(row) + "\n" for row in make(3)))
     common = ["train", str(data), "--val", str(val), "--base", str(tiny_model_dir), "--name", "calls"]
     common += ["--method", method, "--epochs", "2", "--precision", "fp32", *settings]
-    tunesmith(tmp_path / "one", *common)
+    one_process = [setting for setting in settings if setting != "--fsdp"]  # the same run, not sharded
+    tunesmith(tmp_path / "one", *common[: -len(settings)], *one_process)
     two = tunesmith(tmp_path / "two", *common, "--nproc", "2")
     assert two.stderr.count("Saved calls:1") == 1  # rank 0 alone speaks and publishes
+    manifest = json.loads((published(tmp_path / "two", "calls") / "manifest.json").read_text())
+    assert manifest["training"]["processes"] == 2
+    assert manifest["training"]["sharded"] == ("--fsdp" in settings)
     assert_same_run(published(tmp_path / "one", "calls"), published(tmp_path / "two", "calls"))
 
 
@@ -121,11 +130,13 @@ def long_run(tmp_path_factory, tiny_model_dir) -> tuple[list[str], Path]:
 
 
 def test_ctrl_c_stops_both_processes_and_the_run_resumes_with_two_or_one(tmp_path, long_run):
+    """The stopped run shards its weights (--fsdp); its checkpoint holds them whole, so it resumes sharded over
+    two processes and in one plain process alike, and both end as the unsharded uninterrupted run."""
     common, whole = long_run
 
     home = tmp_path / "stopped"
     env = {**os.environ, "TUNESMITH_HOME": str(home), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "tunesmith", *common, "--nproc", "2"]
+    command = [sys.executable, "-m", "tunesmith", *common, "--nproc", "2", "--fsdp"]
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
     )
@@ -146,7 +157,7 @@ def test_ctrl_c_stops_both_processes_and_the_run_resumes_with_two_or_one(tmp_pat
 
     again = tmp_path / "stopped-one"
     shutil.copytree(home, again)
-    tunesmith(home, "train", "--resume", "calls", "--nproc", "2")
+    tunesmith(home, "train", "--resume", "calls", "--nproc", "2", "--fsdp")
     tunesmith(again, "train", "--resume", "calls")
     for resumed in (published(home, "calls"), published(again, "calls")):
         assert_same_run(whole, resumed)

@@ -191,10 +191,11 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(home, tmp_path):
 
 
 def test_two_processes_train_the_real_model_and_publish_one_version(home, tmp_path):
+    """Sharded (--fsdp) in bf16: the frozen base's bf16 weights and the fp32 adapters gather as bf16. Plain data
+    parallelism is compared with one process on a tiny model (test_distributed.py)."""
     data = head(EXAMPLES / "reviews" / "train.jsonl", tmp_path / "reviews.jsonl", 20)
-    two = run_cli(
-        "train", str(data), "--name", "pair", "--epochs", "1", "--batch-size", "4", "--nproc", "2", env_home=home
-    )
+    settings = ["--epochs", "1", "--batch-size", "4", "--precision", "bf16", "--nproc", "2", "--fsdp"]
+    two = run_cli("train", str(data), "--name", "pair", *settings, env_home=home)
     assert two.returncode == 0, two.stderr[-4000:]
     assert two.stderr.count("Saved pair:1") == 1  # rank 0 alone prints and publishes
     assert [v.version for v in store.versions("pair")] == [1]
@@ -207,6 +208,7 @@ def test_two_processes_train_the_real_model_and_publish_one_version(home, tmp_pa
         5,
     ]  # 18 training rows at batch 4, split over the two processes
     assert version.manifest["metrics"]["fine_tuned"]["accuracy"] is not None
+    assert version.manifest["training"]["sharded"] and version.manifest["training"]["processes"] == 2
     assert not (home / "runs" / "pair").exists()
 
 

@@ -89,3 +89,13 @@ def test_a_run_restarted_by_torchrun_resumes_instead_of_refusing_its_folder(monk
     assert not _restarted_by_torchrun(SINGLE)
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
     assert not _restarted_by_torchrun(ProcessGroup(0, 2))
+
+
+def test_fsdp_refuses_dpo_before_loading_anything(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path / "home"))
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}\n')
+    assert main(["train", str(pairs), "--method", "dpo", "--fsdp"]) == 1
+    assert "--fsdp shards LoRA and full fine-tuning" in capsys.readouterr().err
+    assert not (tmp_path / "home" / "runs").exists()

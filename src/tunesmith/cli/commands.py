@@ -69,7 +69,7 @@ def train(args: argparse.Namespace) -> int:
         raise TunesmithError(f"--nproc {args.nproc} under torchrun's {world} processes: give one or the other")
     if args.nproc not in (None, 1) and world is None:
         return launch.relaunch(args.argv, args.nproc)
-    result = api.train(args.config, resume=args.resume, **config_values(args, api.TrainConfig))
+    result = api.train(args.config, resume=args.resume, fsdp=args.fsdp, **config_values(args, api.TrainConfig))
     return 130 if result.loop.interrupted else 0
 
 

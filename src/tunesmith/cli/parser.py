@@ -169,6 +169,12 @@ def _train_command(commands: argparse._SubParsersAction) -> None:
         help="train data-parallel in N processes on this machine (torchrun; one per GPU, or CPU processes "
         "over gloo): the update one process makes on the same batch (README: More than one process)",
     )
+    run.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="the processes also split the weights, their gradients and the optimizer state (FSDP): for "
+        "training that does not fit one device; LoRA and full fine-tuning (README: More than one process)",
+    )
 
 
 def _eval_command(commands: argparse._SubParsersAction) -> None:

@@ -56,6 +56,7 @@ class TrainingInfo(Result):
     precision: Precision | None = None
     threads: int | None = None  # torch threads while training (per process): the CPU-seconds of break-even
     processes: int = 1  # data-parallel processes (`--nproc`, torchrun)
+    sharded: bool = False  # the processes split the weights too (`--fsdp`)
     defaults: dict[str, str] | None = None  # why each setting left on auto got its value (training.defaults.explain)
 
 

@@ -127,6 +127,7 @@ def write_version(
                 precision=config.precision,
                 threads=torch.get_num_threads(),
                 processes=loop.processes,
+                sharded=loop.sharded,
                 defaults=defaults,
             ),
         )

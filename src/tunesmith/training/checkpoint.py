@@ -5,6 +5,9 @@ adapter, or all weights for full fine-tuning) as safetensors, the best weights s
 ``state.pt`` with optimizer, scheduler, RNG states and the loop position. It is written into a
 temporary folder, flushed, and renamed into place; then ``LATEST`` (a one-line file, replaced
 atomically) points at it. A crash at any point leaves the previous checkpoint intact.
+
+Tensors are saved whole, also under FSDP (training.sharding), where every process takes part in gathering them
+and rank 0 writes: a checkpoint does not depend on how many processes wrote it, nor on whether they sharded.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tunesmith.core.durable import atomic_write_text
+from tunesmith.training.sharding import full, like, optimizer_state_like, whole_optimizer_state
 
 KEEP = 2  # checkpoints kept on disk
 
@@ -27,11 +31,27 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
     return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
 
 
+def whole_trainable_state(model, keep: bool = True) -> dict[str, torch.Tensor]:
+    """The trainable weights whole, on the CPU. Under FSDP a collective: every process calls it, and those not
+    told to ``keep`` the result drop each tensor once gathered (an empty dict)."""
+    return _whole(trainable_state(model), keep)
+
+
+def _whole(tensors: dict[str, torch.Tensor], keep: bool) -> dict[str, torch.Tensor]:
+    whole = {}
+    for name, value in tensors.items():
+        value = full(value)
+        if keep:
+            whole[name] = value.cpu()
+    return whole
+
+
 def load_trainable_state(model, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy ``tensors`` (whole, or shards laid out as the weights) into the model's trainable weights."""
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in tensors.items():
-            params[name].copy_(value)
+            params[name].copy_(like(value, params[name]))
 
 
 def rng_state() -> dict:
@@ -56,11 +76,25 @@ def _fsync_tree(folder: Path) -> None:
 
 
 def save_checkpoint(
-    run_dir: Path, step: int, model, optimizer, scheduler, loop_state: dict, best: dict[str, torch.Tensor] | None
+    run_dir: Path,
+    step: int,
+    model,
+    optimizer,
+    scheduler,
+    loop_state: dict,
+    best: dict[str, torch.Tensor] | None,
+    write: bool = True,
 ) -> Path:
+    """Write the checkpoint of ``step``; its folder. Under FSDP every process calls this (the shards are
+    gathered first) and only the one given ``write`` writes."""
+    trainable = whole_trainable_state(model, write)
+    best = _whole(best, write) if best is not None else None
+    optimizer_state = whole_optimizer_state(optimizer, write)
     folder = run_dir / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step-{step:06d}"
+    if not write:
+        return final
+    folder.mkdir(parents=True, exist_ok=True)
     if (final / "state.pt").is_file():
         # Saved already: Ctrl-C right after a checkpoint, or a replay after resuming from an
         # earlier one (deterministic, so the content is the same). Only move the pointer.
@@ -69,12 +103,12 @@ def save_checkpoint(
     staging = folder / f".step-{step:06d}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    save_file({k: v.contiguous().cpu() for k, v in trainable_state(model).items()}, staging / "trainable.safetensors")
+    save_file({k: v.contiguous() for k, v in trainable.items()}, staging / "trainable.safetensors")
     if best is not None:
-        save_file({k: v.contiguous().cpu() for k, v in best.items()}, staging / "best.safetensors")
+        save_file({k: v.contiguous() for k, v in best.items()}, staging / "best.safetensors")
     torch.save(
         {
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer_state,
             "scheduler": scheduler.state_dict(),
             "rng": rng_state(),
             "loop": loop_state,
@@ -102,7 +136,7 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler) -> tuple[dict, di
     """Restore weights, optimizer, scheduler and RNG; returns (loop state, best weights or None)."""
     load_trainable_state(model, load_file(folder / "trainable.safetensors"))
     state = torch.load(folder / "state.pt", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
+    optimizer.load_state_dict(optimizer_state_like(state["optimizer"], optimizer))
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     best_file = folder / "best.safetensors"

@@ -14,6 +14,10 @@ module DDP would wrap, whose hooks would then never fire; and a process with no 
 batch) must still take part, which DDP's one-reduction-per-backward rule makes awkward. One reduction per step is
 what DDP does under ``no_sync`` accumulation anyway; what is given up is overlapping it with the backward pass,
 which matters for large models on fast interconnects, not for adapters of a few million weights.
+
+With ``--fsdp`` the processes also split the weights, their gradients and the optimizer's state
+(training.sharding): FSDP then reduces the gradients itself, and every process takes part in validation and in
+gathering a checkpoint.
 """
 
 from __future__ import annotations
@@ -42,11 +46,13 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class ProcessGroup:
-    """This process's place in a run: ``rank`` of ``world`` processes, ``local_rank`` on its machine."""
+    """This process's place in a run: ``rank`` of ``world`` processes, ``local_rank`` on its machine;
+    ``sharded``: each process holds a share of the weights (FSDP), not all of them."""
 
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    sharded: bool = False
 
     @property
     def main(self) -> bool:
@@ -61,13 +67,19 @@ class ProcessGroup:
 SINGLE = ProcessGroup()
 
 
-def join() -> ProcessGroup:
+def join(sharded: bool = False) -> ProcessGroup:
     """The group this process belongs to, from torchrun's environment; one process where it is not set. Opens
-    the default process group once (NCCL with CUDA, each local rank on its own GPU; gloo otherwise)."""
+    the default process group once (NCCL with CUDA, each local rank on its own GPU; gloo otherwise).
+    ``sharded`` (FSDP) opens a group of one for a single process too: FSDP shards over a process group."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if world <= 1 and not sharded:
         return SINGLE
-    group = ProcessGroup(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if world <= 1:
+        group = ProcessGroup(sharded=True)
+        if not dist.is_initialized():  # FSDP over one process (a smoke run): a group of one, no rendezvous
+            dist.init_process_group(_backend(), store=dist.HashStore(), rank=0, world_size=1)
+        return group
+    group = ProcessGroup(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")), sharded)
     if not dist.is_initialized():
         if torch.cuda.is_available():
             if group.local_rank >= torch.cuda.device_count():
@@ -76,9 +88,12 @@ def join() -> ProcessGroup:
                     "start at most one process per GPU (--nproc / --nproc-per-node)"
                 )
             torch.cuda.set_device(group.local_rank)
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
+        dist.init_process_group(_backend(), timeout=COLLECTIVE_TIMEOUT)
     return group
+
+
+def _backend() -> str:
+    return "nccl" if torch.cuda.is_available() else "gloo"
 
 
 class ProcessLost(TunesmithError):
@@ -100,7 +115,7 @@ def _collective() -> Iterator[None]:
 
 def leave(group: ProcessGroup) -> None:
     """Close the process group (after the last collective), so the process exits without NCCL's warning."""
-    if group.parallel and dist.is_initialized():
+    if (group.parallel or group.sharded) and dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -86,7 +86,8 @@ class DPOObjective:
         return total / len(pairs), tokens, _reward_figures(margin_sum, positive, len(pairs))
 
     @torch.no_grad()
-    def validate(self, model, pairs: list[PairRow], pad_id: int, batch_size: int) -> dict:
+    def validate(self, model, pairs: list[PairRow], pad_id: int, batch_size: int, group: ProcessGroup = SINGLE) -> dict:
+        assert not group.sharded  # DPO under FSDP is refused (workflows.train): rank 0 validates alone
         with eval_mode(model):
             losses, margins, preferred = [], [], []
             for start in range(0, len(pairs), batch_size):

@@ -90,13 +90,15 @@ def _fusable(module) -> bool:
 
 def _fused_forward(module):
     name = next(n for n in module.active_adapters if n in module.lora_A)
-    base = module.get_base_layer()
-    lora_a, lora_b, scaling = module.lora_A[name].weight, module.lora_B[name].weight, module.scaling[name]
+    base, lora_a, lora_b = module.get_base_layer(), module.lora_A[name], module.lora_B[name]
+    scaling = module.scaling[name]
 
     def forward(x, *args, **kwargs):
         if module.disable_adapters:  # switched off while patched: DPO's reference model
             return base(x)
-        return _LoraLinearFunction.apply(x, base.weight, base.bias, lora_a, lora_b, scaling)
+        # The weights are read at each call, not once when patched: FSDP (training.sharding) swaps each
+        # layer's parameters for whole ones just before its forward, and back after.
+        return _LoraLinearFunction.apply(x, base.weight, base.bias, lora_a.weight, lora_b.weight, scaling)
 
     return forward
 

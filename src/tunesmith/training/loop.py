@@ -11,7 +11,8 @@
 Under torchrun (training.distributed) every process runs this same loop over the same order; each computes
 its share of a step's rows, the gradients are summed once per step, and rank 0 alone writes checkpoints and
 metrics while the others wait. Validation runs on rank 0 and its figures are sent to the others, so the best
-weights and the early stop are decided alike everywhere.
+weights and the early stop are decided alike everywhere. Under FSDP (training.sharding) each process holds a
+share of the weights, so all of them validate and gather each checkpoint.
 
 Everything the loop needs to continue lives in the checkpoint, so ``--resume`` after a crash
 replays the same order from the same state and ends with the same weights.
@@ -36,11 +37,12 @@ from tunesmith.core.config import ResolvedConfig
 from tunesmith.core.errors import TunesmithError
 from tunesmith.data.batching import Row, epoch_order
 from tunesmith.training import checkpoint as ckpt
-from tunesmith.training import distributed
+from tunesmith.training import distributed, sharding
 from tunesmith.training.defaults import DEFAULT_BATCH, steps_per_epoch
 from tunesmith.training.distributed import SINGLE, ProcessGroup
 from tunesmith.training.kernels import training_kernels
 from tunesmith.training.loss import answer_loss, loss_batch, token_loss_sums
+from tunesmith.training.sharding import TokenLossSums
 from tunesmith.training.state import LoopResult, LoopState, StepMetrics, TrainHooks
 from tunesmith.training.stop_signals import StopSignals
 
@@ -64,16 +66,29 @@ def make_scheduler(optimizer, total_steps: int, config: ResolvedConfig):
 
 
 def train_step(
-    model, rows: list[Row], micro_batch_size: int, pad_id: int, group: ProcessGroup = SINGLE
+    model,
+    rows: list[Row],
+    micro_batch_size: int,
+    pad_id: int,
+    group: ProcessGroup = SINGLE,
+    root: TokenLossSums | None = None,
 ) -> tuple[float, int]:
     """Forward/backward over micro-batches of this process's share of the step's ``rows``; returns (the step's
     mean target-token loss, its non-padding tokens), both over all processes. Each share is divided by the
-    step's global target count, so the gradients summed over processes are the one-process gradient."""
+    step's global target count, so the gradients summed over processes are the one-process gradient.
+
+    ``root``: the sharded loss under FSDP (training.sharding), which reduces the gradients after the last
+    micro-batch; an empty micro-batch (a share shorter than another process's) runs a row with weight 0."""
     n_target = max(1, sum(row.n_target for row in rows))
-    mine = distributed.shard(rows, group)
+    chunks = sharding.passes(rows, micro_batch_size, group)
     total = 0.0
-    for start in range(0, len(mine), micro_batch_size):
-        loss_sum = token_loss_sums(model, loss_batch(model, mine[start : start + micro_batch_size], pad_id)).sum()
+    for index, chunk in enumerate(chunks):
+        batch = loss_batch(model, chunk or rows[:1], pad_id)
+        if root is None:
+            loss_sum = token_loss_sums(model, batch).sum()
+        else:
+            sharding.sync_gradients(root, last=index == len(chunks) - 1)
+            loss_sum = root(batch).sum() * (1.0 if chunk else 0.0)
         (loss_sum / n_target).backward()
         total += loss_sum.item()
     total = distributed.sum_values([total], group)[0]
@@ -89,19 +104,26 @@ class Objective(Protocol):
         """Accumulate this process's share of the step's gradients, scaled so that their sum over processes is
         the step's gradient; (loss, tokens processed, extra figures to log), each over all processes."""
 
-    def validate(self, model, rows: list, pad_id: int, batch_size: int) -> dict:
-        """Figures on the validation rows; ``val_loss`` decides the best weights and early stopping."""
+    def validate(self, model, rows: list, pad_id: int, batch_size: int, group: ProcessGroup) -> dict:
+        """Figures on the validation rows; ``val_loss`` decides the best weights and early stopping. Called on
+        rank 0 alone (``group`` SINGLE), or under FSDP on every process with the run's group."""
 
 
 class SupervisedObjective:
-    """Next-token loss on the answer tokens (LoRA and full fine-tuning)."""
+    """Next-token loss on the answer tokens (LoRA and full fine-tuning). ``root``: the model sharded under FSDP
+    (training.sharding.shard), through which every forward pass goes."""
+
+    def __init__(self, root: TokenLossSums | None = None):
+        self.root = root
 
     def step(
         self, model, rows: list[Row], micro_batch_size: int, pad_id: int, group: ProcessGroup = SINGLE
     ) -> tuple[float, int, dict]:
-        return (*train_step(model, rows, micro_batch_size, pad_id, group), {})
+        return (*train_step(model, rows, micro_batch_size, pad_id, group, self.root), {})
 
-    def validate(self, model, rows: list[Row], pad_id: int, batch_size: int) -> dict:
+    def validate(self, model, rows: list[Row], pad_id: int, batch_size: int, group: ProcessGroup = SINGLE) -> dict:
+        if self.root is not None:
+            return {"val_loss": sharding.answer_loss(self.root, rows, pad_id, batch_size, group)}
         return {"val_loss": answer_loss(model, rows, pad_id, batch_size)["loss"]}
 
 
@@ -149,9 +171,10 @@ def train_loop(
 
     def save() -> None:
         # Every process holds the same weights and optimizer state (the same summed gradients): one writes.
-        if group.main:
+        # Sharded, each holds a share: all of them gather it, rank 0 writes.
+        if group.main or group.sharded:
             folder = ckpt.save_checkpoint(
-                run_dir, state.global_step, model, optimizer, scheduler, state.to_checkpoint(), best
+                run_dir, state.global_step, model, optimizer, scheduler, state.to_checkpoint(), best, group.main
             )
             if hooks.on_checkpoint and state.history:
                 hooks.on_checkpoint(state.global_step, folder, state.history[-1])
@@ -190,10 +213,12 @@ def train_loop(
                 started = time.perf_counter()
                 rows = [train_rows[i] for i in order[state.step_in_epoch]]
                 loss, tokens, figures = objective.step(model, rows, config.micro_batch_size, pad_id, group)
-                distributed.sum_gradients(trained, group)
+                if not group.sharded:  # FSDP has reduced them
+                    distributed.sum_gradients(trained, group)
                 grad_norm = None
                 if config.grad_clip:
-                    grad_norm = torch.nn.utils.clip_grad_norm_(trained, config.grad_clip).item()
+                    norm = torch.nn.utils.clip_grad_norm_(trained, config.grad_clip)
+                    grad_norm = sharding.full(norm).item()  # sharded gradients have a sharded norm
                 lr = scheduler.get_last_lr()[0]
                 optimizer.step()
                 scheduler.step()
@@ -214,8 +239,15 @@ def train_loop(
                     **figures,
                 }
                 if val_rows and (step % config.eval_every == 0 or step == total_steps):
-                    measured = objective.validate(model, val_rows, pad_id, validation_batch) if group.main else None
-                    values.update(distributed.from_main(measured, group))
+                    if group.sharded:  # every process holds a share of the weights: all of them validate
+                        values.update(objective.validate(model, val_rows, pad_id, validation_batch, group))
+                    else:
+                        measured = (
+                            objective.validate(model, val_rows, pad_id, validation_batch, SINGLE)
+                            if group.main
+                            else None
+                        )
+                        values.update(distributed.from_main(measured, group))
                     # Weights that have not seen every example once are not candidates: on a small set the
                     # validation loss of 2-20 examples is noisy enough to crown a model from mid-epoch one
                     # (sentiment, 200 reviews: the best step was 36 of 135, 144 reviews seen, 82% on test).
@@ -257,6 +289,7 @@ def train_loop(
         train_seconds=state.seconds,
         tokens=state.tokens,
         processes=group.world,
+        sharded=group.sharded,
     )
 
 

@@ -100,3 +100,4 @@ class LoopResult:
     train_seconds: float = 0.0
     tokens: int = 0
     processes: int = 1  # data-parallel processes (torchrun), each with `threads` torch threads
+    sharded: bool = False  # the processes held a share of the weights each (FSDP)

@@ -9,6 +9,8 @@ fine-tuned evaluated    -> comparison printed, version published atomically to t
 
 Under torchrun every process runs this function: each checks the data and loads the model, rank 0 alone
 measures, prints, writes the run folder and publishes, and the others wait for it (training.distributed).
+With ``fsdp`` the model is sharded after the baselines are measured, and gathered into a whole copy on rank 0
+for the closing comparison and the version (training.sharding).
 """
 
 from __future__ import annotations
@@ -38,10 +40,10 @@ from tunesmith.evaluation.results import Comparison, Judgement, SystemMetrics
 from tunesmith.evaluation.systems import System, same_model_systems
 from tunesmith.models.load import add_lora, count_parameters, load_tokenizer
 from tunesmith.registry import store
-from tunesmith.registry.lineage import load_start, resolve_start
+from tunesmith.registry.lineage import StartingPoint, load_start, resolve_start
 from tunesmith.registry.publish import file_sha256, write_version
-from tunesmith.training import defaults, distributed
-from tunesmith.training.checkpoint import latest_checkpoint
+from tunesmith.training import defaults, distributed, sharding
+from tunesmith.training.checkpoint import latest_checkpoint, load_trainable_state, whole_trainable_state
 from tunesmith.training.dpo import DPOObjective
 from tunesmith.training.loop import (
     LoopResult,
@@ -75,14 +77,17 @@ def train(
     console: Console | None = None,
     hooks: TrainHooks | None = None,
     provenance: dict | None = None,
+    fsdp: bool = False,
 ) -> TrainResult:
     """Run (or resume) a training run; returns the published version and the comparison.
 
     ``hooks`` follow the loop (see TrainHooks); ``provenance`` is stored in the version's manifest so
     whoever started the run can find its version again (``tunesmith serve``: the job id).
 
-    Started by torchrun (WORLD_SIZE > 1), the process joins the others: see the module's docstring."""
-    group = distributed.join()
+    Started by torchrun (WORLD_SIZE > 1), the process joins the others: see the module's docstring.
+    ``fsdp``: the processes also split the weights (training.sharding); how a run is executed, not what it
+    trains, so a resume may give it or not."""
+    group = distributed.join(sharded=fsdp)
     try:
         return _train(group, config, resume, console, hooks, provenance)
     finally:
@@ -105,6 +110,11 @@ def _train(
     if resume is not None:
         config = _config_for_resume(resume)
     assert config is not None
+    if group.sharded and config.method == "dpo":
+        raise TunesmithError(
+            "--fsdp shards LoRA and full fine-tuning; DPO's reference passes are not sharded yet: "
+            "train DPO without --fsdp (data-parallel with --nproc)"
+        )
     name = config.name or default_name(config.data)
     run_dir = paths.runs_dir() / name
     if resume is None and latest_checkpoint(run_dir) is not None:
@@ -163,13 +173,8 @@ def _train(
         atomic_write_text(run_dir / "data.sha256", data_hash + "\n")
 
     torch.manual_seed(resolved.seed)
-    # bf16 weights only where nothing is learnt in them: the frozen base under LoRA. Full
-    # fine-tuning keeps fp32 masters and computes in bf16 under autocast (training.kernels).
-    bf16_weights = resolved.precision == "bf16" and resolved.uses_adapter
-    model = load_start(start, dtype=torch.bfloat16 if bf16_weights else torch.float32)
+    model = _start_model(start, resolved)
     if resolved.uses_adapter:
-        assert resolved.lora_rank is not None and resolved.lora_alpha is not None  # resolve fills both
-        model = add_lora(model, resolved.lora_rank, resolved.lora_alpha, resolved.lora_dropout, resolved.lora_targets)
         # The adapter's random start must be the same in every process (the base weights come from one file).
         distributed.broadcast_parameters([p for p in model.parameters() if p.requires_grad], group)
     trainable, total = count_parameters(model)
@@ -178,7 +183,7 @@ def _train(
         f"[bold]{name}[/]: {report.task} · {len(train_rows)} train / {len(val_rows)} validation rows · "
         f"{resolved.method}{built_on} ({trainable / 1e6:.2f}M of {total / 1e6:.1f}M parameters trained) · "
         f"{resolved.epochs} epoch(s), lr {resolved.lr:g}, batch {resolved.batch_size}, "
-        f"max_length {resolved.max_length}, {resolved.precision}"
+        f"max_length {resolved.max_length}, {resolved.precision}{_processes(group)}"
     )
     chosen = defaults.explain(config, resolved, len(train_rows))
     for setting, why in chosen.items():
@@ -189,7 +194,11 @@ def _train(
     baselines = evaluation.baselines(run_dir) if group.main else {}
     started = time.time()
     tracking = RunTracking.open(resolved, run_dir, group.main)
-    objective = DPOObjective(resolved.beta) if resolved.method == "dpo" else SupervisedObjective()
+    if resolved.method == "dpo":
+        objective: DPOObjective | SupervisedObjective = DPOObjective(resolved.beta)
+    else:
+        root = sharding.shard(model, _bf16_weights(resolved)) if group.sharded else None
+        objective = SupervisedObjective(root)
     try:
         loop = train_loop(
             model,
@@ -209,6 +218,14 @@ def _train(
             f"{lost}. The last checkpoint is intact; continue with: "
             f"tunesmith train --resume {name} --nproc {group.world}"
         ) from lost
+    if group.sharded and not loop.interrupted:
+        # Rank 0 measures and publishes a whole model: the trained weights gathered into a fresh start.
+        trained = whole_trainable_state(model, keep=group.main)
+        del model, objective
+        if group.main:
+            model = _start_model(start, resolved)
+            load_trainable_state(model, trained)
+            evaluation.use(model)
     if not group.main:
         if not loop.interrupted:  # every rank agrees on that (the loop's stop is collective)
             distributed.barrier(group)  # until rank 0 has measured and published
@@ -250,6 +267,27 @@ def _train(
     return TrainResult(version, loop, run_dir, comparison)
 
 
+def _processes(group: distributed.ProcessGroup) -> str:
+    """How the run is spread, for its header line: nothing for one plain process."""
+    spread = f" · {group.world} processes" if group.parallel else ""
+    return spread + (", weights sharded (FSDP)" if group.sharded else "")
+
+
+def _bf16_weights(config: ResolvedConfig) -> bool:
+    """bf16 weights only where nothing is learnt in them: the frozen base under LoRA. Full fine-tuning keeps
+    fp32 masters and computes in bf16 under autocast (training.kernels)."""
+    return config.precision == "bf16" and config.uses_adapter
+
+
+def _start_model(start: StartingPoint, config: ResolvedConfig):
+    """The model training starts from: the starting weights, with fresh LoRA adapters unless fine-tuning all."""
+    model = load_start(start, dtype=torch.bfloat16 if _bf16_weights(config) else torch.float32)
+    if config.uses_adapter:
+        assert config.lora_rank is not None and config.lora_alpha is not None  # resolve fills both
+        model = add_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_targets)
+    return model
+
+
 def _restarted_by_torchrun(group: distributed.ProcessGroup) -> bool:
     """torchrun restarts every process after a failure (--max-restarts): the run then continues from its last
     checkpoint instead of refusing the run folder it left."""
@@ -289,8 +327,13 @@ class _ValidationComparison:
         # model is that fine-tune (the "parent"), not a base to prompt.
         no_shots = config.task == "text" or parent is not None
         self.shots = [] if no_shots else pick_shots(splits.train_examples, self.options.shots, config.seed)
-        self.systems = same_model_systems(model, self.shots, lora=config.uses_adapter, parent=parent)
+        self.parent = parent
+        self.use(model)
         self.measured: dict[str, Measured] = {}
+
+    def use(self, model) -> None:
+        """Measure ``model`` from now on (under FSDP: the whole copy gathered after training)."""
+        self.systems = same_model_systems(model, self.shots, lora=self.config.uses_adapter, parent=self.parent)
 
     def baselines(self, run_dir: Path) -> dict:
         """The baselines' figures; their per-example scores are kept for the verdict's intervals."""
