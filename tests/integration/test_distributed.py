@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -149,6 +150,7 @@ def test_ctrl_c_stops_both_processes_and_the_run_resumes_with_two_or_one(tmp_pat
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 130 and "checkpoint saved" in output, output[-3000:]
+    assert "Traceback" not in output and "ChildFailedError" not in output  # tunesmith's message, not torchrun's
     assert not (home / "registry" / "calls").exists()
     stopped_at = len((home / "runs" / "calls" / "metrics.jsonl").read_text().splitlines())
     assert 5 <= stopped_at < 270
@@ -195,6 +197,7 @@ def test_a_killed_process_stops_the_other_and_the_run_resumes(tmp_path, long_run
     assert process.returncode != 0
     assert "another process of this run stopped" in output, output[-3000:]
     assert "tunesmith train --resume calls --nproc 2" in output
+    assert "process 1 of the run was killed (SIGKILL) first" in output and "Traceback" not in output
     assert not (home / "registry" / "calls").exists()
     folders = list((home / "runs" / "calls" / "checkpoints").iterdir())
     assert all((folder / "state.pt").is_file() for folder in folders if folder.name.startswith("step-"))
@@ -202,3 +205,16 @@ def test_a_killed_process_stops_the_other_and_the_run_resumes(tmp_path, long_run
 
     tunesmith(home, "train", "--resume", "calls", "--nproc", "2")
     assert_same_run(whole, published(home, "calls"))
+
+
+def test_a_machine_that_never_joins_is_a_clear_error_not_a_hang(tmp_path):
+    with socket.socket() as probe:  # a free port for the meeting point
+        probe.bind(("127.0.0.1", 0))
+        endpoint = f"127.0.0.1:{probe.getsockname()[1]}"
+    data = tmp_path / "calls.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in calls(8)))
+    launch = ["--nproc", "1", "--nnodes", "2", "--rdzv-endpoint", endpoint, "--join-timeout", "5"]
+    done = tunesmith(tmp_path / "home", "train", str(data), *launch, check=False)
+    assert done.returncode == 1
+    assert f"not all 2 machines joined at {endpoint} within 5 s" in done.stderr, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
+import socket
 
 import pytest
 import torch
@@ -45,12 +45,17 @@ def test_one_process_needs_no_process_group(monkeypatch):
 
 
 def test_nproc_runs_the_same_command_line_under_torchrun():
-    argv = ["train", "data.jsonl", "--nproc", "4", "--epochs", "2", "--nproc=3"]
-    assert launch.without_nproc(argv) == ["train", "data.jsonl", "--epochs", "2"]
-    command = launch.torchrun_command(argv, 4)
-    assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
-    assert "--standalone" in command and "--nproc-per-node=4" in command
-    assert command[-6:] == ["-m", "tunesmith", "train", "data.jsonl", "--epochs", "2"]
+    argv = ["train", "data.jsonl", "--nproc", "4", "--epochs", "2", "--nproc=3", "--fsdp", "--join-timeout", "9"]
+    assert launch.without_launch_flags(argv) == ["train", "data.jsonl", "--epochs", "2", "--fsdp"]
+    arguments = launch.torchrun_arguments(argv, 4)
+    assert arguments == ["--standalone", "--nproc-per-node=4", "-m", "tunesmith", *launch.without_launch_flags(argv)]
+    several = launch.torchrun_arguments(argv, 4, nnodes=2, endpoint="10.0.0.1:29500", join_timeout=9)
+    assert several[:4] == [
+        "--nnodes=2",
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=10.0.0.1:29500",
+        "--rdzv-conf=join_timeout=9",
+    ]
 
 
 @pytest.mark.parametrize("nproc", ["0", "-1"])
@@ -99,3 +104,23 @@ def test_fsdp_refuses_dpo_before_loading_anything(tmp_path, capsys, monkeypatch)
     assert main(["train", str(pairs), "--method", "dpo", "--fsdp"]) == 1
     assert "--fsdp shards LoRA and full fine-tuning" in capsys.readouterr().err
     assert not (tmp_path / "home" / "runs").exists()
+
+
+def test_several_machines_need_a_meeting_point(capsys, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert main(["train", "x.jsonl", "--nproc", "2", "--nnodes", "2"]) == 1
+    assert "--nnodes 2: give --rdzv-endpoint HOST:PORT" in capsys.readouterr().err
+    assert main(["train", "x.jsonl", "--nnodes", "2", "--rdzv-endpoint", "nohost"]) == 1
+    assert "--rdzv-endpoint nohost: give HOST:PORT" in capsys.readouterr().err
+
+
+def test_a_meeting_port_taken_on_this_machine_is_refused_at_once(capsys, monkeypatch):
+    # torchrun itself would wait for ever on a port another program listens on.
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with socket.socket() as other_program:
+        other_program.bind(("127.0.0.1", 0))
+        other_program.listen()
+        port = other_program.getsockname()[1]
+        endpoint = f"127.0.0.1:{port}"
+        assert main(["train", "x.jsonl", "--nproc", "2", "--nnodes", "2", "--rdzv-endpoint", endpoint]) == 1
+    assert f"port {port} is already in use on this machine" in capsys.readouterr().err

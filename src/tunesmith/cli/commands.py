@@ -67,8 +67,9 @@ def train(args: argparse.Namespace) -> int:
     world = os.environ.get("WORLD_SIZE")  # set in each of torchrun's processes
     if args.nproc is not None and world is not None and int(world) != args.nproc:
         raise TunesmithError(f"--nproc {args.nproc} under torchrun's {world} processes: give one or the other")
-    if args.nproc not in (None, 1) and world is None:
-        return launch.relaunch(args.argv, args.nproc)
+    if world is None and (args.nproc not in (None, 1) or args.nnodes not in (None, 1) or args.rdzv_endpoint):
+        nproc, nnodes = (1 if given is None else given for given in (args.nproc, args.nnodes))
+        return launch.relaunch(args.argv, nproc, nnodes, args.rdzv_endpoint, args.join_timeout)
     result = api.train(args.config, resume=args.resume, fsdp=args.fsdp, **config_values(args, api.TrainConfig))
     return 130 if result.loop.interrupted else 0
 

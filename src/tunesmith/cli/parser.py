@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tunesmith.cli import launch
 from tunesmith.cli.config_flags import add_config_flags
 from tunesmith.core.config import EXPORT_DTYPES, EXPORT_FORMATS, GGUF_TYPES, PRECISIONS, TASK_CHOICES, TrainConfig
 
@@ -168,6 +169,25 @@ def _train_command(commands: argparse._SubParsersAction) -> None:
         metavar="N",
         help="train data-parallel in N processes on this machine (torchrun; one per GPU, or CPU processes "
         "over gloo): the update one process makes on the same batch (README: More than one process)",
+    )
+    run.add_argument(
+        "--nnodes",
+        type=int,
+        metavar="M",
+        help="with --nproc: over M machines, the same command on each (needs --rdzv-endpoint)",
+    )
+    run.add_argument(
+        "--rdzv-endpoint",
+        metavar="HOST:PORT",
+        help="where the machines' processes meet (torchrun's c10d rendezvous): one machine's address, the same "
+        "on every machine",
+    )
+    run.add_argument(
+        "--join-timeout",
+        type=int,
+        default=launch.JOIN_TIMEOUT,
+        metavar="SECONDS",
+        help="give up when not every machine has joined after this long (default %(default)s)",
     )
     run.add_argument(
         "--fsdp",
