@@ -40,7 +40,7 @@ lint: $(STAMP)
 # Serial on purpose: `-n 2` saved ~17% on the server tests (121 s -> 100 s) but the suite's time is real-model
 # training, which already uses both cores; two trainings at once took over 3x as long (2 cores, pytest-xdist 3.8).
 test: lint browser
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=25 tests
 
 # The web page's tests drive Debian's chromium through Playwright (Playwright's own browser downloads are never
 # used). Installed here when missing and apt-get can (root); otherwise those tests skip, saying why.

@@ -23,6 +23,7 @@ whole model (training.checkpoint.whole_trainable_state gathers it); so the base 
 
 from __future__ import annotations
 
+import ctypes
 import math
 from typing import TypeVar
 
@@ -67,6 +68,8 @@ def shard(model: nn.Module, bf16_weights: bool) -> TokenLossSums:
             "train it without --fsdp"
         )
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16_weights else None
+    if next(model.parameters()).device.type == "cpu":
+        _map_large_blocks()
     root = TokenLossSums(model)
     for unit in [*layers, root]:
         fully_shard(unit, mp_policy=policy or MixedPrecisionPolicy())
@@ -74,6 +77,22 @@ def shard(model: nn.Module, bf16_weights: bool) -> TokenLossSums:
         unit.set_gradient_divide_factor(1.0)  # sums: the loss is already divided by the global target count
         unit.set_force_sum_reduction_for_comms(True)  # SUM, not PREMUL_SUM, which gloo lacks
     return root
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MAPPED_BLOCKS = 64 * 1024
+
+
+def _map_large_blocks() -> None:
+    """Have glibc map blocks of 64 KB and more on their own, and unmap them when freed. By default it raises that
+    threshold as blocks are freed and serves them from its heap, which FSDP's gathers, allocated and freed layer
+    by layer, fragment: measured on the embedded model, full fine-tuning over 2 CPU processes held 2.19 GB
+    resident after 4 steps sharded against 2.43 GB unsharded; with this, 1.13 GB (unsharded: 1.88 GB)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, MAPPED_BLOCKS)
 
 
 def full(tensor: torch.Tensor) -> torch.Tensor:

@@ -226,6 +226,7 @@ def _train(
             model = _start_model(start, resolved)
             load_trainable_state(model, trained)
             evaluation.use(model)
+        del trained
     if not group.main:
         if not loop.interrupted:  # every rank agrees on that (the loop's stop is collective)
             distributed.barrier(group)  # until rank 0 has measured and published
