@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch.distributed.tensor import DTensor
 
+from conftest import random_lora
 from tunesmith.data.batching import Row
 from tunesmith.data.render import render_messages
-from tunesmith.models.load import add_lora, load_model
+from tunesmith.models.load import load_model
 from tunesmith.training import checkpoint as ckpt
 from tunesmith.training import distributed, sharding
 from tunesmith.training.distributed import ProcessGroup
@@ -51,14 +52,7 @@ def rows(tiny_tokenizer) -> list[Row]:
 
 def lora_model(tiny_model_dir, method: str):
     model = load_model(tiny_model_dir, dtype=torch.float32)
-    if method == "lora":
-        torch.manual_seed(1)
-        model = add_lora(model, rank=4, alpha=8, dropout=0.0, targets="all-linear")
-        with torch.no_grad():  # B starts at zero; make the adapter matter
-            for name, param in model.named_parameters():
-                if "lora_B" in name:
-                    param.normal_(0, 0.5)
-    return model.train()
+    return (random_lora(model, rank=4, scale=0.5, seed=1) if method == "lora" else model).train()
 
 
 def gradients(model) -> dict[str, torch.Tensor]:
