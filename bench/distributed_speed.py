@@ -39,12 +39,12 @@ def process_peaks(home: Path, running: subprocess.Popen) -> dict[int, float]:
     while running.poll() is None:
         for proc in Path("/proc").iterdir():
             try:
-                if not proc.name.isdigit() or marker not in (proc / "environ").read_bytes().split(b"\0"):
-                    continue
-                arguments = (proc / "cmdline").read_bytes().split(b"\0")
-                if b"tunesmith" not in arguments or b"--nproc" in arguments:
+                if not proc.name.isdigit():
                     continue
                 environ = (proc / "environ").read_bytes().split(b"\0")
+                arguments = (proc / "cmdline").read_bytes().split(b"\0")
+                if marker not in environ or b"tunesmith" not in arguments or b"--nproc" in arguments:
+                    continue
                 rank = next((int(e[5:]) for e in environ if e.startswith(b"RANK=")), 0)
                 status = (proc / "status").read_text().splitlines()
                 high_water = int(next(line for line in status if line.startswith("VmHWM:")).split()[1])

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tunesmith.core.durable import atomic_write_text
-from tunesmith.training.sharding import full, like, optimizer_state_like, whole_optimizer_state
+from tunesmith.training.sharding import like, optimizer_state_like, whole, whole_optimizer_state
 
 KEEP = 2  # checkpoints kept on disk
 
@@ -32,18 +32,8 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 
 
 def whole_trainable_state(model, keep: bool = True) -> dict[str, torch.Tensor]:
-    """The trainable weights whole, on the CPU. Under FSDP a collective: every process calls it, and those not
-    told to ``keep`` the result drop each tensor once gathered (an empty dict)."""
-    return _whole(trainable_state(model), keep)
-
-
-def _whole(tensors: dict[str, torch.Tensor], keep: bool) -> dict[str, torch.Tensor]:
-    whole = {}
-    for name, value in tensors.items():
-        value = full(value)
-        if keep:
-            whole[name] = value.cpu()
-    return whole
+    """The trainable weights whole, on the CPU (under FSDP a collective: see sharding.whole)."""
+    return whole(trainable_state(model), keep)
 
 
 def load_trainable_state(model, tensors: dict[str, torch.Tensor]) -> None:
@@ -88,7 +78,7 @@ def save_checkpoint(
     """Write the checkpoint of ``step``; its folder. Under FSDP every process calls this (the shards are
     gathered first) and only the one given ``write`` writes."""
     trainable = whole_trainable_state(model, write)
-    best = _whole(best, write) if best is not None else None
+    best = whole(best, write) if best is not None else None
     optimizer_state = whole_optimizer_state(optimizer, write)
     folder = run_dir / "checkpoints"
     final = folder / f"step-{step:06d}"

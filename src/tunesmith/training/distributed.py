@@ -72,13 +72,12 @@ def join(sharded: bool = False) -> ProcessGroup:
     the default process group once (NCCL with CUDA, each local rank on its own GPU; gloo otherwise).
     ``sharded`` (FSDP) opens a group of one for a single process too: FSDP shards over a process group."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 and not sharded:
-        return SINGLE
     if world <= 1:
-        group = ProcessGroup(sharded=True)
+        if not sharded:
+            return SINGLE
         if not dist.is_initialized():  # FSDP over one process (a smoke run): a group of one, no rendezvous
             dist.init_process_group(_backend(), store=dist.HashStore(), rank=0, world_size=1)
-        return group
+        return ProcessGroup(sharded=True)
     group = ProcessGroup(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")), sharded)
     if not dist.is_initialized():
         if torch.cuda.is_available():
